@@ -1,0 +1,49 @@
+//! `nightshift`: run a guest, or measure.
+
+mod bench;
+mod run;
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+/// A KVM VMM in which idle guest vCPUs do the VMM's deferred device work.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest (by default the built-in test guest) and run it to the end.
+    Run(run::RunArgs),
+    /// Measure nightshift.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NIGHTSHIFT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args, started),
+        Command::Bench(cmd) => bench::bench(cmd).map(|()| 0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("nightshift: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

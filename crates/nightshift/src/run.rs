@@ -1,0 +1,102 @@
+//! `nightshift run`: build a VM from flags and/or a JSON config and run it.
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use vmm::boot::KernelImage;
+use vmm::config::{parse_pin, CpuList};
+use vmm::{Vm, VmConfig};
+
+/// The built-in test guest (crates/testguest), built by build.rs.
+pub const TESTGUEST_ELF: &[u8] = include_bytes!(env!("NIGHTSHIFT_TESTGUEST_ELF"));
+
+/// Flags of `nightshift run`. Flags override the config file's fields.
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// JSON file with the VM's configuration (same fields as the flags).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// PVH ELF kernel to boot [default: the built-in test guest].
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs [default: 2].
+    #[arg(long)]
+    pub vcpus: Option<u8>,
+    /// Guest memory in MiB [default: 256].
+    #[arg(long = "mem")]
+    pub mem_mib: Option<u64>,
+    /// Pin a vCPU's thread to host CPUs: VCPU=CPULIST, e.g. 0=0 or 1=2-3. Repeatable.
+    #[arg(long, value_parser = parse_pin)]
+    pub pin: Vec<(u8, CpuList)>,
+    /// Also write the serial console to this file.
+    #[arg(long)]
+    pub serial_file: Option<PathBuf>,
+    /// Show MONITOR/MWAIT in the guest's CPUID (hidden by default).
+    #[arg(long)]
+    pub expose_mwait: bool,
+    /// Write a JSON report (exit reason, boot timings, memory, exit counters) here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The VM configuration: the config file's, with the flags given on top.
+    pub fn vm_config(&self) -> anyhow::Result<VmConfig> {
+        let mut c = match &self.config {
+            Some(path) => {
+                let text = fs::read_to_string(path)
+                    .with_context(|| format!("reading config {}", path.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("parsing config {}", path.display()))?
+            }
+            None => VmConfig::default(),
+        };
+        if self.kernel.is_some() {
+            c.kernel = self.kernel.clone();
+        }
+        if let Some(v) = &self.cmdline {
+            c.cmdline = v.clone();
+        }
+        if let Some(v) = self.vcpus {
+            c.vcpus = v;
+        }
+        if let Some(v) = self.mem_mib {
+            c.mem_mib = v;
+        }
+        c.pin.extend(self.pin.iter().cloned());
+        if self.serial_file.is_some() {
+            c.serial_file = self.serial_file.clone();
+        }
+        c.expose_mwait |= self.expose_mwait;
+        Ok(c)
+    }
+}
+
+/// Runs the VM; returns the process exit status (the guest's, or non-zero on failure).
+pub fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
+    let config = args.vm_config()?;
+    let kernel_path = config.kernel.clone();
+    let kernel = match &kernel_path {
+        Some(path) => KernelImage::File(path),
+        None => KernelImage::Bytes {
+            name: "built-in test guest",
+            image: TESTGUEST_ELF,
+        },
+    };
+    let vm = Vm::new(config, kernel, started)?;
+    let report = vm.run()?;
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report)?;
+        fs::write(path, json).with_context(|| format!("writing report {}", path.display()))?;
+    }
+    if report.exit_code != 0 {
+        eprintln!("nightshift: {}", report.exit);
+    }
+    Ok(report.exit_code as u8)
+}

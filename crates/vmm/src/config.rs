@@ -1,0 +1,210 @@
+//! What a VM is made of, as the command line and JSON config files describe it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::memory::MIN_MEM_SIZE;
+
+/// Most vCPUs we create; the MADT and APIC IDs are 8-bit.
+pub const MAX_VCPUS: u8 = 254;
+
+/// Everything needed to build and boot one VM.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmConfig {
+    /// PVH ELF kernel to boot; `None` means the VMM's built-in test guest.
+    pub kernel: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+    /// vCPU index → host CPUs its thread may run on.
+    pub pin: BTreeMap<u8, CpuList>,
+    /// Also copy the serial console to this file.
+    pub serial_file: Option<PathBuf>,
+    /// Show MONITOR/MWAIT in the guest's CPUID (hidden by default, see `cpuid`).
+    pub expose_mwait: bool,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            kernel: None,
+            cmdline: String::new(),
+            vcpus: 2,
+            mem_mib: 256,
+            pin: BTreeMap::new(),
+            serial_file: None,
+            expose_mwait: false,
+        }
+    }
+}
+
+/// A configuration that cannot describe a VM.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// vCPU count out of range.
+    #[error("vcpus must be between 1 and {MAX_VCPUS}, not {0}")]
+    Vcpus(u8),
+    /// Memory too small or too large for this host's address width.
+    #[error("memory must be between {min} MiB and 1 TiB, not {0} MiB", min = MIN_MEM_SIZE >> 20)]
+    Memory(u64),
+    /// A pin entry names a vCPU the VM does not have.
+    #[error("--pin names vCPU {0}, but the VM has only {1} vCPUs")]
+    PinVcpu(u8, u8),
+}
+
+impl VmConfig {
+    /// Guest RAM in bytes.
+    pub fn mem_size(&self) -> u64 {
+        self.mem_mib << 20
+    }
+
+    /// Checks the values that do not need the host to be checked.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        if self.mem_mib < MIN_MEM_SIZE >> 20 || self.mem_mib > 1 << 20 {
+            return Err(ConfigError::Memory(self.mem_mib));
+        }
+        if let Some((&vcpu, _)) = self.pin.range(self.vcpus..).next() {
+            return Err(ConfigError::PinVcpu(vcpu, self.vcpus));
+        }
+        Ok(())
+    }
+}
+
+/// A set of host CPUs written the way `taskset -c` and cgroups write it: `0-3,6`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CpuList(Vec<usize>);
+
+impl CpuList {
+    /// The CPUs, ascending, without duplicates.
+    pub fn cpus(&self) -> &[usize] {
+        &self.0
+    }
+}
+
+/// A CPU list that does not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("bad CPU list {0:?}: expected e.g. \"0-3,6\" with CPUs below 1024")]
+pub struct CpuListError(String);
+
+impl FromStr for CpuList {
+    type Err = CpuListError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || CpuListError(s.to_string());
+        let cpu = |t: &str| -> Result<usize, CpuListError> {
+            let n: usize = t.trim().parse().map_err(|_| err())?;
+            if n < 1024 {
+                Ok(n)
+            } else {
+                Err(err())
+            }
+        };
+        let mut cpus = Vec::new();
+        for part in s.split(',') {
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (cpu(a)?, cpu(b)?);
+                    if a > b {
+                        return Err(err());
+                    }
+                    cpus.extend(a..=b);
+                }
+                None => cpus.push(cpu(part)?),
+            }
+        }
+        cpus.sort_unstable();
+        cpus.dedup();
+        Ok(CpuList(cpus))
+    }
+}
+
+impl TryFrom<String> for CpuList {
+    type Error = CpuListError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<CpuList> for String {
+    fn from(l: CpuList) -> String {
+        l.to_string()
+    }
+}
+
+impl fmt::Display for CpuList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|c| c.to_string()).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// Parses one `--pin` argument: `VCPU=CPULIST`, e.g. `0=0` or `1=2-3`.
+pub fn parse_pin(s: &str) -> Result<(u8, CpuList), String> {
+    let (vcpu, cpus) = s
+        .split_once('=')
+        .ok_or_else(|| format!("bad --pin {s:?}: expected VCPU=CPULIST, e.g. 0=0 or 1=2-3"))?;
+    let vcpu = vcpu
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad --pin {s:?}: {vcpu:?} is not a vCPU index"))?;
+    Ok((vcpu, cpus.parse().map_err(|e: CpuListError| e.to_string())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse_like_taskset() {
+        assert_eq!("0".parse::<CpuList>().unwrap().cpus(), &[0]);
+        assert_eq!("3,0-1,1".parse::<CpuList>().unwrap().cpus(), &[0, 1, 3]);
+        for bad in ["", "a", "2-1", "1-", "5000", "-1"] {
+            assert!(bad.parse::<CpuList>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn pin_flag_parses() {
+        let (v, l) = parse_pin("1=0-1").unwrap();
+        assert_eq!((v, l.cpus()), (1, &[0usize, 1][..]));
+        assert!(parse_pin("1").is_err());
+        assert!(parse_pin("x=1").is_err());
+    }
+
+    #[test]
+    fn validation_rejects_impossible_vms() {
+        let ok = VmConfig::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let c = VmConfig { vcpus: 0, ..ok.clone() };
+        assert_eq!(c.validate(), Err(ConfigError::Vcpus(0)));
+        let c = VmConfig { mem_mib: 1, ..ok.clone() };
+        assert_eq!(c.validate(), Err(ConfigError::Memory(1)));
+        let mut c = ok;
+        c.pin.insert(2, "0".parse().unwrap());
+        assert_eq!(c.validate(), Err(ConfigError::PinVcpu(2, 2)));
+    }
+
+    #[test]
+    fn json_config_round_trips() {
+        let json = r#"{"kernel":"k.elf","cmdline":"workload=idle","vcpus":1,"pin":{"0":"1"}}"#;
+        let c: VmConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(c.vcpus, 1);
+        assert_eq!(c.mem_mib, 256);
+        assert_eq!(c.pin[&0].cpus(), &[1]);
+        let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert!(serde_json::from_str::<VmConfig>(r#"{"vcpu":1}"#).is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! The CPUID a vCPU sees: KVM's supported set, with our topology, a timing
+//! leaf, and MONITOR/MWAIT hidden unless asked for.
+//!
+//! MWAIT is hidden by default ("take away MWAIT completely", as the kvm-list
+//! thread puts it): KVM here cannot pass MWAIT through (KVM_CAP_X86_DISABLE_EXITS
+//! offers no MWAIT bit on these hosts), so a guest that used it would spin in
+//! an emulated no-op loop instead of halting, and its idle time would be
+//! invisible to the VMM. With `expose_mwait` the guest may choose MWAIT idle;
+//! its cost is then exactly that.
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+
+/// Hypervisor timing leaf (as VMware and QEMU define it): EAX = TSC kHz,
+/// EBX = local APIC bus kHz.
+pub const TIMING_LEAF: u32 = 0x4000_0010;
+/// KVM's local APIC timer counts at 1 GHz (APIC bus cycle of 1 ns).
+pub const APIC_BUS_KHZ: u32 = 1_000_000;
+
+const LEAF1_ECX_MONITOR: u32 = 1 << 3;
+const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+const LEAF1_EDX_HTT: u32 = 1 << 28;
+const MWAIT_LEAF: u32 = 0x5;
+const CACHE_LEAF: u32 = 0x4;
+const TOPOLOGY_LEAF: u32 = 0xb;
+const TOPOLOGY_V2_LEAF: u32 = 0x1f;
+const HYPERVISOR_BASE_LEAF: u32 = 0x4000_0000;
+
+/// What shapes one vCPU's CPUID.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuidParams {
+    /// This vCPU's index, also its APIC ID.
+    pub vcpu: u8,
+    /// vCPUs in the VM (all cores of one socket, one thread each).
+    pub vcpus: u8,
+    /// TSC frequency to advertise, if known.
+    pub tsc_khz: Option<u32>,
+    /// Leave MONITOR/MWAIT visible.
+    pub expose_mwait: bool,
+}
+
+/// Adjusts KVM's supported CPUID for one vCPU.
+pub fn filter_cpuid(cpuid: &mut CpuId, p: &CpuidParams) {
+    let apic_id = u32::from(p.vcpu);
+    let vcpus = u32::from(p.vcpus);
+    // Bits of APIC ID that number the cores.
+    let core_bits = 32 - (vcpus.max(1) - 1).leading_zeros();
+
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | (vcpus.min(255) << 16);
+                e.ecx |= LEAF1_ECX_HYPERVISOR;
+                if !p.expose_mwait {
+                    e.ecx &= !LEAF1_ECX_MONITOR;
+                }
+                if vcpus > 1 {
+                    e.edx |= LEAF1_EDX_HTT;
+                }
+            }
+            MWAIT_LEAF if !p.expose_mwait => {
+                (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
+            }
+            CACHE_LEAF if e.eax & 0x1f != 0 => {
+                // Cores per package - 1; one thread shares each cache level per core.
+                e.eax = (e.eax & 0x03ff_ffff) | ((vcpus - 1) << 26);
+                e.eax &= !(0xfff << 14);
+            }
+            TOPOLOGY_LEAF | TOPOLOGY_V2_LEAF => {
+                let (eax, ebx, ecx) = match e.index {
+                    // SMT level: one thread per core.
+                    0 => (0, 1, 1 << 8),
+                    // Core level: all vCPUs in one package.
+                    1 => (core_bits, vcpus, 2 << 8 | 1),
+                    n => (0, 0, n),
+                };
+                (e.eax, e.ebx, e.ecx, e.edx) = (eax, ebx, ecx, apic_id);
+            }
+            HYPERVISOR_BASE_LEAF if p.tsc_khz.is_some() => e.eax = e.eax.max(TIMING_LEAF),
+            _ => {}
+        }
+    }
+
+    if let Some(tsc_khz) = p.tsc_khz {
+        let timing = kvm_cpuid_entry2 {
+            function: TIMING_LEAF,
+            eax: tsc_khz,
+            ebx: APIC_BUS_KHZ,
+            ..Default::default()
+        };
+        // A full table keeps KVM's entries; the guest then calibrates instead.
+        if cpuid.push(timing).is_err() {
+            tracing::warn!("CPUID table full; guest will not see the timing leaf");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(cpuid: &CpuId, function: u32, index: u32) -> kvm_cpuid_entry2 {
+        *cpuid
+            .as_slice()
+            .iter()
+            .find(|e| e.function == function && e.index == index)
+            .unwrap()
+    }
+
+    fn sample() -> CpuId {
+        let entry = |function, index, eax, ecx| kvm_cpuid_entry2 {
+            function,
+            index,
+            eax,
+            ecx,
+            ..Default::default()
+        };
+        CpuId::from_entries(&[
+            entry(1, 0, 0x906ea, LEAF1_ECX_MONITOR | 1),
+            entry(5, 0, 0x40, 0x3),
+            entry(0xb, 0, 0, 0),
+            entry(0xb, 1, 0, 0),
+            entry(HYPERVISOR_BASE_LEAF, 0, 0x4000_0001, 0),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn mwait_is_hidden_by_default_and_topology_is_ours() {
+        let mut c = sample();
+        let p = CpuidParams { vcpu: 2, vcpus: 4, tsc_khz: Some(2_000_000), expose_mwait: false };
+        filter_cpuid(&mut c, &p);
+        let l1 = leaf(&c, 1, 0);
+        assert_eq!(l1.ecx & LEAF1_ECX_MONITOR, 0);
+        assert_ne!(l1.ecx & LEAF1_ECX_HYPERVISOR, 0);
+        assert_eq!(l1.ebx >> 24, 2);
+        assert_eq!(leaf(&c, 5, 0).eax, 0);
+        let core = leaf(&c, 0xb, 1);
+        assert_eq!((core.eax, core.ebx, core.edx), (2, 4, 2));
+        assert_eq!(leaf(&c, HYPERVISOR_BASE_LEAF, 0).eax, TIMING_LEAF);
+        assert_eq!(leaf(&c, TIMING_LEAF, 0).eax, 2_000_000);
+    }
+
+    #[test]
+    fn mwait_can_be_exposed() {
+        let mut c = sample();
+        let p = CpuidParams { vcpu: 0, vcpus: 1, tsc_khz: None, expose_mwait: true };
+        filter_cpuid(&mut c, &p);
+        assert_ne!(leaf(&c, 1, 0).ecx & LEAF1_ECX_MONITOR, 0);
+        assert_eq!(leaf(&c, 5, 0).eax, 0x40);
+        assert!(c.as_slice().iter().all(|e| e.function != TIMING_LEAF));
+    }
+}

@@ -1,0 +1,23 @@
+//! nightshift's virtual machine: a KVM VM with guest memory, vCPUs and their
+//! run loop, port and MMIO buses, legacy devices, and PVH boot.
+//!
+//! Start at [`vm::Vm`]: [`Vm::new`](vm::Vm::new) builds a VM from a
+//! [`config::VmConfig`], [`Vm::run`](vm::Vm::run) runs it to the end.
+//! The vCPU run loop is in [`vcpu`]; guest memory's address map in [`memory`].
+
+#![deny(missing_docs)]
+
+pub mod boot;
+pub mod bus;
+pub mod config;
+pub mod cpuid;
+pub mod devices;
+pub mod exit;
+pub mod memory;
+pub mod rss;
+pub mod vcpu;
+pub mod vm;
+
+pub use config::VmConfig;
+pub use exit::ExitReason;
+pub use vm::{RunReport, Vm, VmError};

@@ -1,0 +1,374 @@
+//! A vCPU: its KVM fd, its thread, and the run loop as an explicit state machine.
+//!
+//! ```text
+//!            start                 Pause            
+//!   Created ──────► Running ◄────────────────► Paused
+//!                      │          Resume          │
+//!                      │ Stop, guest exit,        │ Stop
+//!                      │ shutdown, error          │
+//!                      ▼                          ▼
+//!                   Exited ◄──────────────────────┘
+//! ```
+//!
+//! Requests (pause, resume, stop) are posted to [`VcpuControl`] and the thread
+//! is kicked out of `KVM_RUN` (see [`kick`]); the thread looks at requests
+//! every time `KVM_RUN` returns. Port and MMIO exits go to the buses. A
+//! shutdown or KVM internal error ends this vCPU and reports the VM's
+//! [`ExitReason`]; the VM's owner then stops the other vCPUs.
+
+pub mod kick;
+pub mod regs;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use kvm_bindings::{kvm_regs, kvm_sregs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use serde::Serialize;
+
+use crate::bus::Bus;
+use crate::config::CpuList;
+use crate::exit::{ExitReason, ExitSignal};
+use kick::{Kicker, ThreadBinding};
+
+/// The states of the run loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuState {
+    /// Entering the guest and handling its exits.
+    Running,
+    /// Out of the guest, waiting for Resume or Stop.
+    Paused,
+    /// Done; the thread returns.
+    Exited,
+}
+
+/// What the VMM asks of a vCPU thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Request {
+    /// Leave the guest and wait.
+    Pause = 1,
+    /// Go back into the guest.
+    Resume = 2,
+    /// Leave the guest for good.
+    Stop = 3,
+}
+
+const NO_REQUEST: u8 = 0;
+
+/// The mailbox between a vCPU thread and the rest of the VMM.
+#[derive(Debug)]
+pub struct VcpuControl {
+    request: AtomicU8,
+    /// Wakes a paused vCPU; the mutex holds nothing, the request is the state.
+    wake: (Mutex<()>, Condvar),
+    kicker: Kicker,
+}
+
+impl VcpuControl {
+    fn new(kicker: Kicker) -> Self {
+        VcpuControl {
+            request: AtomicU8::new(NO_REQUEST),
+            wake: (Mutex::new(()), Condvar::new()),
+            kicker,
+        }
+    }
+
+    /// Posts `request` and kicks the vCPU so it sees it promptly. A pending
+    /// Stop is never replaced.
+    pub fn post(&self, request: Request) {
+        let _ = self
+            .request
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (cur != Request::Stop as u8).then_some(request as u8)
+            });
+        let _guard = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake.1.notify_all();
+        drop(_guard);
+        self.kicker.kick();
+    }
+
+    /// Kicks the vCPU out of `KVM_RUN` without a request.
+    pub fn kick(&self) -> bool {
+        self.kicker.kick()
+    }
+
+    fn take(&self) -> Option<Request> {
+        match self.request.swap(NO_REQUEST, Ordering::AcqRel) {
+            1 => Some(Request::Pause),
+            2 => Some(Request::Resume),
+            3 => {
+                // Stop stays posted so every later look sees it too.
+                self.request.store(Request::Stop as u8, Ordering::Release);
+                Some(Request::Stop)
+            }
+            _ => None,
+        }
+    }
+
+    fn wait_for_request(&self) -> Request {
+        let mut guard = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = self.take() {
+                return r;
+            }
+            guard = self.wake.1.wait(guard).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Counters a vCPU thread keeps about its exits.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VcpuStats {
+    /// vCPU index.
+    pub vcpu: u8,
+    /// Returns from `KVM_RUN` of any kind.
+    pub exits: u64,
+    /// Port I/O exits.
+    pub io_exits: u64,
+    /// MMIO exits.
+    pub mmio_exits: u64,
+    /// Returns caused by a signal (kicks) or `immediate_exit`.
+    pub interrupted: u64,
+}
+
+/// Everything a vCPU thread needs besides its fd.
+pub struct VcpuContext {
+    /// Port I/O bus.
+    pub pio: Arc<Bus>,
+    /// MMIO bus.
+    pub mmio: Arc<Bus>,
+    /// Where to report why the VM must end.
+    pub exit: Arc<ExitSignal>,
+    /// Host CPUs to run on, if pinned.
+    pub pin: Option<CpuList>,
+}
+
+/// A vCPU thread as the VM sees it.
+pub struct VcpuHandle {
+    control: Arc<VcpuControl>,
+    thread: JoinHandle<VcpuStats>,
+}
+
+impl VcpuHandle {
+    /// The vCPU's mailbox (requests and kicks), shareable with other threads.
+    pub fn control(&self) -> &Arc<VcpuControl> {
+        &self.control
+    }
+
+    /// Waits for the thread to finish and returns its counters.
+    pub fn join(self) -> VcpuStats {
+        self.thread.join().unwrap_or_else(|_| VcpuStats::default())
+    }
+}
+
+/// One vCPU, owned by its thread once started.
+pub struct Vcpu {
+    index: u8,
+    fd: VcpuFd,
+    ctx: VcpuContext,
+    stats: VcpuStats,
+}
+
+enum Outcome {
+    Continue,
+    Interrupted,
+    End(ExitReason),
+}
+
+impl Vcpu {
+    /// A vCPU around a configured KVM vCPU fd.
+    pub fn new(index: u8, fd: VcpuFd, ctx: VcpuContext) -> Self {
+        let stats = VcpuStats {
+            vcpu: index,
+            ..Default::default()
+        };
+        Vcpu {
+            index,
+            fd,
+            ctx,
+            stats,
+        }
+    }
+
+    /// Starts the vCPU's thread, which enters the guest at once.
+    pub fn start(self) -> std::io::Result<VcpuHandle> {
+        kick::install_handler().map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{}", self.index))
+            .spawn(move || {
+                let control = Arc::new(VcpuControl::new(Kicker::for_current_thread()));
+                // The receiver is waiting in `start`; it cannot have gone.
+                let _ = tx.send(control.clone());
+                self.thread_main(&control)
+            })?;
+        let control = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("vCPU thread died at start"))?;
+        Ok(VcpuHandle { control, thread })
+    }
+
+    fn thread_main(mut self, control: &VcpuControl) -> VcpuStats {
+        if let Some(cpus) = &self.ctx.pin {
+            if let Err(e) = pin_current_thread(cpus) {
+                tracing::warn!("vcpu{}: cannot pin to CPUs {cpus}: {e}", self.index);
+            }
+        }
+        let binding = ThreadBinding::bind(self.fd.get_kvm_run());
+        let mut state = VcpuState::Running;
+        while state != VcpuState::Exited {
+            state = match state {
+                VcpuState::Running => self.run_until_request(control),
+                VcpuState::Paused => match control.wait_for_request() {
+                    Request::Resume => VcpuState::Running,
+                    Request::Pause => VcpuState::Paused,
+                    Request::Stop => VcpuState::Exited,
+                },
+                VcpuState::Exited => VcpuState::Exited,
+            };
+        }
+        control.kicker.thread_exiting();
+        drop(binding);
+        self.stats
+    }
+
+    /// Runs the guest until a request arrives or the vCPU must end.
+    fn run_until_request(&mut self, control: &VcpuControl) -> VcpuState {
+        loop {
+            match control.take() {
+                Some(Request::Pause) => return VcpuState::Paused,
+                Some(Request::Stop) => return VcpuState::Exited,
+                Some(Request::Resume) | None => {}
+            }
+            match self.run_once() {
+                Outcome::Continue => {}
+                Outcome::Interrupted => {
+                    self.stats.interrupted += 1;
+                    self.fd.set_kvm_immediate_exit(0);
+                }
+                Outcome::End(reason) => {
+                    self.ctx.exit.report(reason);
+                    return VcpuState::Exited;
+                }
+            }
+        }
+    }
+
+    /// One `KVM_RUN` and the handling of its exit.
+    fn run_once(&mut self) -> Outcome {
+        self.stats.exits += 1;
+        let index = self.index;
+        match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                self.stats.io_exits += 1;
+                self.ctx.pio.read(port.into(), data);
+                Outcome::Continue
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                self.stats.io_exits += 1;
+                self.ctx.pio.write(port.into(), data);
+                Outcome::Continue
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                self.stats.mmio_exits += 1;
+                self.ctx.mmio.read(addr, data);
+                Outcome::Continue
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                self.stats.mmio_exits += 1;
+                self.ctx.mmio.write(addr, data);
+                Outcome::Continue
+            }
+            Ok(VcpuExit::Intr) => Outcome::Interrupted,
+            Ok(VcpuExit::Shutdown) => Outcome::End(ExitReason::Shutdown {
+                vcpu: index,
+                regs: self.describe_registers(),
+            }),
+            Ok(VcpuExit::SystemEvent(kind, _)) if kind != KVM_SYSTEM_EVENT_CRASH => {
+                if kind == KVM_SYSTEM_EVENT_RESET {
+                    tracing::info!("vcpu{index}: guest asked for a reset; nightshift ends the VM");
+                }
+                Outcome::End(ExitReason::Shutdown {
+                    vcpu: index,
+                    regs: self.describe_registers(),
+                })
+            }
+            Ok(VcpuExit::InternalError) => {
+                let internal = {
+                    let run = self.fd.get_kvm_run();
+                    // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so KVM filled
+                    // the `internal` member of the exit union.
+                    unsafe { run.__bindgen_anon_1.internal }
+                };
+                let n = (internal.ndata as usize).min(internal.data.len());
+                let detail = format!(
+                    "suberror {} ({}), data {:x?}; {}",
+                    internal.suberror,
+                    internal_error_name(internal.suberror),
+                    &internal.data[..n],
+                    self.describe_registers()
+                );
+                Outcome::End(ExitReason::InternalError { vcpu: index, detail })
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Outcome::End(ExitReason::InternalError {
+                vcpu: index,
+                detail: format!("VM entry failed: reason {reason:#x} on host CPU {cpu}"),
+            }),
+            Ok(other) => Outcome::End(ExitReason::Host(format!(
+                "vcpu{index}: unexpected exit {other:?}"
+            ))),
+            // A kick (signal) or immediate_exit: check errno, not exit_reason
+            // (KVM leaves the previous exit_reason in place).
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Outcome::Interrupted,
+            Err(e) => Outcome::End(ExitReason::Host(format!("vcpu{index}: KVM_RUN failed: {e}"))),
+        }
+    }
+
+    /// The registers that say where a guest died, for error reports.
+    fn describe_registers(&self) -> String {
+        let regs = self.fd.get_regs().unwrap_or_else(|_| kvm_regs::default());
+        let sregs = self.fd.get_sregs().unwrap_or_else(|_| kvm_sregs::default());
+        format!(
+            "rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cpl={} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+            regs.rip,
+            regs.rsp,
+            regs.rflags,
+            sregs.cs.selector,
+            sregs.cs.dpl,
+            sregs.cr0,
+            sregs.cr2,
+            sregs.cr3,
+            sregs.cr4,
+            sregs.efer
+        )
+    }
+}
+
+fn internal_error_name(suberror: u32) -> &'static str {
+    match suberror {
+        1 => "emulation failure",
+        2 => "simultaneous exception",
+        3 => "delivery event",
+        4 => "unexpected exit reason",
+        _ => "unknown",
+    }
+}
+
+/// Restricts the calling thread to `cpus`.
+pub fn pin_current_thread(cpus: &CpuList) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus.cpus() {
+        // SAFETY: CpuList holds CPUs below 1024 = CPU_SETSIZE, in bounds of `set`.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
+    let ret = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,271 @@
+//! A VM: build it from a [`VmConfig`], run it until it ends, report how it went.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use serde::Serialize;
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{self, BootError, KernelImage};
+use crate::bus::Bus;
+use crate::config::{ConfigError, VmConfig};
+use crate::cpuid::{filter_cpuid, CpuidParams};
+use crate::devices::{
+    BootMilestones, Console, DebugPort, Serial, COM1_BASE, COM1_GSI, COM1_LEN, DEBUG_PORT_BASE,
+    DEBUG_PORT_LEN,
+};
+use crate::exit::{ExitReason, ExitSignal};
+use crate::memory::{self, GuestMemory, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::rss::RssReport;
+use crate::vcpu::{regs, Request, Vcpu, VcpuContext, VcpuHandle, VcpuStats};
+
+/// Building a VM failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The configuration cannot describe a VM.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A KVM ioctl failed.
+    #[error("{what}: {err}")]
+    Kvm {
+        /// What we were doing.
+        what: &'static str,
+        /// The ioctl's error.
+        err: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be allocated.
+    #[error("allocating {0} MiB of guest memory: {1}")]
+    Memory(u64, String),
+    /// The kernel or boot structures could not be set up.
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    /// A host resource (thread, eventfd, file) could not be had.
+    #[error("{0}: {1}")]
+    Host(&'static str, std::io::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |err| VmError::Kvm { what, err }
+}
+
+/// How a VM run went.
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    /// Why it ended.
+    #[serde(serialize_with = "display")]
+    pub exit: ExitReason,
+    /// The process exit status that goes with it.
+    pub exit_code: i32,
+    /// VMM start → guest's first instruction (ns), if the guest reported it.
+    pub first_instruction_ns: Option<u64>,
+    /// VMM start → guest banner (ns), if the guest reported it.
+    pub banner_ns: Option<u64>,
+    /// VMM start → the VM ended (ns).
+    pub end_ns: u64,
+    /// The VMM's memory apart from guest RAM.
+    pub rss: Option<RssReport>,
+    /// Per-vCPU exit counters.
+    pub vcpus: Vec<VcpuStats>,
+    /// Guest accesses that hit no device.
+    pub unhandled_io: u64,
+}
+
+fn display<S: serde::Serializer>(v: &ExitReason, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// A built VM, ready to run.
+pub struct Vm {
+    config: VmConfig,
+    started: Instant,
+    vm_fd: VmFd,
+    mem: Arc<GuestMemory>,
+    vcpu_fds: Vec<VcpuFd>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    exit: Arc<ExitSignal>,
+    milestones: Arc<BootMilestones>,
+}
+
+impl Vm {
+    /// Builds the VM `config` describes: memory, irqchip, devices, vCPUs, and
+    /// `kernel` loaded with its boot information. `started` is when the VMM
+    /// started, for boot timings.
+    pub fn new(config: VmConfig, kernel: KernelImage<'_>, started: Instant) -> Result<Vm, VmError> {
+        config.validate()?;
+        let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
+        let vm_fd = kvm.create_vm().map_err(kvm_err("creating the VM"))?;
+        let mem = memory::create_guest_memory(config.mem_size())
+            .map_err(|e| VmError::Memory(config.mem_mib, e.to_string()))?;
+        register_memory(&vm_fd, &mem)?;
+
+        vm_fd
+            .set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(kvm_err("setting the identity map address"))?;
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(kvm_err("setting the TSS address"))?;
+        vm_fd.create_irq_chip().map_err(kvm_err("creating the in-kernel irqchip"))?;
+
+        let exit = Arc::new(ExitSignal::default());
+        let milestones = Arc::new(BootMilestones::new(started));
+        let pio = Arc::new(legacy_devices(&vm_fd, &config, &exit, &milestones)?);
+        let mmio = Arc::new(Bus::new());
+
+        let entry = boot::load_kernel(&mem, kernel)?;
+        let start_info = boot::write_boot_info(&mem, &config.cmdline, config.vcpus)?;
+        let vcpu_fds = create_vcpus(&kvm, &vm_fd, &mem, &config, entry, start_info)?;
+
+        Ok(Vm {
+            config,
+            started,
+            vm_fd,
+            mem,
+            vcpu_fds,
+            pio,
+            mmio,
+            exit,
+            milestones,
+        })
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+
+    /// The KVM VM fd (for devices that need irqfds and ioeventfds).
+    pub fn fd(&self) -> &VmFd {
+        &self.vm_fd
+    }
+
+    /// Runs the guest until it ends and reports how it went.
+    pub fn run(mut self) -> Result<RunReport, VmError> {
+        let mut handles: Vec<VcpuHandle> = Vec::with_capacity(self.vcpu_fds.len());
+        for (index, fd) in std::mem::take(&mut self.vcpu_fds).into_iter().enumerate() {
+            let index = index as u8;
+            let ctx = VcpuContext {
+                pio: self.pio.clone(),
+                mmio: self.mmio.clone(),
+                exit: self.exit.clone(),
+                pin: self.config.pin.get(&index).cloned(),
+            };
+            match Vcpu::new(index, fd, ctx).start() {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    self.exit.report(ExitReason::Host(format!("starting vcpu{index}: {e}")));
+                    break;
+                }
+            }
+        }
+
+        let exit = self.exit.wait();
+        for h in &handles {
+            h.control().post(Request::Stop);
+        }
+        let vcpus: Vec<VcpuStats> = handles.into_iter().map(VcpuHandle::join).collect();
+        Ok(RunReport {
+            exit_code: exit.exit_code(),
+            exit,
+            first_instruction_ns: self.milestones.first_instruction_ns(),
+            banner_ns: self.milestones.banner_ns(),
+            end_ns: self.started.elapsed().as_nanos() as u64,
+            rss: RssReport::measure(&memory::host_ranges(&self.mem)).ok(),
+            vcpus,
+            unhandled_io: self.pio.unhandled_accesses() + self.mmio.unhandled_accesses(),
+        })
+    }
+}
+
+/// Tells KVM about every RAM region.
+fn register_memory(vm_fd: &VmFd, mem: &GuestMemory) -> Result<(), VmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| VmError::Memory(region.len() >> 20, e.to_string()))?;
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the region is a live mapping of exactly `memory_size` bytes
+        // owned by `mem`, which the VM keeps (Arc) for as long as the VM fd and
+        // its vCPUs exist; slots are distinct.
+        unsafe { vm_fd.set_user_memory_region(region) }
+            .map_err(kvm_err("registering guest memory"))?;
+    }
+    Ok(())
+}
+
+/// COM1 (with its irqfd) and the debug ports, on a new port I/O bus.
+fn legacy_devices(
+    vm_fd: &VmFd,
+    config: &VmConfig,
+    exit: &Arc<ExitSignal>,
+    milestones: &Arc<BootMilestones>,
+) -> Result<Bus, VmError> {
+    let mut pio = Bus::new();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Host("creating an eventfd", e))?;
+    vm_fd
+        .register_irqfd(&irq, COM1_GSI)
+        .map_err(kvm_err("registering the serial irqfd"))?;
+    let console = Console::new(config.serial_file.as_deref())
+        .map_err(|e| VmError::Host("opening the serial file", e))?;
+    let serial = Arc::new(Mutex::new(Serial::new(irq, console)));
+    let debug = Arc::new(Mutex::new(DebugPort::new(exit.clone(), milestones.clone())));
+    // The two ranges are fixed and disjoint: insertion cannot conflict.
+    pio.insert(serial, COM1_BASE, COM1_LEN)
+        .and_then(|_| pio.insert(debug, DEBUG_PORT_BASE, DEBUG_PORT_LEN))
+        .map_err(|e| VmError::Host("placing legacy devices", std::io::Error::other(e)))?;
+    Ok(pio)
+}
+
+/// Creates and configures every vCPU; vCPU 0 gets the PVH entry state, the
+/// others wait for INIT/SIPI in the in-kernel local APIC.
+fn create_vcpus(
+    kvm: &Kvm,
+    vm_fd: &VmFd,
+    mem: &GuestMemory,
+    config: &VmConfig,
+    entry: GuestAddress,
+    start_info: GuestAddress,
+) -> Result<Vec<VcpuFd>, VmError> {
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("reading supported CPUID"))?;
+    let mut fds = Vec::with_capacity(config.vcpus.into());
+    for index in 0..config.vcpus {
+        let fd = vm_fd
+            .create_vcpu(index.into())
+            .map_err(kvm_err("creating a vCPU"))?;
+        let mut cpuid = supported.clone();
+        let params = CpuidParams {
+            vcpu: index,
+            vcpus: config.vcpus,
+            tsc_khz: fd.get_tsc_khz().ok(),
+            expose_mwait: config.expose_mwait,
+        };
+        filter_cpuid(&mut cpuid, &params);
+        fd.set_cpuid2(&cpuid).map_err(kvm_err("setting CPUID"))?;
+
+        let mut lapic = fd.get_lapic().map_err(kvm_err("reading the local APIC"))?;
+        regs::setup_lint(&mut lapic);
+        fd.set_lapic(&lapic).map_err(kvm_err("setting the local APIC"))?;
+
+        if index == 0 {
+            let mut sregs = fd.get_sregs().map_err(kvm_err("reading sregs"))?;
+            regs::setup_pvh_sregs(mem, &mut sregs)
+                .map_err(|e| VmError::Boot(BootError::Setup(e.to_string())))?;
+            fd.set_sregs(&sregs).map_err(kvm_err("setting sregs"))?;
+            fd.set_regs(&regs::pvh_regs(entry, start_info))
+                .map_err(kvm_err("setting registers"))?;
+        }
+        fds.push(fd);
+    }
+    Ok(fds)
+}
