@@ -16,6 +16,7 @@ pub mod exit;
 pub mod memory;
 pub mod rss;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;
 
 pub use config::VmConfig;

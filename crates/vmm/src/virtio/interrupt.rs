@@ -1,0 +1,62 @@
+//! A virtio-mmio device's interrupt: the InterruptStatus bits and the irqfd
+//! that raises the device's IOAPIC line.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Interrupt status shared by the transport (guest reads and acks) and the
+/// device's completion path (sets bits, fires the irqfd).
+#[derive(Debug)]
+pub struct VirtioInterrupt {
+    status: AtomicU32,
+    irqfd: EventFd,
+}
+
+impl VirtioInterrupt {
+    /// An interrupt that fires `irqfd` (registered with KVM for the device's GSI).
+    pub fn new(irqfd: EventFd) -> Self {
+        VirtioInterrupt {
+            status: AtomicU32::new(0),
+            irqfd,
+        }
+    }
+
+    /// The device used buffers.
+    pub fn signal_used_queue(&self) {
+        self.signal(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// The device's config (or status: e.g. NEEDS_RESET) changed.
+    pub fn signal_config_change(&self) {
+        self.signal(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    fn signal(&self, bit: u32) {
+        self.status.fetch_or(bit, Ordering::AcqRel);
+        if let Err(e) = self.irqfd.write(1) {
+            tracing::warn!("virtio: raising interrupt: {e}");
+        }
+    }
+
+    /// InterruptStatus as the guest reads it.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::Acquire)
+    }
+
+    /// InterruptACK: the guest clears `bits`.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::AcqRel);
+    }
+
+    /// Clears everything (device reset).
+    pub fn reset(&self) {
+        self.status.store(0, Ordering::Release);
+    }
+
+    /// The irqfd (tests read it to see interrupts).
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+}

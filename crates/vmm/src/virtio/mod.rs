@@ -1,0 +1,65 @@
+//! Virtio devices and their MMIO transport.
+//!
+//! A request's path, guest notify to completion interrupt:
+//! 1. the guest writes QueueNotify in the device's MMIO window — caught by an
+//!    ioeventfd ([`notifier`]) or, when work runs inline, by the vCPU's MMIO
+//!    exit ([`mmio::MmioTransport`]);
+//! 2. the device pops the descriptor chains and turns each into a request
+//!    ([`block::request`]), validated against guest memory;
+//! 3. each request becomes an idlework item, run where the policy puts it
+//!    (inline, an idle vCPU, a worker) ([`block::device`]);
+//! 4. the item does the I/O ([`block::backend`]), writes the status, puts the
+//!    chain in the used ring and raises the interrupt ([`interrupt`]).
+
+pub mod block;
+pub mod interrupt;
+pub mod mmio;
+
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+
+use crate::memory::GuestMemory;
+pub use interrupt::VirtioInterrupt;
+
+/// What a device gets when the driver sets DRIVER_OK.
+pub struct ActivateContext {
+    /// Guest memory.
+    pub mem: Arc<GuestMemory>,
+    /// The queues as the driver set them up, validated against guest memory.
+    pub queues: Vec<Queue>,
+    /// The device's interrupt.
+    pub interrupt: Arc<VirtioInterrupt>,
+    /// Features the driver accepted.
+    pub features: u64,
+}
+
+/// A virtio device behind a transport.
+///
+/// Config-space offsets and sizes come from the guest: implementations check
+/// them and ignore what does not fit.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID (2 = block).
+    fn device_type(&self) -> u32;
+    /// Features the device offers.
+    fn features(&self) -> u64;
+    /// Largest size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Reads device config space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes device config space (most devices have nothing writable).
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        tracing::debug!(
+            "virtio: ignoring {}-byte config write at {offset:#x}",
+            data.len()
+        );
+    }
+    /// Starts the device with the driver's queues.
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), String>;
+    /// The driver notified queue `queue`.
+    fn queue_notify(&mut self, queue: u16);
+    /// Stops the device; it gives up its queues. Returns when no request of the
+    /// device is in flight any more, so the driver may reuse its memory.
+    fn reset(&mut self);
+}
