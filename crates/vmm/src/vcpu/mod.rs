@@ -17,6 +17,7 @@
 //! [`ExitReason`]; the VM's owner then stops the other vCPUs.
 
 pub mod kick;
+pub mod kvm_stats;
 pub mod regs;
 
 use std::sync::atomic::{AtomicU8, Ordering};
