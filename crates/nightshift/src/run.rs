@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use vmm::boot::KernelImage;
-use vmm::config::{parse_pin, CpuList};
+use vmm::config::{parse_pin, CpuList, DiskConfig};
 use vmm::{Vm, VmConfig};
 
 /// The built-in test guest (crates/testguest), built by build.rs.
@@ -40,6 +40,29 @@ pub struct RunArgs {
     /// Show MONITOR/MWAIT in the guest's CPUID (hidden by default).
     #[arg(long)]
     pub expose_mwait: bool,
+    /// A virtio-blk disk: PATH[,ro][,xts=PASSES]. Repeatable.
+    #[arg(long)]
+    pub disk: Vec<DiskConfig>,
+    /// Where device work runs: workers (device threads only, as today's VMMs),
+    /// inline (on the vCPU thread at the notify exit) or idle (idle vCPUs first)
+    /// [default: idle].
+    #[arg(long)]
+    pub policy: Option<idlework::Policy>,
+    /// Device-work threads [default: 2].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Time an idle vCPU may spend on device work per exit, µs [default: 200].
+    #[arg(long)]
+    pub budget_us: Option<u64>,
+    /// Age after which work goes to a worker even if a vCPU was kicked, µs [default: 1000].
+    #[arg(long)]
+    pub deadline_us: Option<u64>,
+    /// At most this many non-vCPU threads run device work at once.
+    #[arg(long)]
+    pub cpu_cap: Option<usize>,
+    /// KVM halt polling per halt, ns (0 = off) [default: the host's].
+    #[arg(long)]
+    pub halt_poll_ns: Option<u32>,
     /// Write a JSON report (exit reason, boot timings, memory, exit counters) here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -74,6 +97,14 @@ impl RunArgs {
             c.serial_file = self.serial_file.clone();
         }
         c.expose_mwait |= self.expose_mwait;
+        c.disks.extend(self.disk.iter().cloned());
+        let w = &mut c.work;
+        w.policy = self.policy.unwrap_or(w.policy);
+        w.workers = self.workers.unwrap_or(w.workers);
+        w.budget_us = self.budget_us.unwrap_or(w.budget_us);
+        w.deadline_us = self.deadline_us.unwrap_or(w.deadline_us);
+        w.cpu_cap = self.cpu_cap.or(w.cpu_cap);
+        c.halt_poll_ns = self.halt_poll_ns.or(c.halt_poll_ns);
         Ok(c)
     }
 }

@@ -11,6 +11,8 @@ use crate::memory::MIN_MEM_SIZE;
 
 /// Most vCPUs we create; the MADT and APIC IDs are 8-bit.
 pub const MAX_VCPUS: u8 = 254;
+/// Most disks: one IOAPIC line each, GSIs 5 to 23.
+pub const MAX_DISKS: usize = 19;
 
 /// Everything needed to build and boot one VM.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -30,6 +32,98 @@ pub struct VmConfig {
     pub serial_file: Option<PathBuf>,
     /// Show MONITOR/MWAIT in the guest's CPUID (hidden by default, see `cpuid`).
     pub expose_mwait: bool,
+    /// virtio-blk disks, in the order the guest sees them.
+    pub disks: Vec<DiskConfig>,
+    /// Where device work runs.
+    pub work: WorkConfig,
+    /// KVM halt polling, ns per halt (`None`: the host's default; 0: off).
+    pub halt_poll_ns: Option<u32>,
+}
+
+/// One virtio-blk disk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Raw image file.
+    pub path: PathBuf,
+    /// Refuse guest writes.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Encrypt sectors with AES-256-XTS, running the cipher this many times
+    /// per sector (a cost knob for benchmarks); `None` stores plain data.
+    #[serde(default)]
+    pub xts_passes: Option<u32>,
+}
+
+impl FromStr for DiskConfig {
+    type Err = String;
+
+    /// `PATH[,ro][,xts=PASSES]`, e.g. `disk.img,ro` or `disk.img,xts=4`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.split(',');
+        let path = parts.next().filter(|p| !p.is_empty()).ok_or("empty disk path")?;
+        let mut disk = DiskConfig {
+            path: path.into(),
+            read_only: false,
+            xts_passes: None,
+        };
+        for opt in parts {
+            match opt.split_once('=') {
+                None if opt == "ro" => disk.read_only = true,
+                Some(("xts", n)) => {
+                    let n: u32 = n.parse().map_err(|_| format!("bad xts passes {n:?}"))?;
+                    if n == 0 || n > 1000 {
+                        return Err(format!("xts passes must be 1..=1000, not {n}"));
+                    }
+                    disk.xts_passes = Some(n);
+                }
+                _ => return Err(format!("unknown disk option {opt:?} (expected ro or xts=N)")),
+            }
+        }
+        Ok(disk)
+    }
+}
+
+/// Where and how device work runs (the idlework engine's settings).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkConfig {
+    /// `workers` (device threads only, as today's VMMs), `inline` (on the
+    /// vCPU thread at the notify exit) or `idle` (idle vCPUs first).
+    #[serde(with = "policy_name")]
+    pub policy: idlework::Policy,
+    /// Worker threads.
+    pub workers: usize,
+    /// Time an idle vCPU may spend on device work before re-entering its guest, µs.
+    pub budget_us: u64,
+    /// Age after which `normal` work goes to a worker even if a vCPU was kicked, µs.
+    pub deadline_us: u64,
+    /// At most this many non-vCPU threads run device work at once.
+    pub cpu_cap: Option<usize>,
+}
+
+impl Default for WorkConfig {
+    fn default() -> Self {
+        WorkConfig {
+            policy: idlework::Policy::Idle,
+            workers: 2,
+            budget_us: 200,
+            deadline_us: 1000,
+            cpu_cap: None,
+        }
+    }
+}
+
+mod policy_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &idlework::Policy, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(p.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<idlework::Policy, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for VmConfig {
@@ -42,6 +136,9 @@ impl Default for VmConfig {
             pin: BTreeMap::new(),
             serial_file: None,
             expose_mwait: false,
+            disks: Vec::new(),
+            work: WorkConfig::default(),
+            halt_poll_ns: None,
         }
     }
 }
@@ -55,6 +152,9 @@ pub enum ConfigError {
     /// Memory too small or too large for this host's address width.
     #[error("memory must be between {min} MiB and 1 TiB, not {0} MiB", min = MIN_MEM_SIZE >> 20)]
     Memory(u64),
+    /// More disks than interrupt lines for them.
+    #[error("at most {MAX_DISKS} disks, not {0}")]
+    Disks(usize),
     /// A pin entry names a vCPU the VM does not have.
     #[error("--pin names vCPU {0}, but the VM has only {1} vCPUs")]
     PinVcpu(u8, u8),
@@ -76,6 +176,9 @@ impl VmConfig {
         }
         if let Some((&vcpu, _)) = self.pin.range(self.vcpus..).next() {
             return Err(ConfigError::PinVcpu(vcpu, self.vcpus));
+        }
+        if self.disks.len() > MAX_DISKS {
+            return Err(ConfigError::Disks(self.disks.len()));
         }
         Ok(())
     }
@@ -197,12 +300,24 @@ mod tests {
     }
 
     #[test]
+    fn disk_flag_parses() {
+        let d: DiskConfig = "a.img,ro,xts=4".parse().unwrap();
+        assert_eq!((d.path.to_str(), d.read_only, d.xts_passes), (Some("a.img"), true, Some(4)));
+        for bad in ["", ",ro", "a.img,rw", "a.img,xts=0", "a.img,xts=x"] {
+            assert!(bad.parse::<DiskConfig>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
     fn json_config_round_trips() {
-        let json = r#"{"kernel":"k.elf","cmdline":"workload=idle","vcpus":1,"pin":{"0":"1"}}"#;
+        let json = r#"{"kernel":"k.elf","cmdline":"workload=idle","vcpus":1,"pin":{"0":"1"},
+                       "disks":[{"path":"d.img","read_only":true}],"work":{"policy":"workers"}}"#;
         let c: VmConfig = serde_json::from_str(json).unwrap();
         assert_eq!(c.vcpus, 1);
         assert_eq!(c.mem_mib, 256);
         assert_eq!(c.pin[&0].cpus(), &[1]);
+        assert_eq!(c.work.policy, idlework::Policy::Workers);
+        assert!(c.disks[0].read_only);
         let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
         assert!(serde_json::from_str::<VmConfig>(r#"{"vcpu":1}"#).is_err());

@@ -13,6 +13,7 @@ pub mod config;
 pub mod cpuid;
 pub mod devices;
 pub mod exit;
+pub mod idle;
 pub mod memory;
 pub mod rss;
 pub mod vcpu;

@@ -1,9 +1,10 @@
 //! A VM: build it from a [`VmConfig`], run it until it ends, report how it went.
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use idlework::{Engine, Policy, Shutdown};
+use kvm_bindings::{kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_HALT_POLL, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::Serialize;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -11,16 +12,27 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootError, KernelImage};
 use crate::bus::Bus;
-use crate::config::{ConfigError, VmConfig};
+use crate::config::{ConfigError, DiskConfig, VmConfig, WorkConfig};
 use crate::cpuid::{filter_cpuid, CpuidParams};
 use crate::devices::{
     BootMilestones, Console, DebugPort, Serial, COM1_BASE, COM1_GSI, COM1_LEN, DEBUG_PORT_BASE,
     DEBUG_PORT_LEN,
 };
 use crate::exit::{ExitReason, ExitSignal};
-use crate::memory::{self, GuestMemory, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use crate::memory::{
+    self, GuestMemory, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
+};
 use crate::rss::RssReport;
 use crate::vcpu::{regs, Request, Vcpu, VcpuContext, VcpuHandle, VcpuStats};
+use crate::virtio::block::{Block, BlockCounters, BlockStats, Disk, Transform};
+use crate::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::virtio::notifier::NotifierBuilder;
+use crate::virtio::VirtioInterrupt;
+
+/// First GSI for virtio devices (after the ISA ones the guest may expect).
+pub const FIRST_VIRTIO_GSI: u32 = 5;
+/// Key of the benchmark disk transform: a cost model, not data protection.
+const XTS_KEY: [u8; 64] = [0x5a; 64];
 
 /// Building a VM failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +79,10 @@ pub struct RunReport {
     pub end_ns: u64,
     /// The VMM's memory apart from guest RAM.
     pub rss: Option<RssReport>,
+    /// Where device work ran (idlework's statistics).
+    pub work: idlework::Stats,
+    /// Per-disk request counters.
+    pub disks: Vec<BlockStats>,
     /// Per-vCPU exit counters.
     pub vcpus: Vec<VcpuStats>,
     /// Guest accesses that hit no device.
@@ -88,6 +104,9 @@ pub struct Vm {
     mmio: Arc<Bus>,
     exit: Arc<ExitSignal>,
     milestones: Arc<BootMilestones>,
+    engine: Arc<Engine>,
+    notifier: NotifierBuilder,
+    disks: Vec<Arc<BlockCounters>>,
 }
 
 impl Vm {
@@ -109,14 +128,44 @@ impl Vm {
             .set_tss_address(KVM_TSS_ADDRESS)
             .map_err(kvm_err("setting the TSS address"))?;
         vm_fd.create_irq_chip().map_err(kvm_err("creating the in-kernel irqchip"))?;
+        if let Some(ns) = config.halt_poll_ns {
+            let cap = kvm_enable_cap {
+                cap: KVM_CAP_HALT_POLL,
+                args: [ns.into(), 0, 0, 0],
+                ..Default::default()
+            };
+            vm_fd.enable_cap(&cap).map_err(kvm_err("setting halt polling"))?;
+        }
 
         let exit = Arc::new(ExitSignal::default());
         let milestones = Arc::new(BootMilestones::new(started));
         let pio = Arc::new(legacy_devices(&vm_fd, &config, &exit, &milestones)?);
-        let mmio = Arc::new(Bus::new());
+        let engine = Arc::new(
+            Engine::new(engine_config(&config.work))
+                .map_err(|e| VmError::Host("starting the device-work engine", std::io::Error::other(e)))?,
+        );
+        let mut mmio = Bus::new();
+        let mut notifier = NotifierBuilder::default();
+        let mut cmdline = config.cmdline.clone();
+        let mut disks = Vec::new();
+        for (i, disk) in config.disks.iter().enumerate() {
+            let slot = VirtioSlot::new(i);
+            let block = open_disk(disk, i, &engine)?;
+            disks.push(block.counters());
+            let transport = slot.attach(&vm_fd, &mem, &mut mmio, Box::new(block))?;
+            // Under `inline`, notifies exit to the vCPU thread and the work runs
+            // there; otherwise KVM signals an ioeventfd and the notifier submits.
+            if config.work.policy != Policy::Inline {
+                notifier
+                    .add(&vm_fd, slot.base + QUEUE_NOTIFY_OFFSET, 0, transport)
+                    .map_err(|e| VmError::Host("registering an ioeventfd", e))?;
+            }
+            cmdline.push_str(&slot.cmdline());
+        }
+        let mmio = Arc::new(mmio);
 
         let entry = boot::load_kernel(&mem, kernel)?;
-        let start_info = boot::write_boot_info(&mem, &config.cmdline, config.vcpus)?;
+        let start_info = boot::write_boot_info(&mem, cmdline.trim_start(), config.vcpus)?;
         let vcpu_fds = create_vcpus(&kvm, &vm_fd, &mem, &config, entry, start_info)?;
 
         Ok(Vm {
@@ -129,6 +178,9 @@ impl Vm {
             mmio,
             exit,
             milestones,
+            engine,
+            notifier,
+            disks,
         })
     }
 
@@ -144,6 +196,9 @@ impl Vm {
 
     /// Runs the guest until it ends and reports how it went.
     pub fn run(mut self) -> Result<RunReport, VmError> {
+        let notifier = std::mem::take(&mut self.notifier)
+            .start()
+            .map_err(|e| VmError::Host("starting the notifier thread", e))?;
         let mut handles: Vec<VcpuHandle> = Vec::with_capacity(self.vcpu_fds.len());
         for (index, fd) in std::mem::take(&mut self.vcpu_fds).into_iter().enumerate() {
             let index = index as u8;
@@ -152,6 +207,7 @@ impl Vm {
                 mmio: self.mmio.clone(),
                 exit: self.exit.clone(),
                 pin: self.config.pin.get(&index).cloned(),
+                engine: Some(self.engine.clone()),
             };
             match Vcpu::new(index, fd, ctx).start() {
                 Ok(h) => handles.push(h),
@@ -167,6 +223,13 @@ impl Vm {
             h.control().post(Request::Stop);
         }
         let vcpus: Vec<VcpuStats> = handles.into_iter().map(VcpuHandle::join).collect();
+        drop(notifier);
+        let work = self.engine.stats();
+        if let Ok(engine) = Arc::try_unwrap(self.engine) {
+            // Finish what the guest submitted before it ended.
+            let left = engine.shutdown(Shutdown::Drain);
+            debug_assert!(left.is_empty());
+        }
         Ok(RunReport {
             exit_code: exit.exit_code(),
             exit,
@@ -174,9 +237,73 @@ impl Vm {
             banner_ns: self.milestones.banner_ns(),
             end_ns: self.started.elapsed().as_nanos() as u64,
             rss: RssReport::measure(&memory::host_ranges(&self.mem)).ok(),
+            work,
+            disks: self.disks.iter().map(|d| d.snapshot()).collect(),
             vcpus,
             unhandled_io: self.pio.unhandled_accesses() + self.mmio.unhandled_accesses(),
         })
+    }
+}
+
+/// The engine settings for a VM's device work.
+fn engine_config(w: &WorkConfig) -> idlework::Config {
+    idlework::Config {
+        policy: w.policy,
+        max_workers: w.workers.max(1),
+        normal_deadline: Duration::from_micros(w.deadline_us),
+        idle_deadline: Duration::from_micros(w.deadline_us).max(Duration::from_millis(100)),
+        executor_budget: Duration::from_micros(w.budget_us),
+        cpu_cap: w.cpu_cap,
+        thread_name: "ns-work".into(),
+        ..idlework::Config::default()
+    }
+}
+
+fn open_disk(d: &DiskConfig, index: usize, engine: &Engine) -> Result<Block, VmError> {
+    let transform = match d.xts_passes {
+        Some(passes) => Transform::Xts { key: XTS_KEY, passes },
+        None => Transform::None,
+    };
+    let disk = Disk::open(&d.path, d.read_only, transform).map_err(|e| {
+        VmError::Host("opening a disk image", std::io::Error::new(e.kind(), format!("{}: {e}", d.path.display())))
+    })?;
+    Ok(Block::new(disk, &format!("nightshift-disk{index}"), engine.submitter()))
+}
+
+/// Where virtio-mmio device `i` lives: its MMIO window and interrupt line.
+struct VirtioSlot {
+    base: u64,
+    gsi: u32,
+}
+
+impl VirtioSlot {
+    fn new(i: usize) -> Self {
+        VirtioSlot {
+            base: VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE,
+            gsi: FIRST_VIRTIO_GSI + i as u32,
+        }
+    }
+
+    /// Puts `device` behind a transport on the MMIO bus with its irqfd.
+    fn attach(
+        &self,
+        vm_fd: &VmFd,
+        mem: &Arc<GuestMemory>,
+        mmio: &mut Bus,
+        device: Box<dyn crate::virtio::VirtioDevice>,
+    ) -> Result<Arc<Mutex<MmioTransport>>, VmError> {
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Host("creating an eventfd", e))?;
+        vm_fd.register_irqfd(&irqfd, self.gsi).map_err(kvm_err("registering a virtio irqfd"))?;
+        let interrupt = Arc::new(VirtioInterrupt::new(irqfd));
+        let transport = Arc::new(Mutex::new(MmioTransport::new(device, mem.clone(), interrupt)));
+        mmio.insert(transport.clone(), self.base, VIRTIO_MMIO_SIZE)
+            .map_err(|e| VmError::Host("placing a virtio device", std::io::Error::other(e)))?;
+        Ok(transport)
+    }
+
+    /// How Linux (and the test guest) learn of the device.
+    fn cmdline(&self) -> String {
+        format!(" virtio_mmio.device=4K@{:#x}:{}", self.base, self.gsi)
     }
 }
 

@@ -31,7 +31,9 @@ use serde::Serialize;
 use crate::bus::Bus;
 use crate::config::CpuList;
 use crate::exit::{ExitReason, ExitSignal};
+use crate::idle::VcpuIdleHooks;
 use kick::{Kicker, ThreadBinding};
+use kvm_stats::KvmStats;
 
 /// The states of the run loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,6 +134,12 @@ pub struct VcpuStats {
     pub mmio_exits: u64,
     /// Returns caused by a signal (kicks) or `immediate_exit`.
     pub interrupted: u64,
+    /// Times this vCPU ran device work between two guest runs, and found some.
+    pub idle_runs: u64,
+    /// Device work items it ran there.
+    pub idle_items: u64,
+    /// Time it spent on them, ns.
+    pub idle_busy_ns: u64,
 }
 
 /// Everything a vCPU thread needs besides its fd.
@@ -144,6 +152,8 @@ pub struct VcpuContext {
     pub exit: Arc<ExitSignal>,
     /// Host CPUs to run on, if pinned.
     pub pin: Option<CpuList>,
+    /// The engine this vCPU serves as an idle executor, if any.
+    pub engine: Option<Arc<idlework::Engine>>,
 }
 
 /// A vCPU thread as the VM sees it.
@@ -170,6 +180,7 @@ pub struct Vcpu {
     fd: VcpuFd,
     ctx: VcpuContext,
     stats: VcpuStats,
+    executor: Option<idlework::Executor>,
 }
 
 enum Outcome {
@@ -190,6 +201,7 @@ impl Vcpu {
             fd,
             ctx,
             stats,
+            executor: None,
         }
     }
 
@@ -203,7 +215,7 @@ impl Vcpu {
                 let control = Arc::new(VcpuControl::new(Kicker::for_current_thread()));
                 // The receiver is waiting in `start`; it cannot have gone.
                 let _ = tx.send(control.clone());
-                self.thread_main(&control)
+                self.thread_main(control)
             })?;
         let control = rx
             .recv()
@@ -211,12 +223,14 @@ impl Vcpu {
         Ok(VcpuHandle { control, thread })
     }
 
-    fn thread_main(mut self, control: &VcpuControl) -> VcpuStats {
+    fn thread_main(mut self, control: Arc<VcpuControl>) -> VcpuStats {
         if let Some(cpus) = &self.ctx.pin {
             if let Err(e) = pin_current_thread(cpus) {
                 tracing::warn!("vcpu{}: cannot pin to CPUs {cpus}: {e}", self.index);
             }
         }
+        self.executor = self.register_executor(&control);
+        let control = &*control;
         let binding = ThreadBinding::bind(self.fd.get_kvm_run());
         let mut state = VcpuState::Running;
         while state != VcpuState::Exited {
@@ -230,9 +244,35 @@ impl Vcpu {
                 VcpuState::Exited => VcpuState::Exited,
             };
         }
+        // Unregister first: the engine must not kick a thread that is leaving.
+        drop(self.executor.take());
         control.kicker.thread_exiting();
         drop(binding);
         self.stats
+    }
+
+    /// Becomes an idle executor of the VM's engine, if there is one.
+    fn register_executor(&self, control: &Arc<VcpuControl>) -> Option<idlework::Executor> {
+        let engine = self.ctx.engine.as_ref()?;
+        let hooks = KvmStats::open(&self.fd).and_then(|s| VcpuIdleHooks::new(&s, control.clone()));
+        match hooks {
+            Ok(hooks) => Some(engine.register_executor(format!("vcpu{}", self.index), hooks)),
+            Err(e) => {
+                tracing::warn!("vcpu{}: guest idle is invisible ({e}); device work goes to workers", self.index);
+                None
+            }
+        }
+    }
+
+    /// After a kick: run device work within the budget, then go back to the guest.
+    fn run_idle_work(&mut self) {
+        let Some(executor) = self.executor.as_mut() else { return };
+        let report = executor.run_idle(executor.budget());
+        if report.items > 0 {
+            self.stats.idle_runs += 1;
+            self.stats.idle_items += report.items;
+            self.stats.idle_busy_ns += report.busy.as_nanos() as u64;
+        }
     }
 
     /// Runs the guest until a request arrives or the vCPU must end.
@@ -248,6 +288,7 @@ impl Vcpu {
                 Outcome::Interrupted => {
                     self.stats.interrupted += 1;
                     self.fd.set_kvm_immediate_exit(0);
+                    self.run_idle_work();
                 }
                 Outcome::End(reason) => {
                     self.ctx.exit.report(reason);

@@ -14,6 +14,7 @@
 pub mod block;
 pub mod interrupt;
 pub mod mmio;
+pub mod notifier;
 
 
 use std::sync::Arc;

@@ -2,3 +2,7 @@
 
 pub mod backend;
 pub mod request;
+pub mod device;
+
+pub use backend::{Disk, Transform};
+pub use device::{Block, BlockCounters, BlockStats};
