@@ -140,6 +140,10 @@ pub struct VcpuStats {
     pub idle_items: u64,
     /// Time it spent on them, ns.
     pub idle_busy_ns: u64,
+    /// Guest HLTs KVM handled (KVM's `halt_exits`).
+    pub halt_exits: u64,
+    /// Time the vCPU slept in HLT, ns (KVM's `halt_wait_ns`).
+    pub halt_wait_ns: u64,
 }
 
 /// Everything a vCPU thread needs besides its fd.
@@ -229,7 +233,10 @@ impl Vcpu {
                 tracing::warn!("vcpu{}: cannot pin to CPUs {cpus}: {e}", self.index);
             }
         }
-        self.executor = self.register_executor(&control);
+        let kvm_stats = KvmStats::open(&self.fd)
+            .inspect_err(|e| tracing::warn!("vcpu{}: no KVM statistics: {e}", self.index))
+            .ok();
+        self.executor = kvm_stats.as_ref().and_then(|s| self.register_executor(s, &control));
         let control = &*control;
         let binding = ThreadBinding::bind(self.fd.get_kvm_run());
         let mut state = VcpuState::Running;
@@ -246,16 +253,23 @@ impl Vcpu {
         }
         // Unregister first: the engine must not kick a thread that is leaving.
         drop(self.executor.take());
+        if let Some(s) = &kvm_stats {
+            self.stats.halt_exits = s.read("halt_exits").unwrap_or(0);
+            self.stats.halt_wait_ns = s.read("halt_wait_ns").unwrap_or(0);
+        }
         control.kicker.thread_exiting();
         drop(binding);
         self.stats
     }
 
     /// Becomes an idle executor of the VM's engine, if there is one.
-    fn register_executor(&self, control: &Arc<VcpuControl>) -> Option<idlework::Executor> {
+    fn register_executor(
+        &self,
+        stats: &KvmStats,
+        control: &Arc<VcpuControl>,
+    ) -> Option<idlework::Executor> {
         let engine = self.ctx.engine.as_ref()?;
-        let hooks = KvmStats::open(&self.fd).and_then(|s| VcpuIdleHooks::new(&s, control.clone()));
-        match hooks {
+        match VcpuIdleHooks::new(stats, control.clone()) {
             Ok(hooks) => Some(engine.register_executor(format!("vcpu{}", self.index), hooks)),
             Err(e) => {
                 tracing::warn!("vcpu{}: guest idle is invisible ({e}); device work goes to workers", self.index);
