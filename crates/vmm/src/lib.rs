@@ -22,4 +22,4 @@ pub mod vm;
 
 pub use config::VmConfig;
 pub use exit::ExitReason;
-pub use vm::{RunReport, Vm, VmError};
+pub use vm::{RunReport, RunningVm, Vm, VmError};

@@ -23,10 +23,10 @@ use crate::memory::{
     self, GuestMemory, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
 };
 use crate::rss::RssReport;
-use crate::vcpu::{regs, Request, Vcpu, VcpuContext, VcpuHandle, VcpuStats};
+use crate::vcpu::{regs, Request, Vcpu, VcpuContext, VcpuControl, VcpuHandle, VcpuStats};
 use crate::virtio::block::{Block, BlockCounters, BlockStats, Disk, Transform};
 use crate::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
-use crate::virtio::notifier::NotifierBuilder;
+use crate::virtio::notifier::{Notifier, NotifierBuilder};
 use crate::virtio::VirtioInterrupt;
 
 /// First GSI for virtio devices (after the ISA ones the guest may expect).
@@ -195,11 +195,16 @@ impl Vm {
     }
 
     /// Runs the guest until it ends and reports how it went.
-    pub fn run(mut self) -> Result<RunReport, VmError> {
+    pub fn run(self) -> Result<RunReport, VmError> {
+        Ok(self.start()?.wait())
+    }
+
+    /// Starts the vCPUs and the notifier; the VM runs until it ends.
+    pub fn start(mut self) -> Result<RunningVm, VmError> {
         let notifier = std::mem::take(&mut self.notifier)
             .start()
             .map_err(|e| VmError::Host("starting the notifier thread", e))?;
-        let mut handles: Vec<VcpuHandle> = Vec::with_capacity(self.vcpu_fds.len());
+        let mut vcpus: Vec<VcpuHandle> = Vec::with_capacity(self.vcpu_fds.len());
         for (index, fd) in std::mem::take(&mut self.vcpu_fds).into_iter().enumerate() {
             let index = index as u8;
             let ctx = VcpuContext {
@@ -210,38 +215,67 @@ impl Vm {
                 engine: Some(self.engine.clone()),
             };
             match Vcpu::new(index, fd, ctx).start() {
-                Ok(h) => handles.push(h),
+                Ok(h) => vcpus.push(h),
                 Err(e) => {
                     self.exit.report(ExitReason::Host(format!("starting vcpu{index}: {e}")));
                     break;
                 }
             }
         }
+        Ok(RunningVm { vm: self, vcpus, notifier })
+    }
+}
 
-        let exit = self.exit.wait();
-        for h in &handles {
+/// A VM whose vCPUs are running.
+pub struct RunningVm {
+    vm: Vm,
+    vcpus: Vec<VcpuHandle>,
+    notifier: Notifier,
+}
+
+impl RunningVm {
+    /// The vCPUs' mailboxes: pause, resume, stop, kick.
+    pub fn vcpus(&self) -> impl Iterator<Item = &Arc<VcpuControl>> {
+        self.vcpus.iter().map(VcpuHandle::control)
+    }
+
+    /// Whether the VM has ended (the guest exited or a vCPU failed).
+    pub fn has_ended(&self) -> bool {
+        self.vm.exit.is_reported()
+    }
+
+    /// Ends the VM from the host side, as if the guest had exited with `status`.
+    pub fn stop(&self, status: u32) {
+        self.vm.exit.report(ExitReason::Guest(status));
+    }
+
+    /// Waits for the VM to end, stops everything, and reports.
+    pub fn wait(self) -> RunReport {
+        let RunningVm { vm, vcpus, notifier } = self;
+        let exit = vm.exit.wait();
+        for h in &vcpus {
             h.control().post(Request::Stop);
         }
-        let vcpus: Vec<VcpuStats> = handles.into_iter().map(VcpuHandle::join).collect();
+        let vcpus: Vec<VcpuStats> = vcpus.into_iter().map(VcpuHandle::join).collect();
         drop(notifier);
-        let work = self.engine.stats();
-        if let Ok(engine) = Arc::try_unwrap(self.engine) {
+        let work = vm.engine.stats();
+        if let Ok(engine) = Arc::try_unwrap(vm.engine) {
             // Finish what the guest submitted before it ended.
             let left = engine.shutdown(Shutdown::Drain);
             debug_assert!(left.is_empty());
         }
-        Ok(RunReport {
+        RunReport {
             exit_code: exit.exit_code(),
             exit,
-            first_instruction_ns: self.milestones.first_instruction_ns(),
-            banner_ns: self.milestones.banner_ns(),
-            end_ns: self.started.elapsed().as_nanos() as u64,
-            rss: RssReport::measure(&memory::host_ranges(&self.mem)).ok(),
+            first_instruction_ns: vm.milestones.first_instruction_ns(),
+            banner_ns: vm.milestones.banner_ns(),
+            end_ns: vm.started.elapsed().as_nanos() as u64,
+            rss: RssReport::measure(&memory::host_ranges(&vm.mem)).ok(),
             work,
-            disks: self.disks.iter().map(|d| d.snapshot()).collect(),
+            disks: vm.disks.iter().map(|d| d.snapshot()).collect(),
             vcpus,
-            unhandled_io: self.pio.unhandled_accesses() + self.mmio.unhandled_accesses(),
-        })
+            unhandled_io: vm.pio.unhandled_accesses() + vm.mmio.unhandled_accesses(),
+        }
     }
 }
 
