@@ -1,6 +1,7 @@
 //! `nightshift bench`: whole-system measurements that print their method.
 
 mod boot;
+mod threads;
 
 use clap::Subcommand;
 

@@ -1,0 +1,71 @@
+//! The same test guest under QEMU `-M microvm` (a peer VMM), when QEMU is installed.
+//! `./dev test` installs it, so in CI these tests always run.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{result_lines, testguest_elf};
+
+/// QEMU's binary, or None (the test then says it was skipped).
+fn qemu() -> Option<&'static str> {
+    let bin = "qemu-system-x86_64";
+    let found = Command::new(bin)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    found.then_some(bin)
+}
+
+/// Boots the test guest under QEMU microvm; returns (exit code, serial output).
+pub fn run_qemu(cmdline: &str, extra: &[&str]) -> Option<(Option<i32>, String)> {
+    let Some(bin) = qemu() else {
+        eprintln!("qemu-system-x86_64 not installed: skipped");
+        return None;
+    };
+    let mut child = Command::new(bin)
+        .args(["-M", "microvm", "-enable-kvm", "-cpu", "host,-arch-capabilities"])
+        .args(["-smp", "2", "-m", "256M", "-nodefaults", "-no-user-config", "-nographic"])
+        .args(["-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+        .arg("-kernel")
+        .arg(testguest_elf())
+        .args(["-append", cmdline])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting QEMU");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.is_some(), "QEMU did not finish in time; output:\n{out}\n{err}");
+    Some((status.and_then(|s| s.code()), out))
+}
+
+#[test]
+fn the_test_guest_boots_under_qemu_microvm() {
+    let Some((code, out)) = run_qemu("workload=compute ms=50", &[]) else {
+        return;
+    };
+    assert!(out.contains("nightshift-testguest"), "no banner under QEMU:\n{out}");
+    assert_eq!(result_lines(&out).len(), 2, "{out}");
+    // isa-debug-exit: status 0 comes out as (0 << 1) | 1.
+    assert_eq!(code, Some(1), "{out}");
+}
