@@ -53,12 +53,16 @@ pub struct DiskConfig {
     /// per sector (a cost knob for benchmarks); `None` stores plain data.
     #[serde(default)]
     pub xts_passes: Option<u32>,
+    /// Run this many background scrub passes over the image (idle-priority
+    /// maintenance work) while the VM runs.
+    #[serde(default)]
+    pub scrub_passes: Option<u64>,
 }
 
 impl FromStr for DiskConfig {
     type Err = String;
 
-    /// `PATH[,ro][,xts=PASSES]`, e.g. `disk.img,ro` or `disk.img,xts=4`.
+    /// `PATH[,ro][,xts=PASSES][,scrub=PASSES]`, e.g. `disk.img,ro` or `disk.img,xts=4`.
     fn from_str(s: &str) -> Result<Self, String> {
         let mut parts = s.split(',');
         let path = parts.next().filter(|p| !p.is_empty()).ok_or("empty disk path")?;
@@ -66,6 +70,7 @@ impl FromStr for DiskConfig {
             path: path.into(),
             read_only: false,
             xts_passes: None,
+            scrub_passes: None,
         };
         for opt in parts {
             match opt.split_once('=') {
@@ -77,7 +82,15 @@ impl FromStr for DiskConfig {
                     }
                     disk.xts_passes = Some(n);
                 }
-                _ => return Err(format!("unknown disk option {opt:?} (expected ro or xts=N)")),
+                Some(("scrub", n)) => {
+                    let n: u64 = n.parse().map_err(|_| format!("bad scrub passes {n:?}"))?;
+                    disk.scrub_passes = Some(n.max(1));
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown disk option {opt:?} (expected ro, xts=N or scrub=N)"
+                    ))
+                }
             }
         }
         Ok(disk)

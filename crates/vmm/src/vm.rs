@@ -1,5 +1,6 @@
 //! A VM: build it from a [`VmConfig`], run it until it ends, report how it went.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,9 @@ use crate::memory::{
 };
 use crate::rss::RssReport;
 use crate::vcpu::{regs, Request, Vcpu, VcpuContext, VcpuControl, VcpuHandle, VcpuStats};
-use crate::virtio::block::{Block, BlockCounters, BlockStats, Disk, Transform};
+use crate::virtio::block::{
+    Block, BlockCounters, BlockStats, Disk, Scrub, ScrubCounters, ScrubStats, Transform,
+};
 use crate::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::virtio::notifier::{Notifier, NotifierBuilder};
 use crate::virtio::VirtioInterrupt;
@@ -83,6 +86,9 @@ pub struct RunReport {
     pub work: idlework::Stats,
     /// Per-disk request counters.
     pub disks: Vec<BlockStats>,
+    /// Per-disk background scrub progress when the guest ended (disks without
+    /// a scrub report zeros).
+    pub scrubs: Vec<ScrubStats>,
     /// Per-vCPU exit counters.
     pub vcpus: Vec<VcpuStats>,
     /// Guest accesses that hit no device.
@@ -107,6 +113,15 @@ pub struct Vm {
     engine: Arc<Engine>,
     notifier: NotifierBuilder,
     disks: Vec<Arc<BlockCounters>>,
+    scrubs: Vec<PendingScrub>,
+    scrub_stop: Arc<AtomicBool>,
+}
+
+/// A scrub to start with the VM.
+struct PendingScrub {
+    disk: Arc<Disk>,
+    passes: u64,
+    counters: Arc<ScrubCounters>,
 }
 
 impl Vm {
@@ -148,10 +163,16 @@ impl Vm {
         let mut notifier = NotifierBuilder::default();
         let mut cmdline = config.cmdline.clone();
         let mut disks = Vec::new();
+        let mut scrubs = Vec::new();
         for (i, disk) in config.disks.iter().enumerate() {
             let slot = VirtioSlot::new(i);
             let block = open_disk(disk, i, &engine)?;
             disks.push(block.counters());
+            scrubs.push(PendingScrub {
+                disk: block.disk().clone(),
+                passes: disk.scrub_passes.unwrap_or(0),
+                counters: Arc::default(),
+            });
             let transport = slot.attach(&vm_fd, &mem, &mut mmio, Box::new(block))?;
             // Under `inline`, notifies exit to the vCPU thread and the work runs
             // there; otherwise KVM signals an ioeventfd and the notifier submits.
@@ -181,6 +202,8 @@ impl Vm {
             engine,
             notifier,
             disks,
+            scrubs,
+            scrub_stop: Arc::default(),
         })
     }
 
@@ -204,6 +227,11 @@ impl Vm {
         let notifier = std::mem::take(&mut self.notifier)
             .start()
             .map_err(|e| VmError::Host("starting the notifier thread", e))?;
+        for s in self.scrubs.iter().filter(|s| s.passes > 0) {
+            let item = Scrub::item(s.disk.clone(), s.passes, self.scrub_stop.clone(), s.counters.clone());
+            // The engine is not shut down before the VM ends: this cannot fail.
+            let _ = self.engine.submit(item);
+        }
         let mut vcpus: Vec<VcpuHandle> = Vec::with_capacity(self.vcpu_fds.len());
         for (index, fd) in std::mem::take(&mut self.vcpu_fds).into_iter().enumerate() {
             let index = index as u8;
@@ -253,6 +281,8 @@ impl RunningVm {
     pub fn wait(self) -> RunReport {
         let RunningVm { vm, vcpus, notifier } = self;
         let exit = vm.exit.wait();
+        let scrubs = vm.scrubs.iter().map(|s| s.counters.snapshot()).collect();
+        vm.scrub_stop.store(true, Ordering::Relaxed);
         for h in &vcpus {
             h.control().post(Request::Stop);
         }
@@ -273,6 +303,7 @@ impl RunningVm {
             rss: RssReport::measure(&memory::host_ranges(&vm.mem)).ok(),
             work,
             disks: vm.disks.iter().map(|d| d.snapshot()).collect(),
+            scrubs,
             vcpus,
             unhandled_io: vm.pio.unhandled_accesses() + vm.mmio.unhandled_accesses(),
         }

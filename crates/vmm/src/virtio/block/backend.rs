@@ -122,6 +122,20 @@ impl Disk {
         Ok(())
     }
 
+    /// Reads `buf.len()` bytes at byte `offset` as the guest would see them
+    /// (decrypted), for maintenance jobs; `offset` and the length are whole sectors.
+    pub fn read_plain(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
+        let len = u32::try_from(buf.len()).map_err(|_| DiskError::OutOfRange(offset, u32::MAX))?;
+        self.check_range(offset / SECTOR_SIZE, len)?;
+        self.file.read_exact_at(buf, offset)?;
+        if let Some((xts, passes)) = &self.cipher {
+            for _ in 0..*passes {
+                xts.decrypt_area(buf, SECTOR_SIZE as usize, (offset / SECTOR_SIZE).into(), get_tweak_default);
+            }
+        }
+        Ok(())
+    }
+
     /// Makes every completed write durable (fdatasync).
     pub fn flush(&self) -> Result<(), DiskError> {
         self.file.sync_data()?;

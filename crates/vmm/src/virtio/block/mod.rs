@@ -3,6 +3,8 @@
 pub mod backend;
 pub mod request;
 pub mod device;
+pub mod scrub;
 
 pub use backend::{Disk, Transform};
 pub use device::{Block, BlockCounters, BlockStats};
+pub use scrub::{Scrub, ScrubCounters, ScrubStats};

@@ -1,0 +1,52 @@
+//! A kicked vCPU leaves KVM_RUN and re-enters it without waking its guest:
+//! KVM keeps a halted vCPU halted across the signal exit. This is what lets an
+//! idle vCPU's thread run device work "for free".
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{result_lines, testguest_elf};
+use vmm::boot::KernelImage;
+use vmm::{Vm, VmConfig};
+
+#[test]
+fn kicking_a_halted_vcpu_does_not_wake_its_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.log");
+    let config = VmConfig {
+        vcpus: 2,
+        // Long timer steps: the guest halts for 20 ms at a time.
+        cmdline: "workload=idle ms=200 tick_us=20000".into(),
+        serial_file: Some(serial.clone()),
+        ..VmConfig::default()
+    };
+    let elf = testguest_elf();
+    let vm = Vm::new(config, KernelImage::File(&elf), Instant::now()).unwrap();
+    let running = vm.start().unwrap();
+
+    // Kick both vCPUs every 500 µs while the guest sleeps.
+    let mut kicks = 0u64;
+    while !running.has_ended() {
+        for v in running.vcpus() {
+            kicks += u64::from(v.kick());
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let report = running.wait();
+    assert_eq!(report.exit_code, 0, "{}", report.exit);
+    assert!(kicks > 0);
+
+    let out = std::fs::read_to_string(&serial).unwrap();
+    let results = result_lines(&out);
+    assert_eq!(results.len(), 2, "{out}");
+    for r in &results {
+        // Each HLT returned once per timer tick: no kick woke the guest.
+        assert_eq!(r["wakeups"], r["ticks"], "{r:?}");
+    }
+    // And the kicks did take the vCPU threads out of KVM_RUN.
+    for v in &report.vcpus {
+        assert!(v.interrupted > 0, "{v:?}");
+        assert!(v.halt_exits > 0, "{v:?}");
+    }
+}
