@@ -20,9 +20,8 @@ struct Cli {
 enum Command {
     /// Boot a guest (by default the built-in test guest) and run it to the end.
     Run(run::RunArgs),
-    /// Measure nightshift.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// Measure nightshift: the scenario set by default, `bench boot` for start-up.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,7 +36,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args, started),
-        Command::Bench(cmd) => bench::bench(cmd).map(|()| 0),
+        Command::Bench(args) => bench::bench(args).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code),

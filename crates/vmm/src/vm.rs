@@ -227,7 +227,13 @@ impl Vm {
         let notifier = std::mem::take(&mut self.notifier)
             .start()
             .map_err(|e| VmError::Host("starting the notifier thread", e))?;
-        for s in self.scrubs.iter().filter(|s| s.passes > 0) {
+        let inline = self.config.work.policy == Policy::Inline;
+        if inline && self.scrubs.iter().any(|s| s.passes > 0) {
+            // Under `inline` every item runs to completion where it is
+            // submitted: a scrub would hold this thread for its whole length.
+            tracing::warn!("background scrub needs the workers or idle policy; not started");
+        }
+        for s in self.scrubs.iter().filter(|s| s.passes > 0 && !inline) {
             let item = Scrub::item(s.disk.clone(), s.passes, self.scrub_stop.clone(), s.counters.clone());
             // The engine is not shut down before the VM ends: this cannot fail.
             let _ = self.engine.submit(item);

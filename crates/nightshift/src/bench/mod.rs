@@ -1,12 +1,66 @@
 //! `nightshift bench`: whole-system measurements that print their method.
+//!
+//! With no subcommand it runs the scenario set ([`scenario::all`]) under every
+//! variant ([`scenario::Variant::defaults`]) and prints a table; `--json` and
+//! `--plots` keep the results. `bench boot` measures start-up.
 
 mod boot;
+mod parse;
+mod plot;
+mod report;
+mod runner;
+mod scenario;
 mod threads;
 
-use clap::Subcommand;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
 
-/// What to measure.
-#[derive(Subcommand)]
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use report::{RunMetrics, Summary};
+use scenario::{Params, Variant};
+
+/// Flags of `nightshift bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: Option<BenchCommand>,
+    /// About a minute: short runs, one repetition, fewer variants (CI smoke use).
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions of every (scenario, variant) [default: 3, 1 with --quick].
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Guest run time per VM, ms [default: 1500, 300 with --quick].
+    #[arg(long)]
+    ms: Option<u64>,
+    /// Scenarios to run (comma-separated) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// Block request size, bytes.
+    #[arg(long, default_value_t = 4096)]
+    req_size: u32,
+    /// Requests the guest keeps in flight.
+    #[arg(long, default_value_t = 1)]
+    qd: u32,
+    /// AES-XTS passes per sector in the disk backend (0 = plain); QEMU runs use LUKS when > 0.
+    #[arg(long, default_value_t = 1)]
+    xts: u32,
+    /// Leave QEMU out even if it is installed.
+    #[arg(long)]
+    no_qemu: bool,
+    /// Write every run's metrics and the summary as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write PNG plots into this directory.
+    #[arg(long)]
+    plots: Option<PathBuf>,
+}
+
+/// Benchmarks other than the scenario set.
+#[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     /// VMM start → first guest instruction → guest banner, and the VMM's peak RSS
     /// apart from guest memory, over repeated boots of the built-in test guest.
@@ -14,8 +68,154 @@ pub enum BenchCommand {
 }
 
 /// Runs a benchmark.
-pub fn bench(cmd: BenchCommand) -> anyhow::Result<()> {
-    match cmd {
-        BenchCommand::Boot(args) => boot::run(args),
+pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(BenchCommand::Boot(b)) => boot::run(b),
+        None => scenarios(args),
     }
+}
+
+fn qemu_installed() -> bool {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn scenarios(args: BenchArgs) -> anyhow::Result<()> {
+    let reps = args.reps.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+    let params = Params {
+        ms: args.ms.unwrap_or(if args.quick { 300 } else { 1500 }),
+        req_size: args.req_size,
+        qd: args.qd,
+        xts_passes: args.xts,
+        disk_mib: 64,
+    };
+    let with_qemu = !args.no_qemu && qemu_installed();
+    let mut variants = Variant::defaults(with_qemu);
+    if args.quick {
+        variants.retain(|v| matches!(v, Variant::Nightshift { halt_poll_ns: None, cpu_cap: None, .. }) || *v == Variant::Qemu { iothread: false });
+    }
+    let scenarios: Vec<_> = scenario::all(&params)
+        .into_iter()
+        .filter(|s| args.scenarios.is_empty() || args.scenarios.iter().any(|n| n == s.name))
+        .collect();
+    anyhow::ensure!(!scenarios.is_empty(), "no scenario matches {:?}", args.scenarios);
+
+    let exe = std::env::current_exe().context("finding the nightshift binary")?;
+    let images = runner::Images::new(params.disk_mib)?;
+    print_method(&params, reps, &variants, &scenarios, with_qemu);
+
+    let total = reps * scenarios.len() * (variants.len() + 1);
+    let mut done = 0;
+    let mut runs: Vec<RunMetrics> = Vec::new();
+    // Repetitions outermost and variants innermost, so variants alternate and
+    // slow drifts of the host spread over all of them.
+    for rep in 0..reps {
+        for sc in &scenarios {
+            done += 1;
+            progress(done, total, sc.name, "solo", rep);
+            let solo = runner::run_vms(&exe, &Variant::nightshift("idle"), std::slice::from_ref(&sc.solo), &params, &images)?;
+            let solo_rate = report::compute_rate(&solo).context("solo run reported no compute rate")?;
+            for v in &variants {
+                done += 1;
+                progress(done, total, sc.name, &v.label(), rep);
+                let scrubs = sc.vms.iter().any(|vm| vm.scrub_passes.is_some());
+                let vms = match v {
+                    // QEMU has no background scrub, and under `inline` there is no
+                    // thread to run one: maintenance compares workers and idle.
+                    Variant::Qemu { .. } if scrubs => continue,
+                    Variant::Nightshift { policy, .. } if scrubs && policy == "inline" => continue,
+                    _ => runner::run_vms(&exe, v, &sc.vms, &params, &images)?,
+                };
+                runs.push(RunMetrics::from_run(sc.name, v, rep, &vms, solo_rate));
+            }
+        }
+    }
+    eprintln!();
+
+    let summary = Summary::of(&runs);
+    report::print_table(&summary);
+    if let Some(path) = &args.json {
+        let doc = serde_json::json!({
+            "host": host_facts(),
+            "params": params,
+            "reps": reps,
+            "scenarios": scenarios,
+            "variants": variants.iter().map(|v| v.label()).collect::<Vec<_>>(),
+            "summary": summary,
+            "runs": runs,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("\nJSON: {}", path.display());
+    }
+    if let Some(dir) = &args.plots {
+        std::fs::create_dir_all(dir)?;
+        for p in plot::all(&summary, dir)? {
+            println!("plot: {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+fn progress(done: usize, total: usize, scenario: &str, variant: &str, rep: usize) {
+    eprint!("\r\x1b[K[{done}/{total}] {scenario} × {variant} (rep {})", rep + 1);
+    let _ = std::io::stderr().flush();
+}
+
+fn print_method(p: &Params, reps: usize, variants: &[Variant], scenarios: &[scenario::Scenario], qemu: bool) {
+    println!("# nightshift bench");
+    for (k, v) in host_facts().as_object().into_iter().flatten() {
+        println!("host.{k}: {}", v.as_str().unwrap_or(&v.to_string()));
+    }
+    println!(
+        "params: guest run {} ms per VM, {} B requests, queue depth {}, AES-XTS passes {}, {} MiB image",
+        p.ms, p.req_size, p.qd, p.xts_passes, p.disk_mib
+    );
+    println!(
+        "method: {reps} repetition(s); variants alternate within each repetition; medians [min-max] over repetitions; \
+         compute rate relative to a solo run (same VM, no I/O) in the same repetition; latency and IOPS as measured \
+         in the guest; CPU by thread class from /proc/PID/task/*/schedstat sampled every 2 ms; threads running at once \
+         = threads on a CPU for over half of a 2 ms window (sampled estimate)"
+    );
+    if !qemu {
+        println!("peer: QEMU not installed or --no-qemu: no QEMU rows");
+    }
+    println!("variants: {}", variants.iter().map(|v| v.label()).collect::<Vec<_>>().join(", "));
+    for s in scenarios {
+        println!("scenario {}: {}", s.name, s.about);
+        for vm in &s.vms {
+            println!("  {} ({} vCPU, pinned {:?}{}): {}", vm.role, vm.vcpus, vm.pins, if vm.disk { ", disk" } else { "" }, vm.cmdline);
+        }
+    }
+    println!();
+}
+
+/// What the results depend on: CPU, kernel, KVM flavour.
+fn host_facts() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let flags = field("flags");
+    let kvm = if flags.split(' ').any(|f| f == "vmx" || f == "svm") {
+        "hardware (VMX/SVM)"
+    } else if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        "PVM (software, kvm_pvm)"
+    } else {
+        "no VMX/SVM flag (software virtualization, e.g. PVM)"
+    };
+    let uname = Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    serde_json::json!({
+        "cpu": field("model name"),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": uname,
+        "kvm": kvm,
+    })
 }

@@ -414,14 +414,19 @@ fn internal_error_name(suberror: u32) -> &'static str {
 
 /// Restricts the calling thread to `cpus`.
 pub fn pin_current_thread(cpus: &CpuList) -> std::io::Result<()> {
+    pin_thread(0, cpus)
+}
+
+/// Restricts thread `tid` (0: the calling thread) to `cpus`.
+pub fn pin_thread(tid: libc::pid_t, cpus: &CpuList) -> std::io::Result<()> {
     // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &cpu in cpus.cpus() {
         // SAFETY: CpuList holds CPUs below 1024 = CPU_SETSIZE, in bounds of `set`.
         unsafe { libc::CPU_SET(cpu, &mut set) };
     }
-    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 is this thread.
-    let ret = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; the kernel checks `tid`.
+    let ret = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
     if ret == 0 {
         Ok(())
     } else {

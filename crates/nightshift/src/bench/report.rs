@@ -1,0 +1,252 @@
+//! Turning runs into metrics, metrics into medians, medians into a table.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::parse::num;
+use super::runner::VmOutcome;
+use super::scenario::Variant;
+use super::threads::ThreadClass;
+
+/// The numbers of one run of one (scenario, variant).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunMetrics {
+    pub scenario: String,
+    pub variant: String,
+    pub rep: usize,
+    /// Compute rate relative to the solo run, percent.
+    pub compute_pct: Option<f64>,
+    /// Block requests per second (all I/O vCPUs).
+    pub iops: Option<f64>,
+    /// Guest-measured request latency percentiles, µs (worst I/O vCPU).
+    pub lat_p50_us: Option<f64>,
+    pub lat_p99_us: Option<f64>,
+    pub lat_p999_us: Option<f64>,
+    /// Background scrub throughput, MiB/s (maintenance scenario).
+    pub scrub_mib_s: Option<f64>,
+    /// CPU seconds of the VMM processes by thread class.
+    pub cpu_vcpu_s: f64,
+    pub cpu_device_s: f64,
+    pub cpu_other_s: f64,
+    /// Most threads of the I/O VM on a CPU at once (sampled).
+    pub peak_threads: f64,
+    /// vCPUs of the I/O VM (the bound `peak_threads` is compared with).
+    pub io_vm_vcpus: f64,
+    /// Context switches of all VMM threads.
+    pub ctx_switches: f64,
+    /// idlework kicks sent and useful (nightshift only).
+    pub kicks_sent: Option<f64>,
+    pub kicks_useful: Option<f64>,
+    /// Device-work items by place (nightshift only).
+    pub ran_executor: Option<f64>,
+    pub ran_worker: Option<f64>,
+    pub ran_inline: Option<f64>,
+}
+
+/// Sum of `iters_per_ms` over the compute CPUs of the VMs that compute.
+pub fn compute_rate(vms: &[VmOutcome]) -> Option<f64> {
+    let rates: Vec<f64> = vms
+        .iter()
+        .flat_map(|vm| &vm.results)
+        .filter(|r| r.get("workload").is_some_and(|w| w == "compute"))
+        .filter_map(|r| num(r, "iters_per_ms"))
+        .collect();
+    (!rates.is_empty()).then(|| rates.iter().sum())
+}
+
+fn max_of(vals: impl Iterator<Item = f64>) -> Option<f64> {
+    vals.fold(None, |m, v| Some(m.map_or(v, |m: f64| m.max(v))))
+}
+
+fn sum_opt(vals: impl Iterator<Item = f64>) -> Option<f64> {
+    vals.fold(None, |s, v| Some(s.unwrap_or(0.0) + v))
+}
+
+fn report_sum(vms: &[VmOutcome], f: impl Fn(&serde_json::Value) -> Option<f64>) -> Option<f64> {
+    sum_opt(vms.iter().filter_map(|vm| vm.report.as_ref()).filter_map(f))
+}
+
+impl RunMetrics {
+    /// The metrics of one run.
+    pub fn from_run(scenario: &str, variant: &Variant, rep: usize, vms: &[VmOutcome], solo_rate: f64) -> Self {
+        let blk = || {
+            vms.iter()
+                .flat_map(|vm| &vm.results)
+                .filter(|r| r.get("workload").is_some_and(|w| w == "blk"))
+        };
+        let cpu = |class| vms.iter().map(|vm| vm.cpu.cpu_s.get(&class).copied().unwrap_or(0.0)).sum();
+        let io_vm = vms.iter().find(|vm| vm.results.iter().any(|r| r.get("workload").is_some_and(|w| w == "blk" )))
+            .or_else(|| vms.first());
+        let work = |v: &serde_json::Value, place: &str| -> Option<f64> {
+            let w = &v["work"];
+            let items = |runner: &serde_json::Value| runner["run"]["items"].as_f64().or(runner["items"].as_f64());
+            match place {
+                "inline" => items(&w["inline"]),
+                "executor" => w["executors"].as_array().map(|a| a.iter().filter_map(items).sum()),
+                _ => w["workers"].as_array().map(|a| a.iter().filter_map(items).sum()),
+            }
+        };
+        let kicks = |field: &str| {
+            report_sum(vms, |v| v["work"]["executors"].as_array().map(|a| a.iter().filter_map(|e| e[field].as_f64()).sum()))
+        };
+        let scrub_bytes = report_sum(vms, |v| v["scrubs"].as_array().map(|a| a.iter().filter_map(|s| s["bytes"].as_f64()).sum()));
+        let ms = vms.iter().flat_map(|vm| &vm.results).filter_map(|r| num(r, "ms")).fold(0.0, f64::max);
+        RunMetrics {
+            scenario: scenario.into(),
+            variant: variant.label(),
+            rep,
+            compute_pct: compute_rate(vms).map(|r| 100.0 * r / solo_rate),
+            iops: sum_opt(blk().filter_map(|r| num(r, "iops"))),
+            lat_p50_us: max_of(blk().filter_map(|r| num(r, "lat_us_p50"))),
+            lat_p99_us: max_of(blk().filter_map(|r| num(r, "lat_us_p99"))),
+            lat_p999_us: max_of(blk().filter_map(|r| num(r, "lat_us_p999"))),
+            scrub_mib_s: scrub_bytes.filter(|_| ms > 0.0).map(|b| b / (1 << 20) as f64 / (ms / 1000.0)),
+            cpu_vcpu_s: cpu(ThreadClass::Vcpu),
+            cpu_device_s: cpu(ThreadClass::Device),
+            cpu_other_s: cpu(ThreadClass::Other),
+            peak_threads: io_vm.map_or(0.0, |vm| vm.cpu.peak_threads_running as f64),
+            io_vm_vcpus: io_vm.map_or(0.0, |vm| vm.report.as_ref().and_then(|r| r["vcpus"].as_array().map(|a| a.len() as f64)).unwrap_or(0.0)),
+            ctx_switches: vms.iter().map(|vm| vm.cpu.context_switches as f64).sum(),
+            kicks_sent: kicks("kicks_sent"),
+            kicks_useful: kicks("kicks_useful"),
+            ran_executor: report_sum(vms, |v| work(v, "executor")),
+            ran_worker: report_sum(vms, |v| work(v, "worker")),
+            ran_inline: report_sum(vms, |v| work(v, "inline")),
+        }
+    }
+}
+
+/// Median with min and max.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Option<Spread> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        Some(Spread { median: v[v.len() / 2], min: v[0], max: v[v.len() - 1] })
+    }
+}
+
+/// Every metric of one (scenario, variant) over its repetitions.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub scenario: String,
+    pub variant: String,
+    pub metrics: BTreeMap<&'static str, Spread>,
+}
+
+/// All rows, in run order.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub rows: Vec<Row>,
+}
+
+type Getter = fn(&RunMetrics) -> Option<f64>;
+
+/// The summarized metrics: (name, getter).
+const METRICS: &[(&str, Getter)] = &[
+    ("compute_pct", |m| m.compute_pct),
+    ("iops", |m| m.iops),
+    ("lat_p50_us", |m| m.lat_p50_us),
+    ("lat_p99_us", |m| m.lat_p99_us),
+    ("lat_p999_us", |m| m.lat_p999_us),
+    ("scrub_mib_s", |m| m.scrub_mib_s),
+    ("cpu_vcpu_s", |m| Some(m.cpu_vcpu_s)),
+    ("cpu_device_s", |m| Some(m.cpu_device_s)),
+    ("cpu_other_s", |m| Some(m.cpu_other_s)),
+    ("peak_threads", |m| Some(m.peak_threads)),
+    ("io_vm_vcpus", |m| Some(m.io_vm_vcpus)),
+    ("ctx_switches", |m| Some(m.ctx_switches)),
+    ("kicks_sent", |m| m.kicks_sent),
+    ("kicks_useful", |m| m.kicks_useful),
+    ("ran_executor", |m| m.ran_executor),
+    ("ran_worker", |m| m.ran_worker),
+    ("ran_inline", |m| m.ran_inline),
+];
+
+impl Summary {
+    /// Groups runs by (scenario, variant), keeping first-seen order.
+    pub fn of(runs: &[RunMetrics]) -> Summary {
+        let mut keys: Vec<(String, String)> = Vec::new();
+        for r in runs {
+            let k = (r.scenario.clone(), r.variant.clone());
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        let rows = keys
+            .into_iter()
+            .map(|(scenario, variant)| {
+                let group: Vec<&RunMetrics> = runs.iter().filter(|r| r.scenario == scenario && r.variant == variant).collect();
+                let metrics = METRICS
+                    .iter()
+                    .filter_map(|(name, get)| Some((*name, Spread::of(group.iter().filter_map(|r| get(r)).collect())?)))
+                    .collect();
+                Row { scenario, variant, metrics }
+            })
+            .collect();
+        Summary { rows }
+    }
+}
+
+fn cell(row: &Row, metric: &str, decimals: usize) -> String {
+    match row.metrics.get(metric) {
+        Some(s) if s.min == s.max => format!("{:.*}", decimals, s.median),
+        Some(s) => format!("{:.*} [{:.*}-{:.*}]", decimals, s.median, decimals, s.min, decimals, s.max),
+        None => "-".into(),
+    }
+}
+
+/// Prints the results table (medians [min-max]).
+pub fn print_table(summary: &Summary) {
+    let header = [
+        "scenario", "variant", "compute %solo", "IOPS", "p50 us", "p99 us", "p99.9 us", "scrub MiB/s",
+        "CPU s vcpu", "CPU s dev", "CPU s other", "thr@once", "ctxsw", "kicks sent", "kicks useful",
+        "ran exec", "ran worker", "ran inline",
+    ];
+    let rows: Vec<Vec<String>> = summary
+        .rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.scenario.clone(),
+                r.variant.clone(),
+                cell(r, "compute_pct", 1),
+                cell(r, "iops", 0),
+                cell(r, "lat_p50_us", 0),
+                cell(r, "lat_p99_us", 0),
+                cell(r, "lat_p999_us", 0),
+                cell(r, "scrub_mib_s", 1),
+                cell(r, "cpu_vcpu_s", 2),
+                cell(r, "cpu_device_s", 2),
+                cell(r, "cpu_other_s", 2),
+                cell(r, "peak_threads", 0),
+                cell(r, "ctx_switches", 0),
+                cell(r, "kicks_sent", 0),
+                cell(r, "kicks_useful", 0),
+                cell(r, "ran_executor", 0),
+                cell(r, "ran_worker", 0),
+                cell(r, "ran_inline", 0),
+            ]
+        })
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    let line = |cells: Vec<String>| {
+        cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join(" | ")
+    };
+    println!("{}", line(header.iter().map(|s| s.to_string()).collect()));
+    println!("{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-|-"));
+    for r in rows {
+        println!("{}", line(r));
+    }
+}

@@ -1,0 +1,304 @@
+//! Starting a scenario's VMs under a variant, watching their threads, and
+//! collecting what each guest and VMM reported.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+use super::scenario::{Params, Variant, VmSpec};
+use super::threads::{ProcessCpu, Sampler};
+
+/// What one VM of one run produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct VmOutcome {
+    /// The VM's role in the scenario.
+    pub role: &'static str,
+    /// The guest's `result` lines as key → value maps.
+    pub results: Vec<HashMap<String, String>>,
+    /// nightshift's run report (None for QEMU).
+    pub report: Option<serde_json::Value>,
+    /// CPU use of the VMM process by thread class.
+    pub cpu: ProcessCpu,
+}
+
+/// Disk images for a scenario run, made once per bench run.
+pub struct Images {
+    dir: tempfile::TempDir,
+    mib: u64,
+}
+
+const LUKS_SECRET: &str = "nightshift-bench";
+
+impl Images {
+    /// A directory for images of `mib` MiB.
+    pub fn new(mib: u64) -> anyhow::Result<Self> {
+        Ok(Images {
+            dir: tempfile::tempdir()?,
+            mib,
+        })
+    }
+
+    /// A raw image (nightshift encrypts in its backend when asked).
+    fn raw(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join(format!("{name}.img"));
+        if !path.exists() {
+            let f = std::fs::File::create(&path)?;
+            f.set_len(self.mib << 20)?;
+        }
+        Ok(path)
+    }
+
+    /// A LUKS image with AES-256-XTS, QEMU's nearest equivalent of nightshift's xts backend.
+    fn luks(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let path = self.dir.path().join(format!("{name}.luks"));
+        if !path.exists() {
+            let status = Command::new("qemu-img")
+                .args(["create", "-q", "-f", "luks", "--object"])
+                .arg(format!("secret,id=sec0,data={LUKS_SECRET}"))
+                .args(["-o", "key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,iter-time=10"])
+                .arg(&path)
+                .arg(format!("{}M", self.mib))
+                .status()
+                .context("running qemu-img")?;
+            if !status.success() {
+                bail!("qemu-img could not create a LUKS image");
+            }
+        }
+        Ok(path)
+    }
+}
+
+/// A started VM process; its output is read by two threads so it never
+/// blocks on a full pipe.
+struct Launched {
+    role: &'static str,
+    child: Child,
+    stdout: JoinHandle<String>,
+    stderr: JoinHandle<String>,
+    report: Option<PathBuf>,
+    pin_qemu: Option<Vec<usize>>,
+}
+
+/// Runs `vms` together under `variant` and returns each VM's outcome.
+pub fn run_vms(
+    exe: &Path,
+    variant: &Variant,
+    vms: &[VmSpec],
+    params: &Params,
+    images: &Images,
+) -> anyhow::Result<Vec<VmOutcome>> {
+    let tmp = tempfile::tempdir()?;
+    let mut launched = Vec::new();
+    for (i, vm) in vms.iter().enumerate() {
+        let l = match variant {
+            Variant::Nightshift { .. } => launch_nightshift(exe, variant, vm, params, images, tmp.path(), i)?,
+            Variant::Qemu { iothread } => launch_qemu(*iothread, vm, params, images, i)?,
+        };
+        launched.push(l);
+    }
+    for l in &launched {
+        if let Some(pins) = &l.pin_qemu {
+            pin_qemu_vcpus(l.child.id(), pins)?;
+        }
+    }
+    let pids: Vec<u32> = launched.iter().map(|l| l.child.id()).collect();
+    let sampler = Sampler::start(&pids, Duration::from_millis(2));
+    let deadline = Instant::now() + Duration::from_millis(params.ms * 4 + 30_000);
+    let mut statuses = Vec::new();
+    for l in &mut launched {
+        statuses.push(wait_until(&mut l.child, deadline)?);
+    }
+    let mut cpu = sampler.finish();
+    launched
+        .into_iter()
+        .zip(statuses)
+        .map(|(l, ok)| {
+            let pid = l.child.id();
+            let mut out = l.stdout.join().unwrap_or_default();
+            if !ok {
+                out.push_str(&l.stderr.join().unwrap_or_default());
+            }
+            let results = super::parse::records(&out, "result ");
+            if !ok || results.is_empty() {
+                bail!("{} VM of variant {} failed; its output:\n{out}", l.role, variant.label());
+            }
+            let report = match &l.report {
+                Some(p) => Some(serde_json::from_str(&std::fs::read_to_string(p)?)?),
+                None => None,
+            };
+            Ok(VmOutcome {
+                role: l.role,
+                results,
+                report,
+                cpu: cpu.remove(&pid).unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+fn launch_nightshift(
+    exe: &Path,
+    variant: &Variant,
+    vm: &VmSpec,
+    params: &Params,
+    images: &Images,
+    tmp: &Path,
+    index: usize,
+) -> anyhow::Result<Launched> {
+    let Variant::Nightshift { policy, halt_poll_ns, cpu_cap } = variant else {
+        unreachable!("called for nightshift variants only");
+    };
+    let report = tmp.join(format!("report{index}.json"));
+    let mut cmd = Command::new(exe);
+    cmd.arg("run")
+        .args(["--vcpus", &vm.vcpus.to_string(), "--mem", "256", "--policy", policy])
+        .args(["--cmdline", &vm.cmdline])
+        .arg("--report")
+        .arg(&report);
+    for (v, cpu) in vm.pins.iter().enumerate() {
+        cmd.args(["--pin", &format!("{v}={cpu}")]);
+    }
+    if vm.disk {
+        let mut disk = images.raw(vm.role)?.display().to_string();
+        if params.xts_passes > 0 {
+            disk.push_str(&format!(",xts={}", params.xts_passes));
+        }
+        if let Some(n) = vm.scrub_passes {
+            disk.push_str(&format!(",scrub={n}"));
+        }
+        cmd.arg("--disk").arg(disk);
+    }
+    if let Some(ns) = halt_poll_ns {
+        cmd.args(["--halt-poll-ns", &ns.to_string()]);
+    }
+    if let Some(c) = cpu_cap {
+        cmd.args(["--cpu-cap", &c.to_string()]);
+    }
+    spawn(cmd, vm.role, Some(report), None)
+}
+
+fn launch_qemu(
+    iothread: bool,
+    vm: &VmSpec,
+    params: &Params,
+    images: &Images,
+    _index: usize,
+) -> anyhow::Result<Launched> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-M", "microvm", "-enable-kvm", "-cpu", "host,-arch-capabilities,+invtsc"])
+        .args(["-smp", &vm.vcpus.to_string(), "-m", "256M"])
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+        .args(["-global", "virtio-mmio.force-legacy=false"])
+        .arg("-kernel")
+        .arg(env!("NIGHTSHIFT_TESTGUEST_ELF"))
+        .args(["-append", &vm.cmdline]);
+    if vm.disk {
+        let drive = if params.xts_passes > 0 {
+            cmd.args(["-object", &format!("secret,id=sec0,data={LUKS_SECRET}")]);
+            format!(
+                "id=d0,if=none,driver=luks,key-secret=sec0,file.filename={}",
+                images.luks(vm.role)?.display()
+            )
+        } else {
+            format!("id=d0,if=none,format=raw,file={}", images.raw(vm.role)?.display())
+        };
+        cmd.args(["-drive", &drive]);
+        if iothread {
+            cmd.args(["-object", "iothread,id=io0"]);
+            cmd.args(["-device", "virtio-blk-device,drive=d0,iothread=io0"]);
+        } else {
+            cmd.args(["-device", "virtio-blk-device,drive=d0"]);
+        }
+    }
+    spawn(cmd, vm.role, None, Some(vm.pins.clone()))
+}
+
+fn spawn(
+    mut cmd: Command,
+    role: &'static str,
+    report: Option<PathBuf>,
+    pin_qemu: Option<Vec<usize>>,
+) -> anyhow::Result<Launched> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let reader = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = pipe.read_to_string(&mut s);
+            s
+        })
+    };
+    let stdout = reader(Box::new(child.stdout.take().expect("piped")));
+    let stderr = reader(Box::new(child.stderr.take().expect("piped")));
+    Ok(Launched {
+        role,
+        child,
+        stdout,
+        stderr,
+        report,
+        pin_qemu,
+    })
+}
+
+/// Pins QEMU's vCPU threads ("CPU n/KVM") as nightshift pins its own.
+fn pin_qemu_vcpus(pid: u32, pins: &[usize]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut pinned = vec![false; pins.len()];
+    while pinned.iter().any(|p| !p) {
+        if Instant::now() > deadline {
+            bail!("QEMU's vCPU threads did not appear");
+        }
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let Some(n) = comm
+                .trim()
+                .strip_prefix("CPU ")
+                .and_then(|s| s.strip_suffix("/KVM"))
+                .and_then(|s| s.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            if n < pins.len() && !pinned[n] {
+                let tid: i32 = task.file_name().to_string_lossy().parse()?;
+                set_affinity(tid, pins[n])?;
+                pinned[n] = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+fn set_affinity(tid: i32, cpu: usize) -> anyhow::Result<()> {
+    let list: vmm::config::CpuList = cpu.to_string().parse()?;
+    // Reuse the VMM's pinning for another thread: sched_setaffinity(tid).
+    vmm::vcpu::pin_thread(tid, &list).with_context(|| format!("pinning thread {tid}"))
+}
+
+/// Waits for a child (killing it at `deadline`); returns whether it exited as expected.
+fn wait_until(child: &mut Child, deadline: Instant) -> anyhow::Result<bool> {
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    // nightshift exits 0; QEMU's isa-debug-exit turns status 0 into 1.
+    Ok(status.is_some_and(|s| matches!(s.code(), Some(0) | Some(1))))
+}

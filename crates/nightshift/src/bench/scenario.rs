@@ -1,0 +1,202 @@
+//! The scenarios `nightshift bench` measures, and the VMM variants it compares.
+//!
+//! A scenario is one or more VMs (test-guest workloads on the command line +
+//! VMM settings) started together; a variant is the VMM that runs them:
+//! nightshift under a device-work policy, or QEMU microvm as a peer.
+
+use serde::Serialize;
+
+/// Parameters shared by every scenario of a bench run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Params {
+    /// Guest run time per VM, ms.
+    pub ms: u64,
+    /// Block request size, bytes.
+    pub req_size: u32,
+    /// Requests kept in flight by the guest.
+    pub qd: u32,
+    /// AES-XTS passes per sector in the disk backend (device CPU cost).
+    pub xts_passes: u32,
+    /// Disk image size, MiB.
+    pub disk_mib: u64,
+}
+
+/// One VM of a scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct VmSpec {
+    /// Name in the results ("vm", "A", "B").
+    pub role: &'static str,
+    /// vCPUs.
+    pub vcpus: u8,
+    /// Host CPU of each vCPU (vCPU i → `pins[i]`).
+    pub pins: Vec<usize>,
+    /// Guest command line.
+    pub cmdline: String,
+    /// Whether it has the scenario's disk.
+    pub disk: bool,
+    /// Background scrub passes over the disk (maintenance work).
+    pub scrub_passes: Option<u64>,
+}
+
+/// A scenario: VMs that run at the same time, and the solo run each compute
+/// rate is compared with.
+#[derive(Clone, Debug, Serialize)]
+pub struct Scenario {
+    /// Short name.
+    pub name: &'static str,
+    /// What it shows.
+    pub about: &'static str,
+    /// The VMs.
+    pub vms: Vec<VmSpec>,
+    /// The baseline: the same compute without the I/O (run once per
+    /// repetition on nightshift, whose compute path does not depend on policy).
+    pub solo: VmSpec,
+}
+
+/// The scenarios, in the order they run.
+pub fn all(p: &Params) -> Vec<Scenario> {
+    let blk = |mode: &str, extra: &str| {
+        format!(
+            "blk_mode={mode} blk_size={} blk_qd={} blk_ops=0 ms={}{extra}",
+            p.req_size, p.qd, p.ms
+        )
+    };
+    let vm = |vcpus: u8, cmdline: String| VmSpec {
+        role: "vm",
+        vcpus,
+        pins: (0..vcpus as usize).collect(),
+        cmdline,
+        disk: true,
+        scrub_passes: None,
+    };
+    let solo = |vcpus: u8, cmdline: String| VmSpec {
+        disk: false,
+        ..vm(vcpus, cmdline)
+    };
+    let idle_ms = |ms: u64| format!("ms={ms} tick_us=100000");
+    vec![
+        Scenario {
+            name: "mixed",
+            about: "vCPU0 computes; vCPU1 does closed-loop block I/O and idles while it waits",
+            vms: vec![vm(2, format!("workload=compute,blk {}", blk("randread", "")))],
+            solo: solo(2, format!("workload=compute,idle {}", idle_ms(p.ms))),
+        },
+        Scenario {
+            name: "bursty",
+            about: "guest mostly idle; both vCPUs issue bursts of I/O",
+            vms: vec![vm(2, format!("workload=blk {}", blk("randread", " blk_burst=16 blk_think_us=5000")))],
+            solo: solo(2, format!("workload=compute,idle {}", idle_ms(p.ms))),
+        },
+        Scenario {
+            name: "saturated",
+            about: "both vCPUs busy (vCPU1 polls for completions); I/O must use the fallback",
+            vms: vec![vm(2, format!("workload=compute,blk {}", blk("randread", " blk_wait=poll")))],
+            solo: solo(2, format!("workload=compute,idle {}", idle_ms(p.ms))),
+        },
+        Scenario {
+            name: "maintenance",
+            about: "idle-priority scrub of the image while vCPU0 computes and vCPU1 idles",
+            vms: vec![VmSpec {
+                scrub_passes: Some(1000),
+                ..vm(2, format!("workload=compute,idle {}", idle_ms(p.ms)))
+            }],
+            solo: solo(2, format!("workload=compute,idle {}", idle_ms(p.ms))),
+        },
+        Scenario {
+            name: "neighbour",
+            about: "VM A (1 vCPU on CPU0) does heavy I/O; VM B (1 vCPU on CPU1) computes",
+            vms: vec![
+                VmSpec {
+                    role: "A",
+                    pins: vec![0],
+                    ..vm(1, format!("workload=blk {}", blk("randread", "")))
+                },
+                VmSpec {
+                    role: "B",
+                    pins: vec![1],
+                    disk: false,
+                    ..vm(1, format!("workload=compute ms={}", p.ms))
+                },
+            ],
+            solo: VmSpec {
+                role: "B",
+                pins: vec![1],
+                ..solo(1, format!("workload=compute ms={}", p.ms))
+            },
+        },
+    ]
+}
+
+/// The VMM running a scenario.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "vmm", rename_all = "lowercase")]
+pub enum Variant {
+    /// nightshift with a device-work policy.
+    Nightshift {
+        /// workers | inline | idle.
+        policy: String,
+        /// KVM halt polling, ns (None: the host's default).
+        halt_poll_ns: Option<u32>,
+        /// The footprint cap on non-vCPU device-work threads.
+        cpu_cap: Option<usize>,
+    },
+    /// QEMU microvm with virtio-blk (LUKS when the disk is encrypted).
+    Qemu {
+        /// Device work on a dedicated iothread instead of QEMU's main loop.
+        iothread: bool,
+    },
+}
+
+impl Variant {
+    /// The name in tables.
+    pub fn label(&self) -> String {
+        match self {
+            Variant::Nightshift { policy, halt_poll_ns, cpu_cap } => {
+                let mut s = policy.clone();
+                if *halt_poll_ns == Some(0) {
+                    s.push_str("/nopoll");
+                }
+                if let Some(c) = cpu_cap {
+                    s.push_str(&format!("/cap{c}"));
+                }
+                s
+            }
+            Variant::Qemu { iothread: false } => "qemu".into(),
+            Variant::Qemu { iothread: true } => "qemu/iothread".into(),
+        }
+    }
+
+    /// nightshift under `policy` with the host's halt polling.
+    pub fn nightshift(policy: &str) -> Self {
+        Variant::Nightshift {
+            policy: policy.into(),
+            halt_poll_ns: None,
+            cpu_cap: None,
+        }
+    }
+
+    /// The default set: the three policies, idle without halt polling and
+    /// with the footprint cap, and QEMU with and without an iothread.
+    pub fn defaults(with_qemu: bool) -> Vec<Variant> {
+        let mut v = vec![
+            Variant::nightshift("workers"),
+            Variant::nightshift("inline"),
+            Variant::nightshift("idle"),
+            Variant::Nightshift {
+                policy: "idle".into(),
+                halt_poll_ns: Some(0),
+                cpu_cap: None,
+            },
+            Variant::Nightshift {
+                policy: "idle".into(),
+                halt_poll_ns: None,
+                cpu_cap: Some(0),
+            },
+        ];
+        if with_qemu {
+            v.push(Variant::Qemu { iothread: false });
+            v.push(Variant::Qemu { iothread: true });
+        }
+        v
+    }
+}
