@@ -1,0 +1,202 @@
+//! Microbenchmarks of the hot paths: submit→run overhead per item, and the
+//! cost of an idle executor picking work up.
+//!
+//! `cargo bench -p idlework --bench submit`. Items are empty closures, so
+//! what is measured is the engine: boxing, queueing, placement, pickup,
+//! accounting. Times are per item.
+//!
+//! Benchmarks that run on the bench thread alone (`executor_uncontended`,
+//! `inline`, `executor_pickup/*`) report that thread's CPU time
+//! (`CLOCK_THREAD_CPUTIME_ID`), so other load on a shared machine does not
+//! inflate them; the multi-threaded ones report wall time until every item
+//! has run.
+
+use cpu_time::ThreadTime;
+use criterion::{criterion_group, criterion_main, Criterion};
+use idlework::{Config, Engine, Executor, IdleHooks, Item, Policy};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const BATCH: u64 = 32;
+
+static RAN: AtomicU64 = AtomicU64::new(0);
+
+fn item() -> Item {
+    Item::from_fn(|| {
+        RAN.fetch_add(1, Ordering::Relaxed);
+    })
+}
+
+struct AlwaysIdle;
+
+impl IdleHooks for AlwaysIdle {
+    fn is_idle(&self) -> bool {
+        true
+    }
+
+    fn kick(&self) {}
+}
+
+fn config(policy: Policy) -> Config {
+    Config {
+        policy,
+        max_workers: 1,
+        // One hand absorbs any depth: the executor is not helped by workers.
+        items_per_worker: usize::MAX / 2,
+        normal_deadline: HOUR,
+        idle_deadline: HOUR,
+        ..Config::default()
+    }
+}
+
+/// This thread's CPU time for `iters` calls of `f`.
+fn cpu_time(iters: u64, mut f: impl FnMut()) -> Duration {
+    let start = ThreadTime::now();
+    for _ in 0..iters {
+        f();
+    }
+    start.elapsed()
+}
+
+/// Runs everything queued on `exec`.
+fn drain(exec: &mut Executor) {
+    while exec.run_idle(HOUR).items > 0 {}
+}
+
+/// Waits until `target` items have run in total.
+fn wait_ran(target: u64) {
+    while RAN.load(Ordering::Relaxed) < target {
+        std::hint::spin_loop();
+    }
+}
+
+fn submit_run(c: &mut Criterion) {
+    let mut g = c.benchmark_group("submit_run");
+
+    g.bench_function("executor_uncontended", |b| {
+        let engine = Engine::new(config(Policy::Idle)).unwrap();
+        let mut exec = engine.register_executor("vcpu0", AlwaysIdle);
+        b.iter_custom(|iters| {
+            let start = ThreadTime::now();
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(BATCH);
+                for _ in 0..n {
+                    black_box(engine.submit(item()).unwrap());
+                }
+                drain(&mut exec);
+                left -= n;
+            }
+            start.elapsed()
+        });
+    });
+
+    g.bench_function("inline", |b| {
+        let engine = Engine::new(config(Policy::Inline)).unwrap();
+        b.iter_custom(|iters| {
+            cpu_time(iters, || {
+                black_box(engine.submit(item()).unwrap());
+            })
+        });
+    });
+
+    g.bench_function("worker_1_submitter", |b| {
+        let engine = Engine::new(config(Policy::Workers)).unwrap();
+        b.iter_custom(|iters| {
+            let target = RAN.load(Ordering::Relaxed) + iters;
+            let start = Instant::now();
+            for _ in 0..iters {
+                black_box(engine.submit(item()).unwrap());
+            }
+            wait_ran(target);
+            start.elapsed()
+        });
+    });
+
+    g.bench_function("worker_2_submitters", |b| {
+        let engine = Engine::new(config(Policy::Workers)).unwrap();
+        b.iter_custom(|iters| {
+            let target = RAN.load(Ordering::Relaxed) + iters;
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for share in [iters / 2, iters - iters / 2] {
+                    let sub = engine.submitter();
+                    s.spawn(move || {
+                        for _ in 0..share {
+                            black_box(sub.submit(item()).unwrap());
+                        }
+                    });
+                }
+            });
+            wait_ran(target);
+            start.elapsed()
+        });
+    });
+
+    g.bench_function("executor_2_submitters", |b| {
+        // Two threads submit while the executor thread drains.
+        let engine = Engine::new(config(Policy::Idle)).unwrap();
+        let mut exec = engine.register_executor("vcpu0", AlwaysIdle);
+        b.iter_custom(|iters| {
+            let target = RAN.load(Ordering::Relaxed) + iters;
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for share in [iters / 2, iters - iters / 2] {
+                    let sub = engine.submitter();
+                    s.spawn(move || {
+                        for _ in 0..share {
+                            black_box(sub.submit(item()).unwrap());
+                        }
+                    });
+                }
+                while RAN.load(Ordering::Relaxed) < target {
+                    exec.run_idle(HOUR);
+                }
+            });
+            start.elapsed()
+        });
+    });
+    g.finish();
+}
+
+fn pickup(c: &mut Criterion) {
+    let mut g = c.benchmark_group("executor_pickup");
+    g.bench_function("run_idle_empty", |b| {
+        let engine = Engine::new(config(Policy::Idle)).unwrap();
+        let mut exec = engine.register_executor("vcpu0", AlwaysIdle);
+        b.iter_custom(|iters| {
+            cpu_time(iters, || {
+                black_box(exec.run_idle(HOUR));
+            })
+        });
+    });
+    g.bench_function("kick_then_run_idle_one_item", |b| {
+        // Submit one item (which kicks the idle executor), then the
+        // executor's call that answers the kick and runs it.
+        let engine = Engine::new(config(Policy::Idle)).unwrap();
+        let mut exec = engine.register_executor("vcpu0", AlwaysIdle);
+        b.iter_custom(|iters| {
+            cpu_time(iters, || {
+                engine.submit(item()).unwrap();
+                black_box(exec.run_idle(HOUR));
+            })
+        });
+    });
+    g.finish();
+}
+
+fn fast() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
+}
+
+criterion_group! {
+    name = benches;
+    config = fast();
+    targets = submit_run, pickup
+}
+criterion_main!(benches);

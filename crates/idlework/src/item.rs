@@ -1,0 +1,194 @@
+//! Work items: what runs, at which priority, and how it yields.
+
+use crate::clock::Nanos;
+use crate::priority::Priority;
+use serde::Serialize;
+use std::fmt;
+use std::time::Duration;
+
+/// What a step of work asks for next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The item is finished and is dropped.
+    Done,
+    /// The item did part of its work; queue it again to continue later
+    /// (time slicing in user space).
+    Yield,
+}
+
+/// The kind of thread an item runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Place {
+    /// The thread that submitted it.
+    Inline,
+    /// An idle executor's (vCPU's) thread.
+    Executor,
+    /// A worker thread of the pool.
+    Worker,
+}
+
+impl Place {
+    /// All places.
+    pub const ALL: [Place; 3] = [Place::Inline, Place::Executor, Place::Worker];
+
+    /// The place's lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Place::Inline => "inline",
+            Place::Executor => "executor",
+            Place::Worker => "worker",
+        }
+    }
+}
+
+/// What a running item may know about where and for how long it runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Context {
+    pub(crate) place: Place,
+    pub(crate) slice: Duration,
+}
+
+impl Context {
+    /// Where this step runs.
+    pub fn place(&self) -> Place {
+        self.place
+    }
+
+    /// How long this step may take before it should [`Step::Yield`]: an
+    /// executor's remaining budget, or the configured executor budget on a
+    /// worker. [`Duration::MAX`] when nothing else waits for the thread.
+    pub fn slice(&self) -> Duration {
+        self.slice
+    }
+}
+
+/// A unit of deferred work.
+///
+/// `run` is called until it returns [`Step::Done`]; each call is one slice.
+/// Closures `FnMut(&Context) -> Step` are work too.
+///
+/// ```
+/// use idlework::{Context, Step, Work};
+///
+/// /// Scrubs 1000 blocks, 100 per slice.
+/// struct Scrub { next: u32 }
+///
+/// impl Work for Scrub {
+///     fn run(&mut self, _cx: &Context) -> Step {
+///         self.next += 100;
+///         if self.next < 1000 { Step::Yield } else { Step::Done }
+///     }
+/// }
+/// ```
+pub trait Work: Send + 'static {
+    /// Does (part of) the work.
+    fn run(&mut self, cx: &Context) -> Step;
+}
+
+impl<F> Work for F
+where
+    F: FnMut(&Context) -> Step + Send + 'static,
+{
+    fn run(&mut self, cx: &Context) -> Step {
+        self(cx)
+    }
+}
+
+/// Adapts a one-shot closure to [`Work`].
+struct Once<F>(Option<F>);
+
+impl<F: FnOnce() + Send + 'static> Work for Once<F> {
+    fn run(&mut self, _cx: &Context) -> Step {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+        Step::Done
+    }
+}
+
+/// A boxed unit of work with its priority and cost hint, ready to submit.
+///
+/// Building an item is its only allocation.
+///
+/// ```
+/// use idlework::{Item, Priority};
+/// use std::time::Duration;
+///
+/// let item = Item::from_fn(|| println!("done"))
+///     .with_priority(Priority::Urgent)
+///     .with_cost_hint(Duration::from_nanos(300));
+/// assert_eq!(item.priority(), Priority::Urgent);
+/// ```
+pub struct Item {
+    work: Box<dyn Work>,
+    priority: Priority,
+    cost_hint: Option<Duration>,
+    /// When the item was last queued (engine clock).
+    pub(crate) stamp: Nanos,
+}
+
+impl Item {
+    /// A `normal` item running `work`.
+    pub fn new(work: impl Work) -> Self {
+        Item {
+            work: Box::new(work),
+            priority: Priority::Normal,
+            cost_hint: None,
+            stamp: 0,
+        }
+    }
+
+    /// A `normal` item that calls `f` once.
+    pub fn from_fn(f: impl FnOnce() + Send + 'static) -> Self {
+        Item::new(Once(Some(f)))
+    }
+
+    /// Sets the priority.
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the cost hint: the expected duration of one step. Items hinted
+    /// below [`Config::inline_threshold`](crate::Config::inline_threshold)
+    /// run on the submitting thread.
+    pub fn with_cost_hint(mut self, cost: Duration) -> Self {
+        self.cost_hint = Some(cost);
+        self
+    }
+
+    /// The item's priority.
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// The item's cost hint, if any.
+    pub fn cost_hint(&self) -> Option<Duration> {
+        self.cost_hint
+    }
+
+    /// Runs the item to completion on this thread, e.g. an item handed
+    /// back by [`Engine::shutdown`](crate::Engine::shutdown).
+    pub fn run_to_completion(mut self) {
+        let cx = Context {
+            place: Place::Inline,
+            slice: Duration::MAX,
+        };
+        while self.step(&cx) == Step::Yield {}
+    }
+
+    /// Runs one step.
+    pub(crate) fn step(&mut self, cx: &Context) -> Step {
+        self.work.run(cx)
+    }
+}
+
+impl fmt::Debug for Item {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Item")
+            .field("priority", &self.priority)
+            .field("cost_hint", &self.cost_hint)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,174 @@
+//! Placement: where a submitted item runs, and whom to wake for it.
+//!
+//! | policy  | `urgent`                         | `normal`                                       | `idle`                                   |
+//! |---------|----------------------------------|------------------------------------------------|------------------------------------------|
+//! | workers | wake a worker at once            | wake a worker when depth asks for a hand, or after `normal_deadline` | as `normal`          |
+//! | inline  | run on the submitting thread     | run on the submitting thread                   | run on the submitting thread             |
+//! | idle    | wake a worker (else kick)        | kick an idle executor, else wake a worker, when depth asks; a worker after `normal_deadline` | kick an idle executor; a worker only after `idle_deadline` |
+//!
+//! Under every policy but `inline`, an item whose cost hint is below the
+//! inline threshold first runs one step on the submitting thread.
+
+use crate::config::Policy;
+use crate::error::SubmitError;
+use crate::item::{Context, Item, Place};
+use crate::priority::Priority;
+use crate::run::{account, step};
+use crate::shared::Shared;
+use crate::sleep::Watch;
+use crate::stats::Tally;
+use crate::sync::{fence, Ordering};
+use std::time::Duration;
+
+/// Where a submission went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// It already ran, to completion, on the submitting thread.
+    Inline,
+    /// It was queued (possibly after an inline step that yielded).
+    Queued,
+}
+
+impl Shared {
+    /// Submits `item`. `capped` says whether an inline run on this thread
+    /// counts against the CPU cap (it does not on an executor's thread).
+    pub(crate) fn submit(&self, mut item: Item, capped: bool) -> Result<Submitted, SubmitError> {
+        let Some(_pass) = self.gate.enter() else {
+            return Err(SubmitError::ShutDown(item));
+        };
+        if self.config.policy == Policy::Inline {
+            self.run_inline(item, true);
+            return Ok(Submitted::Inline);
+        }
+        if self.below_threshold(&item) && (!capped || self.cap.try_acquire()) {
+            let rest = self.run_inline(item, false);
+            if capped {
+                self.release_cap();
+            }
+            match rest {
+                None => return Ok(Submitted::Inline),
+                Some(yielded) => item = yielded,
+            }
+        }
+        self.enqueue(item, self.clock.now());
+        Ok(Submitted::Queued)
+    }
+
+    fn below_threshold(&self, item: &Item) -> bool {
+        item.cost_hint()
+            .is_some_and(|c| c < self.config.inline_threshold)
+    }
+
+    /// Runs `item` to completion on this thread, counted as inline.
+    pub(crate) fn run_to_completion(&self, item: Item) {
+        self.run_inline(item, true);
+    }
+
+    /// Runs `item` on this thread: one step, or to completion. Returns the
+    /// item if it yielded and must be queued.
+    fn run_inline(&self, mut item: Item, to_completion: bool) -> Option<Item> {
+        let start = self.clock.now();
+        let cx = Context {
+            place: Place::Inline,
+            slice: if to_completion {
+                Duration::MAX
+            } else {
+                self.config.inline_threshold
+            },
+        };
+        let p = item.priority();
+        let mut tally = Tally::default();
+        let rest = loop {
+            match account(&mut tally, p, step(item, &cx)) {
+                Some(yielded) if to_completion => item = yielded,
+                rest => break rest,
+            }
+        };
+        tally.busy_ns = self.clock.now().saturating_sub(start);
+        self.inline.flush(&mut tally);
+        rest
+    }
+
+    /// Finds a hand for a just-queued item of class `p`. Unless a worker
+    /// was woken for it (a worker, once awake, runs until the queue is
+    /// empty), the timekeeper is made to watch its age: a kicked vCPU may
+    /// never come, and hands already at work may be stuck in long items.
+    /// The caller has fenced after queueing it.
+    pub(crate) fn place(&self, p: Priority) {
+        let woke_worker = match (self.config.policy, p) {
+            (Policy::Idle, Priority::Urgent) => {
+                self.wake_worker() || {
+                    self.executors.kick_one();
+                    false
+                }
+            }
+            (Policy::Idle, Priority::Idle) => {
+                let hands = self.executors.busy();
+                if self.queues.len(p) > hands.saturating_mul(self.config.items_per_worker) {
+                    self.executors.kick_one();
+                }
+                false
+            }
+            (_, Priority::Urgent) => self.wake_worker(),
+            _ => self.grow(),
+        };
+        if !woke_worker {
+            self.sleep.arm_timer();
+        }
+    }
+
+    /// Adds one hand if the queue depth asks for more than are at work:
+    /// an idle executor first (idle policy), else a worker. Returns whether
+    /// a worker was woken.
+    pub(crate) fn grow(&self) -> bool {
+        if !self.needs_hand() || (self.idle_policy() && self.executors.kick_one()) {
+            return false;
+        }
+        self.wake_worker()
+    }
+
+    /// Whether the queue depth (`urgent` + `normal`, and `idle` unless idle
+    /// work waits for executors) exceeds what the hands at work (awake
+    /// workers, kicked or running executors) absorb.
+    fn needs_hand(&self) -> bool {
+        let awake = self.workers.len().saturating_sub(self.sleep.sleeping());
+        let hands = awake + self.executors.busy();
+        let absorbed = hands.saturating_mul(self.config.items_per_worker);
+        // Nobody at work: any queued item needs a hand (skip the count).
+        absorbed == 0 || self.queues.depth(!self.idle_policy()) > absorbed
+    }
+
+    /// Wakes one sleeping worker if the CPU cap leaves room for it.
+    pub(crate) fn wake_worker(&self) -> bool {
+        self.cap.available() && self.sleep.wake_one()
+    }
+
+    /// Returns a CPU-cap slot; if the cap was full, a worker refused a
+    /// slot may be waiting for it.
+    pub(crate) fn release_cap(&self) {
+        if self.cap.release() {
+            fence(Ordering::SeqCst);
+            if !self.queues.all_empty() {
+                self.wake_worker();
+            }
+        }
+    }
+
+    /// Finds hands again for whatever is still queued (an executor ran out
+    /// of budget). The caller has fenced.
+    pub(crate) fn place_remaining(&self) {
+        for p in Priority::ALL {
+            if !self.queues.is_empty(p) {
+                self.place(p);
+            }
+        }
+    }
+
+    /// Wakes a worker if some queued item is past its deadline. Returns
+    /// whether one was woken.
+    pub(crate) fn check_deadlines(&self) -> bool {
+        fence(Ordering::SeqCst);
+        let now = self.clock.now();
+        self.next_deadline().is_some_and(|t| t <= now) && self.wake_worker()
+    }
+}
