@@ -1,0 +1,266 @@
+//! Shared setup for nightshift's fuzz targets: guest memory laid out from the
+//! fuzzer's bytes, a scratch disk, an inline idlework engine, and a driver for
+//! the virtio-mmio register protocol.
+//!
+//! Everything here is deterministic for a given input: guest memory, the disk
+//! contents and the device are rebuilt for every run, so a crash reproduces
+//! from its artifact alone.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
+    VIRTIO_CONFIG_S_FEATURES_OK,
+};
+use virtio_bindings::virtio_mmio::*;
+use vm_memory::{Bytes, GuestAddress};
+use vmm::bus::BusDevice;
+use vmm::memory::GuestMemory;
+use vmm::virtio::block::{Block, Disk, Transform};
+use vmm::virtio::mmio::MmioTransport;
+use vmm::virtio::VirtioInterrupt;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Guest RAM of every target: 16 MiB at guest physical 0.
+pub const MEM_SIZE: u64 = 16 << 20;
+/// Descriptor table of the fixed queue layout.
+pub const DESC: u64 = 0x1000;
+/// Available ring of the fixed queue layout.
+pub const AVAIL: u64 = 0x2000;
+/// Used ring of the fixed queue layout.
+pub const USED: u64 = 0x3000;
+/// Where the rest of the input (request headers, data) lands.
+pub const DATA: u64 = 0x4000;
+/// Most input bytes copied to [`DATA`].
+pub const DATA_MAX: usize = 64 << 10;
+/// Scratch disk size: 32 sectors, small enough to rewrite on every run.
+pub const DISK_BYTES: usize = 16 << 10;
+/// The device's GET_ID answer.
+pub const DISK_ID: &str = "nightshift-fuzz-disk0";
+
+/// Fresh, zeroed guest memory.
+pub fn guest_memory() -> Arc<GuestMemory> {
+    vmm::memory::create_guest_memory(MEM_SIZE).expect("16 MiB of guest memory")
+}
+
+/// A split queue as the fuzzer's bytes describe it, written into guest memory
+/// at the fixed addresses [`DESC`], [`AVAIL`], [`USED`] and [`DATA`].
+///
+/// Input layout (missing bytes are zero):
+///
+/// | bytes          | meaning                                                  |
+/// |----------------|----------------------------------------------------------|
+/// | 0              | queue size: `1 << (b % 9)`, i.e. a power of two ≤ 256    |
+/// | 1              | flags, target-specific (see [`QueueImage::flags`])       |
+/// | 2..4           | avail ring `idx` (LE)                                    |
+/// | 4..6           | the device's `next_avail` (where only the target can set it) |
+/// | 6..6+16·size   | descriptor table                                         |
+/// | then 2·size    | avail ring entries (heads)                               |
+/// | rest           | copied to [`DATA`] (at most [`DATA_MAX`] bytes)          |
+#[derive(Clone, Copy, Debug)]
+pub struct QueueImage {
+    /// Queue size (power of two, 1..=256).
+    pub size: u16,
+    /// Target-specific flag bits.
+    pub flags: u8,
+    /// The driver's avail index.
+    pub avail_idx: u16,
+    /// Where the device starts popping.
+    pub next_avail: u16,
+}
+
+impl QueueImage {
+    /// Bytes before the descriptor table.
+    pub const HEADER: usize = 6;
+
+    /// Lays `input` out in `mem` and returns its header.
+    pub fn load(mem: &GuestMemory, input: &[u8]) -> QueueImage {
+        let byte = |i: usize| input.get(i).copied().unwrap_or(0);
+        let img = QueueImage {
+            size: 1u16 << (byte(0) % 9),
+            flags: byte(1),
+            avail_idx: u16::from_le_bytes([byte(2), byte(3)]),
+            next_avail: u16::from_le_bytes([byte(4), byte(5)]),
+        };
+        let mut rest = input.get(Self::HEADER..).unwrap_or(&[]);
+        let mut put = |addr: u64, max: usize| {
+            let (now, later) = rest.split_at(max.min(rest.len()));
+            mem.write_slice(now, GuestAddress(addr)).expect("fixed layout is in memory");
+            rest = later;
+        };
+        let size = usize::from(img.size);
+        put(DESC, 16 * size);
+        put(AVAIL + 4, 2 * size);
+        put(DATA, DATA_MAX);
+        // flags = 0 (interrupts wanted), then the index.
+        mem.write_obj(img.avail_idx, GuestAddress(AVAIL + 2)).unwrap();
+        img
+    }
+}
+
+/// The scratch disk: one unlinked file on tmpfs per process (so flushes cost
+/// nothing and nothing is left behind), reset to a fixed pattern every run and
+/// reopened through `/proc/self/fd`. `encrypted`: AES-256-XTS, one pass.
+pub fn scratch_disk(read_only: bool, encrypted: bool) -> Disk {
+    static FILE: OnceLock<(File, PathBuf)> = OnceLock::new();
+    let (file, path) = FILE.get_or_init(|| {
+        let dir = ["/dev/shm", "/tmp"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|d| d.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let name = dir.join(format!("nightshift-fuzz-disk-{}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&name)
+            .expect("create scratch disk");
+        let _ = std::fs::remove_file(&name);
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        (file, path)
+    });
+    // Each sector holds its own number, so misdirected I/O is visible.
+    let pattern: Vec<u8> = (0..DISK_BYTES).map(|i| (i / 512) as u8 ^ (i as u8)).collect();
+    file.write_all_at(&pattern, 0).expect("reset scratch disk");
+    file.set_len(DISK_BYTES as u64).expect("size scratch disk");
+    let transform = if encrypted {
+        Transform::Xts { key: [0x5a; 64], passes: 1 }
+    } else {
+        Transform::None
+    };
+    Disk::open(path, read_only, transform).expect("open scratch disk")
+}
+
+/// The idlework engine every target submits to: inline, no worker threads,
+/// so requests run to completion inside `queue_notify` and every run is
+/// single-threaded and deterministic.
+pub fn engine() -> &'static idlework::Engine {
+    static ENGINE: OnceLock<idlework::Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        idlework::Engine::new(idlework::Config {
+            policy: idlework::Policy::Inline,
+            max_workers: 0,
+            ..Default::default()
+        })
+        .expect("inline engine")
+    })
+}
+
+/// Panics (an item that panicked was caught by idlework, which would
+/// otherwise hide it) if any engine item panicked so far.
+pub fn assert_no_item_panicked() {
+    let panics = engine().stats().panics();
+    assert_eq!(panics, 0, "an idlework item (a block request) panicked");
+}
+
+/// A virtio-blk device on the scratch disk.
+pub fn block_device(read_only: bool, encrypted: bool) -> Block {
+    Block::new(scratch_disk(read_only, encrypted), DISK_ID, engine().submitter())
+}
+
+/// The interrupt a transport raises (an eventfd nobody reads; non-blocking so
+/// a saturated counter cannot block the device).
+pub fn interrupt() -> Arc<VirtioInterrupt> {
+    Arc::new(VirtioInterrupt::new(
+        EventFd::new(libc::EFD_NONBLOCK).expect("eventfd"),
+    ))
+}
+
+/// virtio-mmio register offsets.
+pub mod reg {
+    use super::*;
+    pub const MAGIC: u64 = VIRTIO_MMIO_MAGIC_VALUE as u64;
+    pub const VERSION: u64 = VIRTIO_MMIO_VERSION as u64;
+    pub const DEVICE_ID: u64 = VIRTIO_MMIO_DEVICE_ID as u64;
+    pub const VENDOR_ID: u64 = VIRTIO_MMIO_VENDOR_ID as u64;
+    pub const DEVICE_FEATURES: u64 = VIRTIO_MMIO_DEVICE_FEATURES as u64;
+    pub const DEVICE_FEATURES_SEL: u64 = VIRTIO_MMIO_DEVICE_FEATURES_SEL as u64;
+    pub const DRIVER_FEATURES: u64 = VIRTIO_MMIO_DRIVER_FEATURES as u64;
+    pub const DRIVER_FEATURES_SEL: u64 = VIRTIO_MMIO_DRIVER_FEATURES_SEL as u64;
+    pub const QUEUE_SEL: u64 = VIRTIO_MMIO_QUEUE_SEL as u64;
+    pub const QUEUE_NUM_MAX: u64 = VIRTIO_MMIO_QUEUE_NUM_MAX as u64;
+    pub const QUEUE_NUM: u64 = VIRTIO_MMIO_QUEUE_NUM as u64;
+    pub const QUEUE_READY: u64 = VIRTIO_MMIO_QUEUE_READY as u64;
+    pub const QUEUE_NOTIFY: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
+    pub const INTERRUPT_STATUS: u64 = VIRTIO_MMIO_INTERRUPT_STATUS as u64;
+    pub const INTERRUPT_ACK: u64 = VIRTIO_MMIO_INTERRUPT_ACK as u64;
+    pub const STATUS: u64 = VIRTIO_MMIO_STATUS as u64;
+    pub const QUEUE_DESC_LOW: u64 = VIRTIO_MMIO_QUEUE_DESC_LOW as u64;
+    pub const QUEUE_DESC_HIGH: u64 = VIRTIO_MMIO_QUEUE_DESC_HIGH as u64;
+    pub const QUEUE_AVAIL_LOW: u64 = VIRTIO_MMIO_QUEUE_AVAIL_LOW as u64;
+    pub const QUEUE_AVAIL_HIGH: u64 = VIRTIO_MMIO_QUEUE_AVAIL_HIGH as u64;
+    pub const QUEUE_USED_LOW: u64 = VIRTIO_MMIO_QUEUE_USED_LOW as u64;
+    pub const QUEUE_USED_HIGH: u64 = VIRTIO_MMIO_QUEUE_USED_HIGH as u64;
+    pub const CONFIG_GENERATION: u64 = VIRTIO_MMIO_CONFIG_GENERATION as u64;
+    pub const CONFIG: u64 = VIRTIO_MMIO_CONFIG as u64;
+
+    /// Every defined register (and two config-space offsets), for targets
+    /// that pick offsets from a table rather than at random.
+    pub const ALL: [u64; 26] = [
+        MAGIC, VERSION, DEVICE_ID, VENDOR_ID, DEVICE_FEATURES, DEVICE_FEATURES_SEL,
+        DRIVER_FEATURES, DRIVER_FEATURES_SEL, QUEUE_SEL, QUEUE_NUM_MAX, QUEUE_NUM,
+        QUEUE_READY, QUEUE_NOTIFY, INTERRUPT_STATUS, INTERRUPT_ACK, STATUS,
+        QUEUE_DESC_LOW, QUEUE_DESC_HIGH, QUEUE_AVAIL_LOW, QUEUE_AVAIL_HIGH,
+        QUEUE_USED_LOW, QUEUE_USED_HIGH, CONFIG_GENERATION, CONFIG, CONFIG + 4, CONFIG + 8,
+    ];
+}
+
+/// A 4-byte register write, as a driver does it.
+pub fn write_reg(t: &mut MmioTransport, offset: u64, value: u32) {
+    t.write(offset, &value.to_le_bytes());
+}
+
+/// A 4-byte register read.
+pub fn read_reg(t: &mut MmioTransport, offset: u64) -> u32 {
+    let mut b = [0; 4];
+    t.read(offset, &mut b);
+    u32::from_le_bytes(b)
+}
+
+/// Drives a well-behaved virtio 1 handshake: features (VERSION_1 plus
+/// whatever else the device offers), queue 0 of `size` at the fixed layout,
+/// DRIVER_OK.
+pub fn bring_up(t: &mut MmioTransport, size: u16) {
+    write_reg(t, reg::STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+    write_reg(t, reg::STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
+    for sel in 0..2 {
+        write_reg(t, reg::DEVICE_FEATURES_SEL, sel);
+        let offered = read_reg(t, reg::DEVICE_FEATURES);
+        write_reg(t, reg::DRIVER_FEATURES_SEL, sel);
+        write_reg(t, reg::DRIVER_FEATURES, offered);
+    }
+    let features_ok = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
+    write_reg(t, reg::STATUS, features_ok);
+    assert_ne!(t.status() & VIRTIO_CONFIG_S_FEATURES_OK, 0, "device refused VERSION_1 features");
+    write_reg(t, reg::QUEUE_SEL, 0);
+    write_reg(t, reg::QUEUE_NUM, u32::from(size));
+    write_reg(t, reg::QUEUE_DESC_LOW, DESC as u32);
+    write_reg(t, reg::QUEUE_DESC_HIGH, 0);
+    write_reg(t, reg::QUEUE_AVAIL_LOW, AVAIL as u32);
+    write_reg(t, reg::QUEUE_AVAIL_HIGH, 0);
+    write_reg(t, reg::QUEUE_USED_LOW, USED as u32);
+    write_reg(t, reg::QUEUE_USED_HIGH, 0);
+    write_reg(t, reg::QUEUE_READY, 1);
+    write_reg(t, reg::STATUS, features_ok | VIRTIO_CONFIG_S_DRIVER_OK);
+}
+
+/// Whether `NIGHTSHIFT_FUZZ_DEBUG` is set: targets then print what each input
+/// did (use with a single input, e.g. `cargo fuzz run TARGET FILE`).
+pub fn debug() -> bool {
+    static DEBUG: OnceLock<bool> = OnceLock::new();
+    *DEBUG.get_or_init(|| std::env::var_os("NIGHTSHIFT_FUZZ_DEBUG").is_some())
+}
+
+/// Whether `NIGHTSHIFT_FUZZ_STRICT` is set: targets then also check protocol
+/// invariants that crates/vmm is known not to hold yet (see README.md), on
+/// top of the default ones.
+pub fn strict() -> bool {
+    static STRICT: OnceLock<bool> = OnceLock::new();
+    *STRICT.get_or_init(|| std::env::var_os("NIGHTSHIFT_FUZZ_STRICT").is_some())
+}
