@@ -30,16 +30,19 @@ pub enum Workload {
     TripleFault,
     /// Each CPU measures the cost of a service call and of a CPL0 instruction.
     Cpl0,
+    /// Block I/O on a virtio-mmio block device (see [`BlkConfig`]).
+    Blk,
 }
 
 impl Workload {
-    const ALL: [Workload; 6] = [
+    const ALL: [Workload; 7] = [
         Workload::Compute,
         Workload::Idle,
         Workload::Exit,
         Workload::Ud,
         Workload::TripleFault,
         Workload::Cpl0,
+        Workload::Blk,
     ];
 
     /// The command-line spelling.
@@ -51,7 +54,14 @@ impl Workload {
             Workload::Ud => "ud",
             Workload::TripleFault => "triplefault",
             Workload::Cpl0 => "cpl0",
+            Workload::Blk => "blk",
         }
+    }
+
+    /// Whether the workload is the BSP's alone (it ends the run instead of running on
+    /// every CPU): `exit`, `ud`, `triplefault`.
+    pub fn bsp_only(self) -> bool {
+        matches!(self, Workload::Exit | Workload::Ud | Workload::TripleFault)
     }
 
     fn from_name(name: &str) -> Option<Self> {
@@ -70,11 +80,163 @@ pub struct VirtioMmioDevice {
     pub irq: u32,
 }
 
+/// `workload=`: one workload per CPU, CPU 0 first; CPUs beyond the list run its last entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Workloads {
+    list: [Workload; MAX_CPUS],
+    len: usize,
+}
+
+impl Workloads {
+    /// Every CPU runs `w`.
+    pub const fn single(w: Workload) -> Self {
+        Self {
+            list: [w; MAX_CPUS],
+            len: 1,
+        }
+    }
+
+    /// The workload of CPU `cpu` (0 = BSP).
+    pub fn for_cpu(&self, cpu: usize) -> Workload {
+        self.list[cpu.min(self.len - 1).min(MAX_CPUS - 1)]
+    }
+
+    /// The entries as given (at least one).
+    pub fn as_slice(&self) -> &[Workload] {
+        &self.list[..self.len]
+    }
+
+    /// Whether any of the first `cpus` CPUs runs `w`.
+    pub fn any(&self, cpus: usize, w: Workload) -> bool {
+        (0..cpus.max(1)).any(|cpu| self.for_cpu(cpu) == w)
+    }
+}
+
+/// What a `blk` CPU does (`blk_mode=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlkMode {
+    /// Random `blk_size`-aligned reads in the span.
+    RandRead,
+    /// Random `blk_size`-aligned writes of the data pattern in the span.
+    RandWrite,
+    /// Write the pattern over the span, flush, read it back and check it.
+    WriteVerify,
+    /// Read the span and check it holds the pattern.
+    ReadVerify,
+    /// Broken requests and register use, one case at a time; then a check that the device
+    /// still works.
+    Hostile,
+}
+
+impl BlkMode {
+    const ALL: [BlkMode; 5] = [
+        BlkMode::RandRead,
+        BlkMode::RandWrite,
+        BlkMode::WriteVerify,
+        BlkMode::ReadVerify,
+        BlkMode::Hostile,
+    ];
+
+    /// The command-line spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlkMode::RandRead => "randread",
+            BlkMode::RandWrite => "randwrite",
+            BlkMode::WriteVerify => "write-verify",
+            BlkMode::ReadVerify => "read-verify",
+            BlkMode::Hostile => "hostile",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// Whether the mode covers the span once and checks the data (rather than running
+    /// random requests for `blk_ops` or `ms`).
+    pub fn is_verify(self) -> bool {
+        matches!(self, BlkMode::WriteVerify | BlkMode::ReadVerify)
+    }
+}
+
+/// How a `blk` CPU waits for completions (`blk_wait=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlkWait {
+    /// Halt until the device interrupt (the default).
+    Irq,
+    /// Spin at CPL3 on the used ring; the device is asked not to interrupt.
+    Poll,
+}
+
+impl BlkWait {
+    /// The command-line spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlkWait::Irq => "irq",
+            BlkWait::Poll => "poll",
+        }
+    }
+}
+
+/// Largest `blk_size`.
+pub const MAX_BLK_SIZE: u32 = 64 * 1024;
+/// Largest `blk_qd`.
+pub const MAX_BLK_QD: u16 = 32;
+/// Largest `blk_qsize` (and the default queue size when the device allows it).
+pub const MAX_BLK_QSIZE: u16 = 256;
+/// Smallest `blk_qsize`: one request takes three descriptors, the hostile cases four.
+pub const MIN_BLK_QSIZE: u16 = 4;
+/// Bytes per virtio-blk sector.
+pub const SECTOR: u64 = 512;
+
+/// The `blk_*` keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlkConfig {
+    /// `blk_mode=`.
+    pub mode: BlkMode,
+    /// `blk_ops=`: requests to complete; 0 = run for `ms` (random modes only).
+    pub ops: u64,
+    /// `blk_size=`: bytes per request, a multiple of 512, `512..=MAX_BLK_SIZE`.
+    pub size: u32,
+    /// `blk_qd=`: requests kept in flight, `1..=MAX_BLK_QD`.
+    pub qd: u16,
+    /// `blk_span=`: bytes of the disk used from offset 0; `None` = the default for the mode.
+    pub span: Option<u64>,
+    /// `blk_seed=`: data-pattern seed and random-offset seed.
+    pub seed: u64,
+    /// `blk_dev=`: index of the first virtio-mmio block device used.
+    pub dev: usize,
+    /// `blk_wait=`.
+    pub wait: BlkWait,
+    /// `blk_qsize=`: queue size (a power of two, `MIN_BLK_QSIZE..=MAX_BLK_QSIZE`); `None`
+    /// = `min(QueueNumMax, MAX_BLK_QSIZE)`.
+    pub qsize: Option<u16>,
+    /// `blk_verify=1`: `randread` also checks the data pattern.
+    pub verify: bool,
+}
+
+impl Default for BlkConfig {
+    fn default() -> Self {
+        Self {
+            mode: BlkMode::RandRead,
+            ops: 0,
+            size: 4096,
+            qd: 1,
+            span: None,
+            seed: 1,
+            dev: 0,
+            wait: BlkWait::Irq,
+            qsize: None,
+            verify: false,
+        }
+    }
+}
+
 /// The parsed command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// `workload=`.
-    pub workload: Workload,
+    pub workloads: Workloads,
     /// `ms=`: run time of the workload in milliseconds, `1..=MAX_MS`.
     pub ms: u64,
     /// `tick_us=`: LAPIC timer period of the `idle` workload, `1..=MAX_TICK_US`.
@@ -85,17 +247,20 @@ pub struct Config {
     pub cpus: Option<usize>,
     /// `virtio_mmio.device=` entries, in command-line order.
     pub virtio_mmio: [Option<VirtioMmioDevice>; MAX_VIRTIO_MMIO_DEVICES],
+    /// The `blk_*` keys.
+    pub blk: BlkConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            workload: Workload::Compute,
+            workloads: Workloads::single(Workload::Compute),
             ms: 100,
             tick_us: 1000,
             status: 0,
             cpus: None,
             virtio_mmio: [None; MAX_VIRTIO_MMIO_DEVICES],
+            blk: BlkConfig::default(),
         }
     }
 }
@@ -121,6 +286,55 @@ impl fmt::Display for Warning<'_> {
     }
 }
 
+/// Parses a `workload=` list; bad entries become `compute` (with a warning naming them).
+fn parse_workloads<'a>(
+    key: &'a str,
+    value: &'a str,
+    warn: &mut impl FnMut(Warning<'a>),
+) -> Workloads {
+    let mut w = Workloads::single(Workload::Compute);
+    w.len = 0;
+    for (i, entry) in value.split(',').enumerate() {
+        if i >= MAX_CPUS {
+            warn(Warning {
+                key,
+                value: entry,
+                reason: "more workload entries than CPUs (16); ignoring the rest",
+            });
+            break;
+        }
+        let parsed = match Workload::from_name(entry) {
+            Some(wl) if i > 0 && wl.bsp_only() => {
+                warn(Warning {
+                    key,
+                    value: entry,
+                    reason: "exit, ud and triplefault only apply to CPU 0; using compute",
+                });
+                Workload::Compute
+            }
+            Some(wl) => wl,
+            None => {
+                warn(Warning {
+                    key,
+                    value: entry,
+                    reason:
+                        "expected compute, idle, cpl0, blk, exit, ud or triplefault; using compute",
+                });
+                Workload::Compute
+            }
+        };
+        w.list[i] = parsed;
+        w.len = i + 1;
+    }
+    // Entries beyond the list repeat the last one.
+    let last = w.list[w.len.max(1) - 1];
+    for slot in &mut w.list[w.len..] {
+        *slot = last;
+    }
+    w.len = w.len.max(1);
+    w
+}
+
 impl Config {
     /// Parses `line`, calling `warn` for every known key whose value is not used.
     pub fn parse<'a>(line: &'a str, mut warn: impl FnMut(Warning<'a>)) -> Self {
@@ -130,14 +344,13 @@ impl Config {
             let Some((key, value)) = word.split_once('=') else {
                 continue;
             };
+            if key == "workload" {
+                config.workloads = parse_workloads(key, value, &mut warn);
+                continue;
+            }
             let mut bad = |reason| warn(Warning { key, value, reason });
+            let blk = &mut config.blk;
             match key {
-                "workload" => match Workload::from_name(value) {
-                    Some(w) => config.workload = w,
-                    None => {
-                        bad("expected compute, idle, cpl0, exit, ud or triplefault; using compute")
-                    }
-                },
                 "ms" => match parse_u64(value).filter(|v| (1..=MAX_MS).contains(v)) {
                     Some(v) => config.ms = v,
                     None => bad("expected 1..=3600000; using 100"),
@@ -164,6 +377,58 @@ impl Config {
                     }
                     Some(_) => bad("too many virtio_mmio.device entries"),
                     None => bad("expected <size>@<base>:<irq>"),
+                },
+                "blk_mode" => match BlkMode::from_name(value) {
+                    Some(m) => blk.mode = m,
+                    None => bad(
+                        "expected randread, randwrite, write-verify, read-verify or hostile; using randread",
+                    ),
+                },
+                "blk_ops" => match parse_u64(value) {
+                    Some(v) => blk.ops = v,
+                    None => bad("expected a number; using 0 (run for ms)"),
+                },
+                "blk_size" => match parse_size(value)
+                    .filter(|v| *v % SECTOR == 0 && (SECTOR..=u64::from(MAX_BLK_SIZE)).contains(v))
+                {
+                    Some(v) => blk.size = v as u32,
+                    None => bad("expected a multiple of 512 in 512..=65536; using 4096"),
+                },
+                "blk_qd" => match parse_u64(value).filter(|v| (1..=u64::from(MAX_BLK_QD)).contains(v)) {
+                    Some(v) => blk.qd = v as u16,
+                    None => bad("expected 1..=32; using 1"),
+                },
+                "blk_span" => match parse_size(value).filter(|v| *v >= SECTOR && *v % SECTOR == 0) {
+                    Some(v) => blk.span = Some(v),
+                    None => bad("expected a multiple of 512 (K/M/G suffix allowed); using the default"),
+                },
+                "blk_seed" => match parse_u64(value) {
+                    Some(v) => blk.seed = v,
+                    None => bad("expected a 64-bit number; using 1"),
+                },
+                "blk_dev" => match parse_u64(value)
+                    .and_then(|v| usize::try_from(v).ok())
+                    .filter(|v| *v < MAX_VIRTIO_MMIO_DEVICES)
+                {
+                    Some(v) => blk.dev = v,
+                    None => bad("expected 0..=7; using 0"),
+                },
+                "blk_wait" => match value {
+                    "irq" => blk.wait = BlkWait::Irq,
+                    "poll" => blk.wait = BlkWait::Poll,
+                    _ => bad("expected irq or poll; using irq"),
+                },
+                "blk_qsize" => match parse_u64(value).filter(|v| {
+                    v.is_power_of_two()
+                        && (u64::from(MIN_BLK_QSIZE)..=u64::from(MAX_BLK_QSIZE)).contains(v)
+                }) {
+                    Some(v) => blk.qsize = Some(v as u16),
+                    None => bad("expected a power of two in 4..=256; using min(QueueNumMax, 256)"),
+                },
+                "blk_verify" => match value {
+                    "0" => blk.verify = false,
+                    "1" => blk.verify = true,
+                    _ => bad("expected 0 or 1; using 0"),
                 },
                 _ => {}
             }
@@ -231,15 +496,17 @@ mod tests {
         let (c, w) = parse("");
         assert_eq!(c, Config::default());
         assert!(w.is_empty());
-        assert_eq!(c.workload, Workload::Compute);
+        assert_eq!(c.workloads.for_cpu(0), Workload::Compute);
+        assert_eq!(c.workloads.for_cpu(15), Workload::Compute);
         assert_eq!((c.ms, c.tick_us, c.status, c.cpus), (100, 1000, 0, None));
+        assert_eq!(c.blk, BlkConfig::default());
     }
 
     #[test]
     fn all_keys() {
         let (c, w) = parse("console=ttyS0 workload=idle ms=250 tick_us=0x64 status=3 cpus=2 quiet");
         assert!(w.is_empty(), "{w:?}");
-        assert_eq!(c.workload, Workload::Idle);
+        assert_eq!(c.workloads.as_slice(), &[Workload::Idle]);
         assert_eq!((c.ms, c.tick_us, c.status, c.cpus), (250, 100, 3, Some(2)));
     }
 
@@ -248,7 +515,7 @@ mod tests {
         for w in Workload::ALL {
             let (c, warn) = parse(&std::format!("workload={}", w.name()));
             assert!(warn.is_empty());
-            assert_eq!(c.workload, w);
+            assert_eq!(c.workloads.for_cpu(0), w);
         }
     }
 
@@ -260,13 +527,91 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(w.len(), 9, "{w:?}");
         assert!(w[0].contains("workload=\"dance\""), "{}", w[0]);
+        let (c, w) = parse(
+            "blk_mode=x blk_ops=-1 blk_size=100 blk_size=128K blk_qd=0 blk_qd=33 blk_span=1000 \
+             blk_span=0 blk_seed=x blk_dev=8 blk_wait=spin blk_qsize=3 blk_qsize=512 blk_qsize=2 \
+             blk_verify=yes",
+        );
+        assert_eq!(c, Config::default());
+        assert_eq!(w.len(), 15, "{w:?}");
     }
 
     #[test]
     fn last_value_wins() {
         let (c, _) = parse("ms=5 ms=7 workload=exit workload=idle");
         assert_eq!(c.ms, 7);
-        assert_eq!(c.workload, Workload::Idle);
+        assert_eq!(c.workloads.for_cpu(3), Workload::Idle);
+    }
+
+    #[test]
+    fn per_cpu_workloads() {
+        let (c, w) = parse("workload=compute,blk");
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.workloads.as_slice(), &[Workload::Compute, Workload::Blk]);
+        assert_eq!(c.workloads.for_cpu(0), Workload::Compute);
+        assert_eq!(c.workloads.for_cpu(1), Workload::Blk);
+        assert_eq!(c.workloads.for_cpu(7), Workload::Blk);
+        assert_eq!(c.workloads.for_cpu(usize::MAX), Workload::Blk);
+        assert!(c.workloads.any(2, Workload::Blk));
+        assert!(!c.workloads.any(1, Workload::Blk));
+
+        // Bad entries become compute; exit/ud/triplefault only as CPU 0's.
+        let (c, w) = parse("workload=idle,bogus,,exit,blk");
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert_eq!(
+            c.workloads.as_slice(),
+            &[
+                Workload::Idle,
+                Workload::Compute,
+                Workload::Compute,
+                Workload::Compute,
+                Workload::Blk
+            ]
+        );
+        let (c, w) = parse("workload=");
+        assert_eq!(w.len(), 1);
+        assert_eq!(c.workloads.as_slice(), &[Workload::Compute]);
+        let (c, w) = parse("workload=exit,idle");
+        assert!(w.is_empty());
+        assert_eq!(c.workloads.for_cpu(0), Workload::Exit);
+        assert_eq!(c.workloads.for_cpu(1), Workload::Idle);
+
+        let long: String = std::iter::repeat_n("idle", 20)
+            .collect::<Vec<_>>()
+            .join(",");
+        let (c, w) = parse(&std::format!("workload={long}"));
+        assert_eq!(w.len(), 1);
+        assert_eq!(c.workloads.as_slice().len(), MAX_CPUS);
+    }
+
+    #[test]
+    fn blk_keys() {
+        let (c, w) = parse(
+            "blk_mode=write-verify blk_ops=10 blk_size=64K blk_qd=32 blk_span=16M blk_seed=0x5 \
+             blk_dev=1 blk_wait=poll blk_qsize=64 blk_verify=1",
+        );
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(
+            c.blk,
+            BlkConfig {
+                mode: BlkMode::WriteVerify,
+                ops: 10,
+                size: 65536,
+                qd: 32,
+                span: Some(16 << 20),
+                seed: 5,
+                dev: 1,
+                wait: BlkWait::Poll,
+                qsize: Some(64),
+                verify: true,
+            }
+        );
+        for m in BlkMode::ALL {
+            let (c, w) = parse(&std::format!("blk_mode={}", m.name()));
+            assert!(w.is_empty());
+            assert_eq!(c.blk.mode, m);
+        }
+        assert!(BlkMode::ReadVerify.is_verify() && !BlkMode::Hostile.is_verify());
     }
 
     #[test]
@@ -285,6 +630,10 @@ mod tests {
             "virtio_mmio.device=0@0x1000:5",
             "virtio_mmio.device=16G@0xffffffffffffffff:5",
             "\u{e9}=\u{e9}",
+            "workload=,,,",
+            "workload=blk,\u{e9}",
+            "blk_size=0xffffffffffffffffK",
+            "blk_span=16Q",
         ] {
             let _ = parse(line);
         }

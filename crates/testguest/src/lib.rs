@@ -14,6 +14,7 @@
 extern crate std;
 
 pub mod acpi;
+pub mod blk;
 pub mod cmdline;
 pub mod linebuf;
 pub mod physmem;

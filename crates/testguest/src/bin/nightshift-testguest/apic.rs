@@ -17,6 +17,7 @@ const SVR: usize = 0xF0;
 const ICR_LOW: usize = 0x300;
 const ICR_HIGH: usize = 0x310;
 const LVT_TIMER: usize = 0x320;
+const LVT_LINT0: usize = 0x350;
 const TIMER_INITIAL: usize = 0x380;
 const TIMER_CURRENT: usize = 0x390;
 const TIMER_DIVIDE: usize = 0x3E0;
@@ -46,10 +47,16 @@ fn write(reg: usize, value: u32) {
     unsafe { ((BASE + reg) as *mut u32).write_volatile(value) }
 }
 
-/// Enables the calling CPU's LAPIC: spurious vector, timer one-shot (divide by 1) on the
-/// `IrqSlot::TIMEOUT` vector, not running.
+/// Enables the calling CPU's LAPIC: spurious vector, LINT0 masked, timer one-shot (divide
+/// by 1) on the `IrqSlot::TIMEOUT` vector, not running.
+///
+/// LINT0 is masked because VMMs wire it as ExtINT to the 8259 PIC on the BSP, and the PIC
+/// (which the guest never programs) comes out of reset unmasked with vector base 0: a
+/// device line below 16 (nightshift's virtio GSIs start at 5) would otherwise arrive as
+/// an exception vector (IRQ 5 → #BR) while the CPU halts at CPL0 — a shutdown.
 pub fn init() {
     write(SVR, SVR_ENABLE | u32::from(SPURIOUS_VECTOR));
+    write(LVT_LINT0, LVT_MASKED);
     write(TIMER_DIVIDE, DIVIDE_BY_1);
     set_timer_slot(IrqSlot::TIMEOUT);
 }

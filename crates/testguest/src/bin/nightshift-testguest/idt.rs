@@ -24,6 +24,14 @@ impl IrqSlot {
     /// LAPIC timer, as the timeout of `wait::halt_until`.
     pub const TIMEOUT: IrqSlot = IrqSlot(2);
 
+    /// Device interrupts: virtio-mmio device `n` (`n < DEVICE_SLOTS`), vectors 0x33 and up.
+    pub const fn device(n: usize) -> IrqSlot {
+        IrqSlot(3 + n)
+    }
+
+    /// How many [`device`](Self::device) slots there are.
+    pub const DEVICE_SLOTS: usize = crate::cpu::IRQ_SLOTS - 3;
+
     /// Index into `KernelCpu::irq_count`.
     pub const fn index(self) -> usize {
         self.0
@@ -34,7 +42,7 @@ impl IrqSlot {
         IRQ_VECTOR_BASE + self.0 as u8
     }
 }
-/// The service-call vector (`int 0x80`, DPL 3).
+/// The service-call vector (`int3`, DPL 3).
 pub const SERVICE_VECTOR: u8 = 3;
 /// The LAPIC spurious-interrupt vector.
 pub const SPURIOUS_VECTOR: u8 = 0xFF;

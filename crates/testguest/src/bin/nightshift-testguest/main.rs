@@ -11,11 +11,13 @@
 #![no_main]
 
 mod apic;
+mod blk;
 mod boot;
 mod cpu;
 mod gdt;
 mod idt;
 mod interrupts;
+mod ioapic;
 mod mem;
 mod physmem;
 mod serial;
@@ -23,11 +25,12 @@ mod service;
 mod smp;
 mod sync;
 mod time;
+mod virtio_mmio;
 mod wait;
 mod workloads;
 mod x86;
 
-use testguest::acpi::{self, CpuList};
+use testguest::acpi::{self, CpuList, IoApicList};
 use testguest::cmdline::{Config, Workload};
 use testguest::start_info::StartInfo;
 
@@ -75,7 +78,8 @@ fn bsp_main(start_info_paddr: u64) -> ! {
     let config = Config::parse(cmdline, |w| warn!("{w}"));
 
     let (tsc_khz, tsc_source) = time::init();
-    let cpus = find_cpus(info.as_ref());
+    let rsdp = acpi::find_rsdp(&Identity, info.as_ref().map_or(0, |i| i.rsdp_paddr));
+    let (cpus, ioapics) = find_cpus(rsdp);
     let smp_start = x86::rdtsc();
     let online = smp::start_aps(
         info.as_ref(),
@@ -104,11 +108,12 @@ fn bsp_main(start_info_paddr: u64) -> ! {
     );
     boot::milestone(boot::MILESTONE_BANNER);
 
-    match config.workload {
+    match config.workloads.for_cpu(0) {
         Workload::Exit => {}
         Workload::Ud => service::ud(),
         Workload::TripleFault => service::triple_fault(),
-        Workload::Compute | Workload::Idle | Workload::Cpl0 => {
+        Workload::Compute | Workload::Idle | Workload::Cpl0 | Workload::Blk => {
+            blk::setup(config, online, &ioapics, info.as_ref(), rsdp);
             smp::release_aps(online);
             workloads::run(0, config);
             smp::wait_for_aps(online - 1);
@@ -129,13 +134,15 @@ fn ap_main(cpu: usize) -> ! {
     service::stop()
 }
 
-/// The CPUs listed in the MADT; an empty list (one CPU) if there is none.
-fn find_cpus(info: Option<&StartInfo>) -> CpuList {
-    let Some(rsdp) = acpi::find_rsdp(&Identity, info.map_or(0, |i| i.rsdp_paddr)) else {
+/// The CPUs listed in the MADT (an empty list, i.e. one CPU, if there is none) and the
+/// I/O APICs (empty if none: the default one is assumed).
+fn find_cpus(rsdp: Option<u64>) -> (CpuList, IoApicList) {
+    let Some(rsdp) = rsdp else {
         warn!("acpi: no RSDP; running on the BSP only");
-        return CpuList::new();
+        return (CpuList::new(), IoApicList::default());
     };
-    match acpi::madt_cpus(&Identity, rsdp) {
+    let ioapics = acpi::madt_ioapics(&Identity, rsdp).unwrap_or_default();
+    let cpus = match acpi::madt_cpus(&Identity, rsdp) {
         Ok(cpus) => {
             if cpus.ignored > 0 {
                 warn!(
@@ -150,7 +157,8 @@ fn find_cpus(info: Option<&StartInfo>) -> CpuList {
             warn!("acpi: {e}; running on the BSP only");
             CpuList::new()
         }
-    }
+    };
+    (cpus, ioapics)
 }
 
 #[panic_handler]

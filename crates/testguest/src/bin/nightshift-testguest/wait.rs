@@ -6,10 +6,25 @@
 //! would be worse than wasteful here: with as many vCPUs as host CPUs, a vCPU spinning at
 //! CPL3 can keep the vCPU it waits for off the host CPU for a whole scheduler slice.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::idt::IrqSlot;
 use crate::{apic, cpu, service, time, x86};
+
+/// Per CPU: returns from HLT (`service::idle`) so far.
+static WAKEUPS: [AtomicU64; cpu::MAX_CPUS] = [const { AtomicU64::new(0) }; cpu::MAX_CPUS];
+
+/// Halts until the next interrupt has been handled on this CPU, counting the wake-up.
+/// Every halt of the guest's CPL3 code goes through here.
+pub fn halt() {
+    service::idle();
+    WAKEUPS[cpu::current()].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Returns from HLT on the calling CPU so far (see [`halt`]).
+pub fn wakeups() -> u64 {
+    WAKEUPS[cpu::current()].load(Ordering::Relaxed)
+}
 
 /// Interrupts counted so far on the calling CPU in `slot`.
 pub fn irq_count(slot: IrqSlot) -> u64 {
@@ -24,7 +39,7 @@ pub fn wait_irq(slot: IrqSlot, seen: u64) -> u64 {
         if now != seen {
             return now;
         }
-        service::idle();
+        halt();
     }
 }
 
@@ -48,7 +63,7 @@ pub fn halt_until(deadline: Option<u64>, cond: impl Fn() -> bool) -> bool {
             }
             apic::arm_timer(time::tsc_to_apic(deadline - now));
         }
-        service::idle();
+        halt();
     };
     if deadline.is_some() {
         apic::arm_timer(0);

@@ -4,20 +4,21 @@ use testguest::cmdline::{Config, Workload};
 use testguest::stats::Histogram;
 
 use crate::idt::IrqSlot;
-use crate::{apic, println, service, time, wait, x86};
+use crate::{apic, blk, println, service, time, wait, x86};
 
 /// Loop iterations between two TSC reads in `compute`.
 const COMPUTE_CHUNK: u64 = 1024;
 /// Iterations of the two-instruction CPL0 loop per `service::spin` call in `cpl0`.
 const SPIN_ITERATIONS: u64 = 500;
 
-/// Runs `config.workload` on CPU `cpu` and prints its `result` line. The workloads that
+/// Runs CPU `cpu`'s workload and prints its `result` line. The workloads that
 /// do not run on every CPU (`exit`, `ud`, `triplefault`) are the BSP's alone (`bsp_main`).
 pub fn run(cpu: usize, config: &Config) {
-    match config.workload {
+    match config.workloads.for_cpu(cpu) {
         Workload::Compute => compute(cpu, config.ms),
         Workload::Idle => idle(cpu, config.ms, config.tick_us),
         Workload::Cpl0 => cpl0(cpu, config.ms),
+        Workload::Blk => blk::run(cpu, config),
         Workload::Exit | Workload::Ud | Workload::TripleFault => {}
     }
 }
@@ -61,6 +62,7 @@ fn idle(cpu: usize, ms: u64, tick_us: u64) {
     let mut lateness = Histogram::new();
     apic::set_timer_slot(IrqSlot::TICK);
     let first = wait::irq_count(IrqSlot::TICK);
+    let wakeups0 = wait::wakeups();
     let mut seen = first;
     for _ in 0..expected {
         let deadline = x86::rdtsc() + period;
@@ -68,9 +70,10 @@ fn idle(cpu: usize, ms: u64, tick_us: u64) {
         seen = wait::wait_irq(IrqSlot::TICK, seen);
         lateness.record(time::tsc_to_us(x86::rdtsc().saturating_sub(deadline)));
     }
+    let wakeups = wait::wakeups() - wakeups0;
     apic::set_timer_slot(IrqSlot::TIMEOUT);
     println!(
-        "result cpu={cpu} workload=idle ms={ms} ticks={} expected={expected} wake_us_p50={} wake_us_p99={} wake_us_max={}",
+        "result cpu={cpu} workload=idle ms={ms} ticks={} expected={expected} wake_us_p50={} wake_us_p99={} wake_us_max={} wakeups={wakeups}",
         seen - first,
         lateness.percentile(50),
         lateness.percentile(99),
