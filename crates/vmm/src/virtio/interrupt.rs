@@ -1,7 +1,9 @@
 //! A virtio-mmio device's interrupt: the InterruptStatus bits and the irqfd
-//! that raises the device's IOAPIC line.
+//! that raises the device's IOAPIC line. It also carries the device's "I need
+//! a reset" flag (DEVICE_NEEDS_RESET), which the transport shows in Status:
+//! it is the one piece of state the device and its transport share.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use vmm_sys_util::eventfd::EventFd;
@@ -12,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 pub struct VirtioInterrupt {
     status: AtomicU32,
     irqfd: EventFd,
+    needs_reset: AtomicBool,
 }
 
 impl VirtioInterrupt {
@@ -20,6 +23,7 @@ impl VirtioInterrupt {
         VirtioInterrupt {
             status: AtomicU32::new(0),
             irqfd,
+            needs_reset: AtomicBool::new(false),
         }
     }
 
@@ -31,6 +35,19 @@ impl VirtioInterrupt {
     /// The device's config (or status: e.g. NEEDS_RESET) changed.
     pub fn signal_config_change(&self) {
         self.signal(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    /// The device cannot go on until the driver resets it (virtio 1.x 2.1.2):
+    /// Status gets DEVICE_NEEDS_RESET and the driver a configuration interrupt.
+    pub fn signal_needs_reset(&self) {
+        if !self.needs_reset.swap(true, Ordering::AcqRel) {
+            self.signal_config_change();
+        }
+    }
+
+    /// Whether the device asked for a reset since the last one.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::Acquire)
     }
 
     fn signal(&self, bit: u32) {
@@ -53,6 +70,7 @@ impl VirtioInterrupt {
     /// Clears everything (device reset).
     pub fn reset(&self) {
         self.status.store(0, Ordering::Release);
+        self.needs_reset.store(false, Ordering::Release);
     }
 
     /// The irqfd (tests read it to see interrupts).

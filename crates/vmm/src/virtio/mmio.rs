@@ -100,9 +100,13 @@ impl MmioTransport {
         }
     }
 
-    /// The device status register.
+    /// The device status register (with DEVICE_NEEDS_RESET if the device asked for it).
     pub fn status(&self) -> u32 {
-        self.status
+        if self.interrupt.needs_reset() {
+            self.status | VIRTIO_CONFIG_S_NEEDS_RESET
+        } else {
+            self.status
+        }
     }
 
     /// Guest protocol errors seen (bad register use, bad queue setup).
@@ -112,6 +116,12 @@ impl MmioTransport {
 
     /// Delivers a queue notification (from the ioeventfd path or an MMIO exit).
     pub fn notify(&mut self, queue: u32) {
+        if self.interrupt.needs_reset() {
+            // The device gave up on this queue; a driver may notify before it has
+            // seen DEVICE_NEEDS_RESET, which is no protocol error.
+            tracing::debug!("virtio-mmio: notify ignored: the device needs a reset");
+            return;
+        }
         if self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0
             || self.status & VIRTIO_CONFIG_S_NEEDS_RESET != 0
         {
@@ -120,13 +130,18 @@ impl MmioTransport {
         }
         match u16::try_from(queue) {
             Ok(q) if (q as usize) < self.queues.len() => self.device.queue_notify(q),
-            _ => self.protocol_error(format_args!("notify of queue {queue}, which does not exist")),
+            _ => self.protocol_error(format_args!(
+                "notify of queue {queue}, which does not exist"
+            )),
         }
     }
 
     fn protocol_error(&mut self, what: std::fmt::Arguments<'_>) {
         self.protocol_errors += 1;
-        tracing::warn!("virtio-mmio {}: guest error: {what}", self.device.device_type());
+        tracing::warn!(
+            "virtio-mmio {}: guest error: {what}",
+            self.device.device_type()
+        );
     }
 
     fn selected_queue(&mut self) -> Option<&mut Queue> {
@@ -154,7 +169,7 @@ impl MmioTransport {
             reg::QUEUE_NUM_MAX => queue.map_or(0, |q| q.max_size().into()),
             reg::QUEUE_READY => queue.map_or(0, |q| q.ready().into()),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
-            reg::STATUS => self.status,
+            reg::STATUS => self.status(),
             reg::CONFIG_GENERATION => self.config_generation,
             _ => return None,
         })
@@ -177,13 +192,19 @@ impl MmioTransport {
             | reg::QUEUE_AVAIL_HIGH
             | reg::QUEUE_USED_LOW
             | reg::QUEUE_USED_HIGH => self.write_queue_register(offset, v),
-            _ => self.protocol_error(format_args!("write of {v:#x} to undefined register {offset:#x}")),
+            _ => self.protocol_error(format_args!(
+                "write of {v:#x} to undefined register {offset:#x}"
+            )),
         }
     }
 
     fn write_driver_features(&mut self, v: u32) {
-        if self.status & VIRTIO_CONFIG_S_DRIVER == 0 || self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 {
-            self.protocol_error(format_args!("driver features written outside feature negotiation"));
+        if self.status & VIRTIO_CONFIG_S_DRIVER == 0
+            || self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0
+        {
+            self.protocol_error(format_args!(
+                "driver features written outside feature negotiation"
+            ));
             return;
         }
         let offered = self.device.features();
@@ -198,25 +219,35 @@ impl MmioTransport {
         let word = (u64::from(v) << shift) & (0xffff_ffffu64 << shift);
         if word & !offered != 0 {
             // The spec says a driver must not accept what was not offered; we drop those bits.
-            self.protocol_error(format_args!("driver accepted unoffered features {:#x}", word & !offered));
+            self.protocol_error(format_args!(
+                "driver accepted unoffered features {:#x}",
+                word & !offered
+            ));
         }
-        self.driver_features = (self.driver_features & !(0xffff_ffffu64 << shift)) | (word & offered);
+        self.driver_features =
+            (self.driver_features & !(0xffff_ffffu64 << shift)) | (word & offered);
     }
 
     fn write_queue_register(&mut self, offset: u64, v: u32) {
         if !self.queue_config_allowed() {
             let status = self.status;
-            self.protocol_error(format_args!("queue register {offset:#x} written in status {status:#x}"));
+            self.protocol_error(format_args!(
+                "queue register {offset:#x} written in status {status:#x}"
+            ));
             return;
         }
         let sel = self.queue_sel;
         let Some(q) = self.selected_queue() else {
-            self.protocol_error(format_args!("queue register {offset:#x} written for missing queue {sel}"));
+            self.protocol_error(format_args!(
+                "queue register {offset:#x} written for missing queue {sel}"
+            ));
             return;
         };
         match offset {
             reg::QUEUE_NUM => {
-                let ok = u16::try_from(v).ok().filter(|&n| n != 0 && n.is_power_of_two() && n <= q.max_size());
+                let ok = u16::try_from(v)
+                    .ok()
+                    .filter(|&n| n != 0 && n.is_power_of_two() && n <= q.max_size());
                 match ok {
                     Some(n) => q.set_size(n),
                     None => self.protocol_error(format_args!("queue {sel}: bad size {v}")),
@@ -246,7 +277,10 @@ impl MmioTransport {
         }
         let new = v & !self.status;
         if new & VIRTIO_CONFIG_S_FAILED != 0 {
-            tracing::info!("virtio-mmio {}: driver gave up on the device", self.device.device_type());
+            tracing::info!(
+                "virtio-mmio {}: driver gave up on the device",
+                self.device.device_type()
+            );
         }
         if new & VIRTIO_CONFIG_S_FEATURES_OK != 0
             && self.driver_features & (1 << VIRTIO_F_VERSION_1) == 0
@@ -263,9 +297,16 @@ impl MmioTransport {
             _ => 0,
         };
         let all = v;
-        for bit in [VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_DRIVER_OK] {
+        for bit in [
+            VIRTIO_CONFIG_S_DRIVER,
+            VIRTIO_CONFIG_S_FEATURES_OK,
+            VIRTIO_CONFIG_S_DRIVER_OK,
+        ] {
             if new & bit != 0 && all & required(bit) == 0 {
-                self.protocol_error(format_args!("status bit {bit:#x} set before {:#x}", required(bit)));
+                self.protocol_error(format_args!(
+                    "status bit {bit:#x} set before {:#x}",
+                    required(bit)
+                ));
                 return;
             }
         }
@@ -336,7 +377,10 @@ impl BusDevice for MmioTransport {
             Some(v) => data.copy_from_slice(&v.to_le_bytes()),
             None => {
                 data.fill(0);
-                self.protocol_error(format_args!("{}-byte read of register {offset:#x}", data.len()));
+                self.protocol_error(format_args!(
+                    "{}-byte read of register {offset:#x}",
+                    data.len()
+                ));
             }
         }
     }
@@ -348,7 +392,10 @@ impl BusDevice for MmioTransport {
         }
         match <[u8; 4]>::try_from(data) {
             Ok(bytes) if offset % 4 == 0 => self.write_register(offset, u32::from_le_bytes(bytes)),
-            _ => self.protocol_error(format_args!("{}-byte write to register {offset:#x}", data.len())),
+            _ => self.protocol_error(format_args!(
+                "{}-byte write to register {offset:#x}",
+                data.len()
+            )),
         }
     }
 }
@@ -398,7 +445,10 @@ mod tests {
         let log = Arc::new(Mutex::new(Log::default()));
         let mem = create_guest_memory(16 << 20).unwrap();
         let irq = Arc::new(VirtioInterrupt::new(EventFd::new(0).unwrap()));
-        (MmioTransport::new(Box::new(Dummy(log.clone())), mem, irq), log)
+        (
+            MmioTransport::new(Box::new(Dummy(log.clone())), mem, irq),
+            log,
+        )
     }
 
     fn w(t: &mut MmioTransport, off: u64, v: u32) {
@@ -413,7 +463,11 @@ mod tests {
 
     fn negotiate(t: &mut MmioTransport) {
         w(t, reg::STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-        w(t, reg::STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
+        w(
+            t,
+            reg::STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+        );
         w(t, reg::DRIVER_FEATURES_SEL, 1);
         w(t, reg::DRIVER_FEATURES, 1);
         w(t, reg::STATUS, 0xb);
@@ -446,7 +500,10 @@ mod tests {
         setup_queue(&mut t);
         w(&mut t, reg::STATUS, 0xf);
         assert_eq!(t.status(), 0xf);
-        assert_eq!(log.lock().unwrap().activated, Some((1, 1 << VIRTIO_F_VERSION_1)));
+        assert_eq!(
+            log.lock().unwrap().activated,
+            Some((1, 1 << VIRTIO_F_VERSION_1))
+        );
         w(&mut t, reg::QUEUE_NOTIFY, 0);
         w(&mut t, reg::QUEUE_NOTIFY, 7); // no such queue: logged, dropped
         assert_eq!(log.lock().unwrap().notified, vec![0]);
@@ -489,6 +546,30 @@ mod tests {
         assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), VIRTIO_MMIO_INT_CONFIG);
         w(&mut t, reg::INTERRUPT_ACK, VIRTIO_MMIO_INT_CONFIG);
         assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn a_device_that_needs_a_reset_says_so_until_reset() {
+        let (mut t, log) = transport();
+        negotiate(&mut t);
+        setup_queue(&mut t);
+        w(&mut t, reg::STATUS, 0xf);
+        t.interrupt.signal_needs_reset();
+        t.interrupt.signal_needs_reset(); // once is enough: one config interrupt
+        assert_eq!(r(&mut t, reg::STATUS), 0xf | VIRTIO_CONFIG_S_NEEDS_RESET);
+        assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), VIRTIO_MMIO_INT_CONFIG);
+        assert_eq!(t.interrupt.irqfd().read().unwrap(), 1);
+        // Notifies are dropped (not a protocol error: the driver may not know yet).
+        w(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert!(log.lock().unwrap().notified.is_empty());
+        assert_eq!(t.protocol_errors(), 0);
+        w(&mut t, reg::STATUS, 0);
+        assert_eq!(r(&mut t, reg::STATUS), 0);
+        negotiate(&mut t);
+        setup_queue(&mut t);
+        w(&mut t, reg::STATUS, 0xf);
+        w(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert_eq!(log.lock().unwrap().notified, vec![0]);
     }
 
     #[test]

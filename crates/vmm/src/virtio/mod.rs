@@ -16,7 +16,6 @@ pub mod interrupt;
 pub mod mmio;
 pub mod notifier;
 
-
 use std::sync::Arc;
 
 use virtio_queue::Queue;

@@ -75,7 +75,10 @@ impl NotifierBuilder {
         let thread = std::thread::Builder::new()
             .name("ns-notify".into())
             .spawn(move || run(epoll, self.sources, stop_token, stop_thread))?;
-        Ok(Notifier { stop, thread: Some(thread) })
+        Ok(Notifier {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -94,7 +97,9 @@ fn run(epoll: Epoll, sources: Vec<Source>, stop_token: u64, _stop: EventFd) {
             if ev.data() == stop_token {
                 return;
             }
-            let Some(s) = sources.get(ev.data() as usize) else { continue };
+            let Some(s) = sources.get(ev.data() as usize) else {
+                continue;
+            };
             // Reading resets the counter; several notifies coalesce into one pass.
             if s.eventfd.read().is_ok() {
                 s.transport

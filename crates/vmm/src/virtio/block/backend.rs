@@ -71,7 +71,13 @@ impl Disk {
                 Some((Xts128::new(c1, c2), passes.max(1)))
             }
         };
-        Ok(Disk { file, size, read_only, cipher, flushes: AtomicU64::new(0) })
+        Ok(Disk {
+            file,
+            size,
+            read_only,
+            cipher,
+            flushes: AtomicU64::new(0),
+        })
     }
 
     /// Capacity in bytes (whole sectors).
@@ -91,31 +97,54 @@ impl Disk {
 
     fn check_range(&self, sector: u64, len: u32) -> Result<u64, DiskError> {
         let offset = sector.checked_mul(SECTOR_SIZE).filter(|o| {
-            o.checked_add(u64::from(len)).is_some_and(|end| end <= self.size)
+            o.checked_add(u64::from(len))
+                .is_some_and(|end| end <= self.size)
         });
         offset.ok_or(DiskError::OutOfRange(sector, len))
     }
 
     /// Reads `len` bytes at `sector` into the guest buffers `data`.
-    pub fn read(&self, mem: &GuestMemory, sector: u64, data: &[Segment], len: u32) -> Result<(), DiskError> {
+    pub fn read(
+        &self,
+        mem: &GuestMemory,
+        sector: u64,
+        data: &[Segment],
+        len: u32,
+    ) -> Result<(), DiskError> {
         let offset = self.check_range(sector, len)?;
         let mut buf = vec![0u8; len as usize];
         self.file.read_exact_at(&mut buf, offset)?;
         if let Some((xts, passes)) = &self.cipher {
             for _ in 0..*passes {
-                xts.decrypt_area(&mut buf, SECTOR_SIZE as usize, sector.into(), get_tweak_default);
+                xts.decrypt_area(
+                    &mut buf,
+                    SECTOR_SIZE as usize,
+                    sector.into(),
+                    get_tweak_default,
+                );
             }
         }
         scatter(mem, &buf, data)
     }
 
     /// Writes `len` bytes from the guest buffers `data` at `sector`.
-    pub fn write(&self, mem: &GuestMemory, sector: u64, data: &[Segment], len: u32) -> Result<(), DiskError> {
+    pub fn write(
+        &self,
+        mem: &GuestMemory,
+        sector: u64,
+        data: &[Segment],
+        len: u32,
+    ) -> Result<(), DiskError> {
         let offset = self.check_range(sector, len)?;
         let mut buf = gather(mem, data, len)?;
         if let Some((xts, passes)) = &self.cipher {
             for _ in 0..*passes {
-                xts.encrypt_area(&mut buf, SECTOR_SIZE as usize, sector.into(), get_tweak_default);
+                xts.encrypt_area(
+                    &mut buf,
+                    SECTOR_SIZE as usize,
+                    sector.into(),
+                    get_tweak_default,
+                );
             }
         }
         self.file.write_all_at(&buf, offset)?;
@@ -130,7 +159,12 @@ impl Disk {
         self.file.read_exact_at(buf, offset)?;
         if let Some((xts, passes)) = &self.cipher {
             for _ in 0..*passes {
-                xts.decrypt_area(buf, SECTOR_SIZE as usize, (offset / SECTOR_SIZE).into(), get_tweak_default);
+                xts.decrypt_area(
+                    buf,
+                    SECTOR_SIZE as usize,
+                    (offset / SECTOR_SIZE).into(),
+                    get_tweak_default,
+                );
             }
         }
         Ok(())
@@ -147,7 +181,8 @@ impl Disk {
 fn scatter(mem: &GuestMemory, mut buf: &[u8], data: &[Segment]) -> Result<(), DiskError> {
     for seg in data {
         let (now, rest) = buf.split_at((seg.len as usize).min(buf.len()));
-        mem.write_slice(now, seg.addr).map_err(|e| DiskError::Memory(e.to_string()))?;
+        mem.write_slice(now, seg.addr)
+            .map_err(|e| DiskError::Memory(e.to_string()))?;
         buf = rest;
     }
     Ok(())
@@ -158,7 +193,8 @@ fn gather(mem: &GuestMemory, data: &[Segment], len: u32) -> Result<Vec<u8>, Disk
     let mut at = 0usize;
     for seg in data {
         let end = at + seg.len as usize;
-        mem.read_slice(&mut buf[at..end], seg.addr).map_err(|e| DiskError::Memory(e.to_string()))?;
+        mem.read_slice(&mut buf[at..end], seg.addr)
+            .map_err(|e| DiskError::Memory(e.to_string()))?;
         at = end;
     }
     Ok(buf)
@@ -166,7 +202,8 @@ fn gather(mem: &GuestMemory, data: &[Segment], len: u32) -> Result<Vec<u8>, Disk
 
 /// Writes `bytes` at `addr` (GET_ID answers, status bytes).
 pub fn write_guest(mem: &GuestMemory, addr: GuestAddress, bytes: &[u8]) -> Result<(), DiskError> {
-    mem.write_slice(bytes, addr).map_err(|e| DiskError::Memory(e.to_string()))
+    mem.write_slice(bytes, addr)
+        .map_err(|e| DiskError::Memory(e.to_string()))
 }
 
 #[cfg(test)]
@@ -185,7 +222,10 @@ mod tests {
         let img = image(&[7u8; 4096]);
         let mem = create_guest_memory(16 << 20).unwrap();
         let disk = Disk::open(&img, false, Transform::None).unwrap();
-        let seg = [Segment { addr: GuestAddress(0x1000), len: 512 }];
+        let seg = [Segment {
+            addr: GuestAddress(0x1000),
+            len: 512,
+        }];
         disk.read(&mem, 1, &seg, 512).unwrap();
         assert_eq!(mem.read_obj::<u8>(GuestAddress(0x1000)).unwrap(), 7);
         mem.write_slice(&[9u8; 512], GuestAddress(0x1000)).unwrap();
@@ -194,25 +234,50 @@ mod tests {
         let on_disk = std::fs::read(&img).unwrap();
         assert!(on_disk[1024..1536].iter().all(|&b| b == 9));
         assert_eq!(disk.flushes(), 1);
-        assert!(matches!(disk.read(&mem, 8, &seg, 512), Err(DiskError::OutOfRange(8, 512))));
-        assert!(matches!(disk.read(&mem, u64::MAX, &seg, 512), Err(DiskError::OutOfRange(..))));
+        assert!(matches!(
+            disk.read(&mem, 8, &seg, 512),
+            Err(DiskError::OutOfRange(8, 512))
+        ));
+        assert!(matches!(
+            disk.read(&mem, u64::MAX, &seg, 512),
+            Err(DiskError::OutOfRange(..))
+        ));
     }
 
     #[test]
     fn encrypted_disks_round_trip_and_store_ciphertext() {
         let img = image(&[0u8; 4096]);
         let mem = create_guest_memory(16 << 20).unwrap();
-        let disk = Disk::open(&img, false, Transform::Xts { key: [3; 64], passes: 2 }).unwrap();
+        let disk = Disk::open(
+            &img,
+            false,
+            Transform::Xts {
+                key: [3; 64],
+                passes: 2,
+            },
+        )
+        .unwrap();
         let segs = [
-            Segment { addr: GuestAddress(0x1000), len: 256 },
-            Segment { addr: GuestAddress(0x5000), len: 768 },
+            Segment {
+                addr: GuestAddress(0x1000),
+                len: 256,
+            },
+            Segment {
+                addr: GuestAddress(0x5000),
+                len: 768,
+            },
         ];
         let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 7) as u8).collect();
-        mem.write_slice(&pattern[..256], GuestAddress(0x1000)).unwrap();
-        mem.write_slice(&pattern[256..], GuestAddress(0x5000)).unwrap();
+        mem.write_slice(&pattern[..256], GuestAddress(0x1000))
+            .unwrap();
+        mem.write_slice(&pattern[256..], GuestAddress(0x5000))
+            .unwrap();
         disk.write(&mem, 3, &segs, 1024).unwrap();
         assert_ne!(&std::fs::read(&img).unwrap()[1536..2560], &pattern[..]);
-        let out = [Segment { addr: GuestAddress(0x9000), len: 1024 }];
+        let out = [Segment {
+            addr: GuestAddress(0x9000),
+            len: 1024,
+        }];
         disk.read(&mem, 3, &out, 1024).unwrap();
         let mut back = vec![0u8; 1024];
         mem.read_slice(&mut back, GuestAddress(0x9000)).unwrap();

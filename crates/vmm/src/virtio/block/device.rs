@@ -19,7 +19,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestAddress;
 
 use super::backend::{write_guest, Disk, DiskError};
@@ -172,7 +172,11 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), String> {
-        let queue = ctx.queues.pop().filter(|q| q.ready()).ok_or("request queue not ready")?;
+        let queue = ctx
+            .queues
+            .pop()
+            .filter(|q| q.ready())
+            .ok_or("request queue not ready")?;
         self.active = Some(Arc::new(Active {
             mem: ctx.mem,
             queue: Mutex::new(queue),
@@ -193,7 +197,16 @@ impl VirtioDevice for Block {
         loop {
             let chain = {
                 let mut q = lock(&active.queue);
-                q.pop_descriptor_chain(active.mem.as_ref())
+                match q.iter(active.mem.as_ref()) {
+                    Ok(mut avail) => avail.next(),
+                    Err(e) => {
+                        // E.g. the avail index moved by more than the queue size:
+                        // nothing on the ring can be trusted until a reset.
+                        tracing::warn!("virtio-blk: available ring unusable: {e}");
+                        active.interrupt.signal_needs_reset();
+                        None
+                    }
+                }
             };
             let Some(chain) = chain else { break };
             let head = chain.head_index();
@@ -249,7 +262,11 @@ impl Active {
             }
             Err(failure) => {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("virtio-blk: {:?} at sector {}: {failure}", req.kind, req.sector);
+                tracing::warn!(
+                    "virtio-blk: {:?} at sector {}: {failure}",
+                    req.kind,
+                    req.sector
+                );
                 let status = match failure {
                     Failure::Unsupported => VIRTIO_BLK_S_UNSUPP,
                     Failure::ReadOnly | Failure::Disk(_) => VIRTIO_BLK_S_IOERR,
@@ -269,12 +286,14 @@ impl Active {
     fn perform(&self, req: &Request) -> Result<u32, Failure> {
         match req.kind {
             RequestKind::In => {
-                self.disk.read(&self.mem, req.sector, &req.data, req.data_len)?;
+                self.disk
+                    .read(&self.mem, req.sector, &req.data, req.data_len)?;
                 Ok(req.data_len)
             }
             RequestKind::Out if self.disk.read_only() => Err(Failure::ReadOnly),
             RequestKind::Out => {
-                self.disk.write(&self.mem, req.sector, &req.data, req.data_len)?;
+                self.disk
+                    .write(&self.mem, req.sector, &req.data, req.data_len)?;
                 Ok(0)
             }
             RequestKind::Flush => {
@@ -320,7 +339,11 @@ impl Active {
         let notify = {
             let mut q = lock(&self.queue);
             if let Err(e) = q.add_used(self.mem.as_ref(), head, used_len) {
+                // A head the used ring cannot name (index >= queue size): the
+                // driver would wait for it forever. Tell it to reset.
                 tracing::warn!("virtio-blk: returning chain {head}: {e}");
+                drop(q);
+                self.interrupt.signal_needs_reset();
                 return;
             }
             q.needs_notification(self.mem.as_ref()).unwrap_or(true)
@@ -328,5 +351,88 @@ impl Active {
         if notify {
             self.interrupt.signal_used_queue();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::block::request::tests::{TestQueue, AVAIL, QSIZE};
+    use virtio_bindings::virtio_blk::VIRTIO_BLK_T_GET_ID;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use vm_memory::Bytes;
+    use vmm_sys_util::eventfd::EventFd;
+
+    const N: u16 = VRING_DESC_F_NEXT as u16;
+    const W: u16 = VRING_DESC_F_WRITE as u16;
+
+    /// An active device on `q`'s queue whose requests run inline.
+    fn active_block(q: &TestQueue) -> (Block, Arc<VirtioInterrupt>, tempfile::NamedTempFile) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(1 << 20).unwrap();
+        let disk = Disk::open(file.path(), false, Default::default()).unwrap();
+        let engine = idlework::Engine::new(idlework::Config {
+            policy: idlework::Policy::Inline,
+            max_workers: 0,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut block = Block::new(disk, "test", engine.submitter());
+        let interrupt = Arc::new(VirtioInterrupt::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        ));
+        block
+            .activate(ActivateContext {
+                mem: q.mem.clone(),
+                queues: vec![Queue::try_from(q.queue.state()).unwrap()],
+                interrupt: interrupt.clone(),
+                features: 1 << VIRTIO_F_VERSION_1,
+            })
+            .unwrap();
+        (block, interrupt, file)
+    }
+
+    /// A GET_ID chain at descriptors 0..3.
+    fn get_id(q: &mut TestQueue, head: u16) {
+        q.header(0x10_0000, VIRTIO_BLK_T_GET_ID, 0);
+        q.offer(
+            &[
+                (0, 0x10_0000, 16, N, 1),
+                (1, 0x20_0000, 20, N | W, 2),
+                (2, 0x30_0000, 1, W, 0),
+            ],
+            head,
+        );
+    }
+
+    #[test]
+    fn a_head_index_beyond_the_queue_asks_for_a_reset() {
+        let mut q = TestQueue::new();
+        let (mut block, irq, _file) = active_block(&q);
+        get_id(&mut q, 0);
+        block.queue_notify(0);
+        assert!(!irq.needs_reset());
+        // The used ring cannot name head QSIZE: the driver must be told.
+        get_id(&mut q, QSIZE);
+        block.queue_notify(0);
+        assert!(irq.needs_reset());
+        assert_ne!(
+            irq.status() & virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG,
+            0
+        );
+        block.reset();
+    }
+
+    #[test]
+    fn an_avail_index_beyond_the_queue_asks_for_a_reset() {
+        let mut q = TestQueue::new();
+        let (mut block, irq, _file) = active_block(&q);
+        get_id(&mut q, 0);
+        // The driver claims QSIZE + 1 new chains at once.
+        q.mem.write_obj(QSIZE + 1, GuestAddress(AVAIL + 2)).unwrap();
+        block.queue_notify(0);
+        assert!(irq.needs_reset());
+        assert_eq!(block.counters().snapshot().get_ids, 0);
+        block.reset();
     }
 }

@@ -1,8 +1,8 @@
 //! virtio-blk: a raw (optionally encrypted) image behind a virtio queue.
 
 pub mod backend;
-pub mod request;
 pub mod device;
+pub mod request;
 pub mod scrub;
 
 pub use backend::{Disk, Transform};

@@ -113,7 +113,9 @@ impl RequestError {
 }
 
 /// Parses the chain; on error also returns the status address when usable.
-pub fn parse<M>(mut chain: DescriptorChain<M>) -> Result<Request, (RequestError, Option<GuestAddress>)>
+pub fn parse<M>(
+    mut chain: DescriptorChain<M>,
+) -> Result<Request, (RequestError, Option<GuestAddress>)>
 where
     M: Deref,
     M::Target: GuestMemory,
@@ -136,7 +138,9 @@ where
     let Some((header_desc, data_descs)) = rest.split_first() else {
         return fail(RequestError::BadHeader);
     };
-    if header_desc.is_write_only() || (header_desc.len() as usize) < std::mem::size_of::<RequestHeader>() {
+    if header_desc.is_write_only()
+        || (header_desc.len() as usize) < std::mem::size_of::<RequestHeader>()
+    {
         return fail(RequestError::BadHeader);
     }
     let Ok(header) = mem.read_obj::<RequestHeader>(header_desc.addr()) else {
@@ -157,13 +161,18 @@ where
         if !in_memory(mem, d.addr(), d.len()) {
             return fail(RequestError::BadBuffer(d.addr().0, d.len()));
         }
-        if matches!(kind, RequestKind::In | RequestKind::Out | RequestKind::GetId)
-            && d.is_write_only() != device_writes
+        if matches!(
+            kind,
+            RequestKind::In | RequestKind::Out | RequestKind::GetId
+        ) && d.is_write_only() != device_writes
         {
             return fail(RequestError::WrongDirection);
         }
         total += u64::from(d.len());
-        data.push(Segment { addr: d.addr(), len: d.len() });
+        data.push(Segment {
+            addr: d.addr(),
+            len: d.len(),
+        });
     }
     let bad_len = match kind {
         RequestKind::In | RequestKind::Out => total % SECTOR_SIZE != 0,
@@ -215,23 +224,35 @@ pub(crate) mod tests {
             queue.set_avail_ring_address(Some(AVAIL as u32), Some(0));
             queue.set_used_ring_address(Some(USED as u32), Some(0));
             queue.set_ready(true);
-            TestQueue { mem, queue, avail_idx: 0 }
+            TestQueue {
+                mem,
+                queue,
+                avail_idx: 0,
+            }
         }
 
         /// Writes descriptors `(index, addr, len, flags, next)` and offers `head`.
         pub fn offer(&mut self, descs: &[(u16, u64, u32, u16, u16)], head: u16) {
             for &(i, addr, len, flags, next) in descs {
                 let d = Descriptor::new(addr, len, flags, next);
-                self.mem.write_obj(d, GuestAddress(DESC + 16 * u64::from(i))).unwrap();
+                self.mem
+                    .write_obj(d, GuestAddress(DESC + 16 * u64::from(i)))
+                    .unwrap();
             }
             let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % QSIZE);
             self.mem.write_obj(head, GuestAddress(slot)).unwrap();
             self.avail_idx = self.avail_idx.wrapping_add(1);
-            self.mem.write_obj(self.avail_idx, GuestAddress(AVAIL + 2)).unwrap();
+            self.mem
+                .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
+                .unwrap();
         }
 
         pub fn header(&self, at: u64, request_type: u32, sector: u64) {
-            let h = RequestHeader { request_type, _reserved: 0, sector };
+            let h = RequestHeader {
+                request_type,
+                _reserved: 0,
+                sector,
+            };
             self.mem.write_obj(h, GuestAddress(at)).unwrap();
         }
 
@@ -247,37 +268,89 @@ pub(crate) mod tests {
     fn a_read_request_parses() {
         let mut q = TestQueue::new();
         q.header(0x10_0000, VIRTIO_BLK_T_IN, 8);
-        q.offer(&[(0, 0x10_0000, 16, N, 1), (1, 0x20_0000, 4096, N | W, 2), (2, 0x30_0000, 1, W, 0)], 0);
+        q.offer(
+            &[
+                (0, 0x10_0000, 16, N, 1),
+                (1, 0x20_0000, 4096, N | W, 2),
+                (2, 0x30_0000, 1, W, 0),
+            ],
+            0,
+        );
         let r = parse(q.pop()).unwrap();
-        assert_eq!((r.kind, r.sector, r.data_len, r.status), (RequestKind::In, 8, 4096, GuestAddress(0x30_0000)));
+        assert_eq!(
+            (r.kind, r.sector, r.data_len, r.status),
+            (RequestKind::In, 8, 4096, GuestAddress(0x30_0000))
+        );
     }
 
     #[test]
     fn hostile_chains_are_refused() {
-        let cases: Vec<(Vec<(u16, u64, u32, u16, u16)>, u32, RequestError)> = vec![
+        type Case = (Vec<(u16, u64, u32, u16, u16)>, u32, RequestError);
+        let cases: Vec<Case> = vec![
             // Data buffer outside guest memory.
-            (vec![(0, 0x10_0000, 16, N, 1), (1, 0xdead_0000_0000, 512, N | W, 2), (2, 0x30_0000, 1, W, 0)],
-             VIRTIO_BLK_T_IN, RequestError::BadBuffer(0xdead_0000_0000, 512)),
+            (
+                vec![
+                    (0, 0x10_0000, 16, N, 1),
+                    (1, 0xdead_0000_0000, 512, N | W, 2),
+                    (2, 0x30_0000, 1, W, 0),
+                ],
+                VIRTIO_BLK_T_IN,
+                RequestError::BadBuffer(0xdead_0000_0000, 512),
+            ),
             // Length that runs off the end of memory.
-            (vec![(0, 0x10_0000, 16, N, 1), (1, 0xf0_0000, 0x7fff_ffff, N | W, 2), (2, 0x30_0000, 1, W, 0)],
-             VIRTIO_BLK_T_IN, RequestError::BadBuffer(0xf0_0000, 0x7fff_ffff)),
+            (
+                vec![
+                    (0, 0x10_0000, 16, N, 1),
+                    (1, 0xf0_0000, 0x7fff_ffff, N | W, 2),
+                    (2, 0x30_0000, 1, W, 0),
+                ],
+                VIRTIO_BLK_T_IN,
+                RequestError::BadBuffer(0xf0_0000, 0x7fff_ffff),
+            ),
             // A loop: 0 -> 1 -> 0.
-            (vec![(0, 0x10_0000, 16, N, 1), (1, 0x20_0000, 512, N | W, 0)],
-             VIRTIO_BLK_T_IN, RequestError::Unterminated),
+            (
+                vec![(0, 0x10_0000, 16, N, 1), (1, 0x20_0000, 512, N | W, 0)],
+                VIRTIO_BLK_T_IN,
+                RequestError::Unterminated,
+            ),
             // Header too short.
-            (vec![(0, 0x10_0000, 8, N, 2), (2, 0x30_0000, 1, W, 0)],
-             VIRTIO_BLK_T_IN, RequestError::BadHeader),
+            (
+                vec![(0, 0x10_0000, 8, N, 2), (2, 0x30_0000, 1, W, 0)],
+                VIRTIO_BLK_T_IN,
+                RequestError::BadHeader,
+            ),
             // Status not writable.
-            (vec![(0, 0x10_0000, 16, N, 2), (2, 0x30_0000, 1, 0, 0)],
-             VIRTIO_BLK_T_FLUSH, RequestError::BadStatus),
+            (
+                vec![(0, 0x10_0000, 16, N, 2), (2, 0x30_0000, 1, 0, 0)],
+                VIRTIO_BLK_T_FLUSH,
+                RequestError::BadStatus,
+            ),
             // Device-readable buffer for a read.
-            (vec![(0, 0x10_0000, 16, N, 1), (1, 0x20_0000, 512, N, 2), (2, 0x30_0000, 1, W, 0)],
-             VIRTIO_BLK_T_IN, RequestError::WrongDirection),
+            (
+                vec![
+                    (0, 0x10_0000, 16, N, 1),
+                    (1, 0x20_0000, 512, N, 2),
+                    (2, 0x30_0000, 1, W, 0),
+                ],
+                VIRTIO_BLK_T_IN,
+                RequestError::WrongDirection,
+            ),
             // Not whole sectors.
-            (vec![(0, 0x10_0000, 16, N, 1), (1, 0x20_0000, 100, N, 2), (2, 0x30_0000, 1, W, 0)],
-             VIRTIO_BLK_T_OUT, RequestError::BadLength(100)),
+            (
+                vec![
+                    (0, 0x10_0000, 16, N, 1),
+                    (1, 0x20_0000, 100, N, 2),
+                    (2, 0x30_0000, 1, W, 0),
+                ],
+                VIRTIO_BLK_T_OUT,
+                RequestError::BadLength(100),
+            ),
             // Next index beyond the queue.
-            (vec![(0, 0x10_0000, 16, N, 99)], VIRTIO_BLK_T_IN, RequestError::Unterminated),
+            (
+                vec![(0, 0x10_0000, 16, N, 99)],
+                VIRTIO_BLK_T_IN,
+                RequestError::Unterminated,
+            ),
         ];
         for (descs, t, want) in cases {
             let mut q = TestQueue::new();

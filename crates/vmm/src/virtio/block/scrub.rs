@@ -15,7 +15,7 @@ use serde::Serialize;
 use super::backend::Disk;
 
 /// Bytes checked per step.
-const CHUNK: usize = 64 << 10;
+const CHUNK: usize = 16 << 10;
 
 /// What the scrub has done so far.
 #[derive(Debug, Default)]
@@ -66,7 +66,12 @@ pub struct Scrub {
 impl Scrub {
     /// An `idle`-priority item scrubbing `disk` `passes` times, ending early
     /// when `stop` is set. Progress goes to `counters`.
-    pub fn item(disk: Arc<Disk>, passes: u64, stop: Arc<AtomicBool>, counters: Arc<ScrubCounters>) -> Item {
+    pub fn item(
+        disk: Arc<Disk>,
+        passes: u64,
+        stop: Arc<AtomicBool>,
+        counters: Arc<ScrubCounters>,
+    ) -> Item {
         let scrub = Scrub {
             disk,
             offset: 0,
@@ -128,13 +133,22 @@ mod tests {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut f, &vec![1u8; 300 << 10]).unwrap();
         let disk = Arc::new(Disk::open(f.path(), true, Transform::None).unwrap());
-        let engine = Engine::new(Config { policy: Policy::Workers, ..Config::default() }).unwrap();
+        let engine = Engine::new(Config {
+            policy: Policy::Workers,
+            ..Config::default()
+        })
+        .unwrap();
         let counters = Arc::new(ScrubCounters::default());
         let stop = Arc::new(AtomicBool::new(false));
-        engine.submit(Scrub::item(disk, 2, stop, counters.clone())).unwrap();
+        engine
+            .submit(Scrub::item(disk, 2, stop, counters.clone()))
+            .unwrap();
         assert!(engine.shutdown(Shutdown::Drain).is_empty());
         let s = counters.snapshot();
         assert_eq!((s.bytes, s.passes, s.errors), (2 * (300 << 10), 2, 0));
-        assert_eq!(s.checksum, u64::from(crc32fast::hash(&vec![1u8; 300 << 10])));
+        assert_eq!(
+            s.checksum,
+            u64::from(crc32fast::hash(&vec![1u8; 300 << 10]))
+        );
     }
 }
