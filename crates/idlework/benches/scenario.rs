@@ -82,6 +82,7 @@ fn engine_config(policy: Policy) -> Config {
         executor_budget: Duration::from_micros(200),
         cpu_cap: None,
         thread_name: "iw-".into(),
+        idle_poll: Some(Duration::from_micros(50)),
     }
 }
 

@@ -96,6 +96,14 @@ pub struct Config {
     /// Worker thread names are this prefix followed by the worker's index.
     /// Linux keeps 15 bytes of a thread name.
     pub thread_name: String,
+    /// Under [`Policy::Idle`]: while work waits for an idle executor, look
+    /// for one this often (the timekeeping worker asks
+    /// [`IdleHooks::is_idle`](crate::IdleHooks::is_idle)). A vCPU that goes
+    /// idle after work was submitted is then used, and `normal` work waits
+    /// for one up to `normal_deadline` unless the queue depth asks for a
+    /// worker. `None`: only executors idle at submit time are kicked, and
+    /// `normal` work goes to a worker when none is.
+    pub idle_poll: Option<Duration>,
 }
 
 impl Default for Config {
@@ -110,6 +118,7 @@ impl Default for Config {
             executor_budget: Duration::from_micros(200),
             cpu_cap: None,
             thread_name: "idlework-".to_owned(),
+            idle_poll: Some(Duration::from_micros(50)),
         }
     }
 }
@@ -141,6 +150,9 @@ impl Config {
         }
         if self.cpu_cap == Some(0) {
             return Err(ConfigError::ZeroCpuCap);
+        }
+        if self.idle_poll.is_some_and(|p| p.is_zero()) {
+            return Err(ConfigError::ZeroIdlePoll);
         }
         if self.thread_name.contains('\0') {
             return Err(ConfigError::ThreadName);

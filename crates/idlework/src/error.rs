@@ -31,6 +31,9 @@ pub enum ConfigError {
     /// Thread names cannot contain NUL.
     #[error("thread_name contains a NUL byte")]
     ThreadName,
+    /// `idle_poll` is zero.
+    #[error("idle_poll must be positive (None disables polling)")]
+    ZeroIdlePoll,
     /// Not one of `workers`, `inline`, `idle`.
     #[error("unknown policy {0:?} (expected workers, inline or idle)")]
     UnknownPolicy(String),

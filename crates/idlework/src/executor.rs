@@ -107,6 +107,15 @@ impl Registry {
         slot
     }
 
+    /// Registered executors (not yet dropped).
+    pub(crate) fn count(&self) -> usize {
+        let slots = unpoison(self.slots.read());
+        slots
+            .iter()
+            .filter(|s| s.state.load(Ordering::Relaxed) != RETIRED)
+            .count()
+    }
+
     /// Executors kicked or running now.
     pub(crate) fn busy(&self) -> usize {
         self.busy.load(Ordering::SeqCst)

@@ -114,6 +114,9 @@ impl Shared {
         };
         if !woke_worker {
             self.sleep.arm_timer();
+            if self.waits_for_idle() && p != Priority::Urgent {
+                self.sleep.ensure_polling();
+            }
         }
     }
 
@@ -122,6 +125,11 @@ impl Shared {
     /// a worker was woken.
     pub(crate) fn grow(&self) -> bool {
         if !self.needs_hand() || (self.idle_policy() && self.executors.kick_one()) {
+            return false;
+        }
+        // Waiting for an idle executor: the timekeeper looks for one, and a
+        // worker comes only for depth (or, later, for the deadline).
+        if self.waits_for_idle() && !self.depth_exceeds(self.executors.busy()) {
             return false;
         }
         self.wake_worker()

@@ -14,6 +14,10 @@ use crate::stats::RunnerStats;
 use crate::sync::{AtomicU8, Ordering};
 use crate::worker::WorkerSlot;
 
+/// How much less often the timekeeper looks for idle executors when only
+/// `idle`-priority work waits.
+const IDLE_ONLY_POLL_FACTOR: u32 = 4;
+
 /// The engine's life cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -90,6 +94,28 @@ impl Shared {
         self.config.policy == Policy::Idle
     }
 
+    /// Whether `normal` work waits (up to its deadline) for an executor to
+    /// go idle rather than waking a worker at once: the idle policy with
+    /// polling on, executors registered, and real time (the timekeeper
+    /// cannot poll on a manual clock).
+    pub(crate) fn waits_for_idle(&self) -> bool {
+        self.idle_policy()
+            && self.config.idle_poll.is_some()
+            && !self.clock.is_manual()
+            && self.executors.count() > 0
+    }
+
+    /// Whether work that an executor may take is queued (`normal`, `idle`).
+    fn executor_work_queued(&self) -> bool {
+        !self.queues.is_empty(Priority::Normal) || !self.queues.is_empty(Priority::Idle)
+    }
+
+    /// Whether the `urgent` + `normal` depth exceeds what `hands` absorb,
+    /// counting at least one hand (the executor being waited for).
+    pub(crate) fn depth_exceeds(&self, hands: usize) -> bool {
+        self.queues.depth(false) > hands.max(1).saturating_mul(self.config.items_per_worker)
+    }
+
     /// How long an item of class `p` may wait before the timekeeper wakes
     /// a worker for it: `idle_deadline` for `idle` work under the idle
     /// policy (it waits for idle executors), `normal_deadline` otherwise
@@ -116,6 +142,15 @@ impl Shared {
             Mode::Stopping => Take::Nothing,
             Mode::Draining => Take::Any,
             Mode::Running if p == Priority::Idle && self.idle_policy() => Take::IfAged,
+            // Waiting for an idle executor: a worker takes `normal` work only
+            // past its deadline, or when the depth asks for more hands.
+            Mode::Running if p == Priority::Normal && self.waits_for_idle() => {
+                if self.depth_exceeds(self.executors.busy()) {
+                    Take::Any
+                } else {
+                    Take::IfAged
+                }
+            }
             Mode::Running => Take::Any,
         }
     }
@@ -189,5 +224,24 @@ impl Watch for Shared {
 
     fn manual_time(&self) -> bool {
         self.clock.is_manual()
+    }
+
+    fn poll_idle(&self) -> Option<std::time::Duration> {
+        let interval = self.config.idle_poll.filter(|_| self.idle_policy())?;
+        // An executor at work places what is left when it finishes (and
+        // then asks for polling again): no need to look meanwhile.
+        if self.mode() != Mode::Running
+            || !self.executor_work_queued()
+            || self.executors.busy() > 0
+            || self.executors.kick_one()
+        {
+            return None;
+        }
+        // `idle` work (maintenance) is in no hurry: look less often for it.
+        if self.queues.is_empty(Priority::Normal) {
+            Some(interval.saturating_mul(IDLE_ONLY_POLL_FACTOR))
+        } else {
+            Some(interval)
+        }
     }
 }

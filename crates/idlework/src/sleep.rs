@@ -31,6 +31,9 @@ pub(crate) trait Watch {
     /// Whether timed waits are meaningless (a manual clock): wait for a
     /// notification instead.
     fn manual_time(&self) -> bool;
+    /// Looks for an idle executor for work that waits for one (kicking it),
+    /// and returns when to look again, if work still waits.
+    fn poll_idle(&self) -> Option<Duration>;
 }
 
 /// Why a worker's sleep ended.
@@ -61,6 +64,8 @@ pub(crate) struct Sleep {
     sleeping: AtomicUsize,
     /// False only while the timekeeper sleeps with no deadline.
     timer_armed: AtomicBool,
+    /// True while the timekeeper's sleep is bounded by the idle poll.
+    polling: AtomicBool,
 }
 
 impl Sleep {
@@ -75,6 +80,7 @@ impl Sleep {
             cvars: (0..workers).map(|_| Condvar::new()).collect(),
             sleeping: AtomicUsize::new(0),
             timer_armed: AtomicBool::new(true),
+            polling: AtomicBool::new(false),
         }
     }
 
@@ -111,6 +117,19 @@ impl Sleep {
     pub(crate) fn arm_timer(&self) {
         if self.timer_armed.load(Ordering::SeqCst) || self.timer_armed.swap(true, Ordering::SeqCst)
         {
+            return;
+        }
+        let st = lock(&self.state);
+        if let Some(k) = st.timekeeper {
+            self.cvars[k].notify_one();
+        }
+    }
+
+    /// Makes sure the timekeeper looks for idle executors soon: wakes it if
+    /// its current sleep is not bounded by the idle poll. The caller must
+    /// have queued work and fenced.
+    pub(crate) fn ensure_polling(&self) {
+        if self.polling.load(Ordering::SeqCst) {
             return;
         }
         let st = lock(&self.state);
@@ -170,13 +189,30 @@ impl Sleep {
         if keeper {
             st.timekeeper = None;
             self.timer_armed.store(true, Ordering::SeqCst);
+            self.polling.store(false, Ordering::SeqCst);
         }
         wake
     }
 
     /// How long the timekeeper may sleep: `None` for no limit (disarming
-    /// the timer when nothing is queued), zero when a deadline passed.
+    /// the timer when nothing is queued), zero when a deadline passed. While
+    /// work waits for an idle executor it looks for one first, and sleeps at
+    /// most until the next look.
     fn timeout(&self, watch: &impl Watch) -> Option<Duration> {
+        let poll = if watch.manual_time() {
+            None
+        } else {
+            watch.poll_idle()
+        };
+        self.polling.store(poll.is_some(), Ordering::SeqCst);
+        let until_deadline = self.until_deadline(watch);
+        match (poll, until_deadline) {
+            (Some(p), Some(d)) => Some(p.min(d)),
+            (p, d) => p.or(d),
+        }
+    }
+
+    fn until_deadline(&self, watch: &impl Watch) -> Option<Duration> {
         let mut deadline = watch.next_deadline();
         if deadline.is_none() {
             self.timer_armed.store(false, Ordering::SeqCst);

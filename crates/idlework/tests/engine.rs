@@ -198,8 +198,12 @@ fn a_kick_that_finds_nothing_is_counted_useless() {
 }
 
 #[test]
-fn normal_work_goes_to_a_worker_when_no_executor_is_idle() {
-    let engine = Engine::new(patient(Policy::Idle)).unwrap();
+fn without_polling_normal_work_goes_to_a_worker_when_no_executor_is_idle() {
+    let engine = Engine::new(Config {
+        idle_poll: None,
+        ..patient(Policy::Idle)
+    })
+    .unwrap();
     let vcpu = FakeVcpu::busy();
     let _exec = engine.register_executor("vcpu0", vcpu.clone());
     let (tx, rx) = reporting();
@@ -211,6 +215,60 @@ fn normal_work_goes_to_a_worker_when_no_executor_is_idle() {
     assert_eq!(
         settled(&engine, 100).ran(Place::Worker, Priority::Normal),
         100
+    );
+}
+
+#[test]
+fn with_polling_normal_work_waits_for_a_vcpu_that_goes_idle_later() {
+    let engine = Engine::new(patient(Policy::Idle)).unwrap();
+    let vcpu = FakeVcpu::busy();
+    let mut exec = engine.register_executor("vcpu0", vcpu.clone());
+    let (tx, rx) = reporting();
+    engine.submit(item(&tx, 0)).unwrap();
+    // Nobody was idle at submit time, and one item asks for no worker: it waits.
+    assert!(rx
+        .recv_timeout(std::time::Duration::from_millis(50))
+        .is_err());
+    assert_eq!(vcpu.kicks(), 0);
+    // The guest halts: the timekeeper's poll finds the vCPU and kicks it.
+    vcpu.idle.store(true, std::sync::atomic::Ordering::SeqCst);
+    let start = std::time::Instant::now();
+    while vcpu.kicks() == 0 {
+        assert!(
+            start.elapsed() < common::PATIENCE,
+            "the idle vCPU was never kicked"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let report = exec.run_idle(exec.budget());
+    assert!(report.kicked);
+    expect_each_once(&rx, 1);
+    assert_eq!(
+        settled(&engine, 1).ran(Place::Executor, Priority::Normal),
+        1
+    );
+}
+
+#[test]
+fn with_polling_depth_still_wakes_workers() {
+    let engine = Engine::new(patient(Policy::Idle)).unwrap();
+    let _exec = engine.register_executor("vcpu0", FakeVcpu::busy());
+    let (tx, rx) = reporting();
+    for id in 0..100 {
+        engine.submit(item(&tx, id)).unwrap();
+    }
+    // No executor ever idles and the deadline is an hour away: only the
+    // depth can have brought workers, and they ran (nearly) everything.
+    let mut got = 0;
+    while rx
+        .recv_timeout(std::time::Duration::from_millis(200))
+        .is_ok()
+    {
+        got += 1;
+    }
+    assert!(
+        got >= 100 - Config::default().items_per_worker,
+        "only {got} ran"
     );
 }
 
@@ -654,7 +712,11 @@ fn many_submitters_every_item_runs_once() {
 
 #[test]
 fn stats_serialise_to_json() {
-    let engine = Engine::new(patient(Policy::Idle)).unwrap();
+    let engine = Engine::new(Config {
+        idle_poll: None,
+        ..patient(Policy::Idle)
+    })
+    .unwrap();
     let _exec = engine.register_executor("vcpu0", FakeVcpu::busy());
     let (tx, rx) = reporting();
     engine.submit(item(&tx, 0)).unwrap();
