@@ -19,7 +19,14 @@ fn main() {
 fn build_testguest(out_dir: &Path) -> PathBuf {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let guest_dir = manifest_dir.join("../testguest");
-    for input in ["src", "Cargo.toml", "Cargo.lock", "build.rs", "linker.ld", ".cargo/config.toml"] {
+    for input in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        "linker.ld",
+        ".cargo/config.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", guest_dir.join(input).display());
     }
     let target_dir = out_dir.join("testguest");
@@ -43,6 +50,9 @@ fn build_testguest(out_dir: &Path) -> PathBuf {
         cmd.env_remove(var);
     }
     let status = cmd.status().expect("running cargo to build the test guest");
-    assert!(status.success(), "building the test guest (crates/testguest) failed");
+    assert!(
+        status.success(),
+        "building the test guest (crates/testguest) failed"
+    );
     target_dir.join("release/nightshift-testguest")
 }

@@ -11,13 +11,19 @@ use common::{nightshift, result_lines, Run};
 fn default_run_prints_banner_and_a_result_per_vcpu() {
     let run = nightshift(&[]);
     run.assert_code(0);
-    assert!(run.stdout.contains("nightshift-testguest"), "no banner:\n{}", run.stdout);
+    assert!(
+        run.stdout.contains("nightshift-testguest"),
+        "no banner:\n{}",
+        run.stdout
+    );
     let results = result_lines(&run.stdout);
     let mut cpus: Vec<&str> = results.iter().map(|r| r["cpu"].as_str()).collect();
     cpus.sort_unstable();
     assert_eq!(cpus, ["0", "1"], "{}", run.stdout);
     assert!(results.iter().all(|r| r["workload"] == "compute"));
-    assert!(results.iter().all(|r| r["iters"].parse::<u64>().unwrap() > 0));
+    assert!(results
+        .iter()
+        .all(|r| r["iters"].parse::<u64>().unwrap() > 0));
     assert!(run.stdout.contains("done status=0"));
 }
 
@@ -69,13 +75,21 @@ fn a_triple_fault_ends_the_vm_with_a_named_cause() {
 
 fn assert_failed_with_cause(run: &Run) {
     assert_ne!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.code.is_some(), "VMM was killed by a signal:\n{}", run.stderr);
+    assert!(
+        run.code.is_some(),
+        "VMM was killed by a signal:\n{}",
+        run.stderr
+    );
     assert!(
         run.stderr.contains("shut down") || run.stderr.contains("internal error"),
         "no cause named:\n{}",
         run.stderr
     );
-    assert!(run.stderr.contains("rip="), "no registers in the report:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("rip="),
+        "no registers in the report:\n{}",
+        run.stderr
+    );
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
 }
 
@@ -84,7 +98,9 @@ fn a_missing_kernel_is_a_one_line_error() {
     let run = nightshift(&["--kernel", "/nonexistent/vmlinux"]);
     assert_eq!(run.code, Some(1));
     assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
-    assert!(run.stderr.contains("cannot open kernel /nonexistent/vmlinux"));
+    assert!(run
+        .stderr
+        .contains("cannot open kernel /nonexistent/vmlinux"));
 }
 
 #[test]
@@ -94,7 +110,11 @@ fn a_non_elf_kernel_is_a_one_line_error() {
     let run = nightshift(&["--kernel", file.path().to_str().unwrap()]);
     assert_eq!(run.code, Some(1));
     assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
-    assert!(run.stderr.contains("not a loadable x86-64 ELF"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("not a loadable x86-64 ELF"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -27,9 +27,28 @@ pub fn run_qemu(cmdline: &str, extra: &[&str]) -> Option<(Option<i32>, String)> 
         return None;
     };
     let mut child = Command::new(bin)
-        .args(["-M", "microvm", "-enable-kvm", "-cpu", "host,-arch-capabilities"])
-        .args(["-smp", "2", "-m", "256M", "-nodefaults", "-no-user-config", "-nographic"])
-        .args(["-serial", "stdio", "-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+        .args([
+            "-M",
+            "microvm",
+            "-enable-kvm",
+            "-cpu",
+            "host,-arch-capabilities",
+        ])
+        .args([
+            "-smp",
+            "2",
+            "-m",
+            "256M",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+        ])
+        .args([
+            "-serial",
+            "stdio",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=4",
+        ])
         .arg("-kernel")
         .arg(testguest_elf())
         .args(["-append", cmdline])
@@ -52,10 +71,23 @@ pub fn run_qemu(cmdline: &str, extra: &[&str]) -> Option<(Option<i32>, String)> 
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(status.is_some(), "QEMU did not finish in time; output:\n{out}\n{err}");
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        status.is_some(),
+        "QEMU did not finish in time; output:\n{out}\n{err}"
+    );
     Some((status.and_then(|s| s.code()), out))
 }
 
@@ -64,7 +96,10 @@ fn the_test_guest_boots_under_qemu_microvm() {
     let Some((code, out)) = run_qemu("workload=compute ms=50", &[]) else {
         return;
     };
-    assert!(out.contains("nightshift-testguest"), "no banner under QEMU:\n{out}");
+    assert!(
+        out.contains("nightshift-testguest"),
+        "no banner under QEMU:\n{out}"
+    );
     assert_eq!(result_lines(&out).len(), 2, "{out}");
     // isa-debug-exit: status 0 comes out as (0 << 1) | 1.
     assert_eq!(code, Some(1), "{out}");

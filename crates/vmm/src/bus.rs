@@ -53,7 +53,10 @@ impl Bus {
     /// Puts `device` at `[base, base + len)`.
     pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), BusConflict> {
         let conflict = BusConflict { base, len };
-        let end = base.checked_add(len).filter(|_| len > 0).ok_or(conflict.clone())?;
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(conflict.clone())?;
         let overlaps_prev = self
             .ranges
             .range(..=base)
@@ -117,7 +120,9 @@ impl Bus {
 /// Locks a device. A device whose lock was poisoned by a panic elsewhere is
 /// still used: its state is plain data, and stopping the guest's I/O would be worse.
 fn lock(device: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
-    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -146,7 +151,7 @@ mod tests {
         let mut buf = [0u8; 1];
         assert!(bus.read(0x3fd, &mut buf));
         assert_eq!(buf, [5]);
-        assert!(bus.write(0x3f8, &[b'x']));
+        assert!(bus.write(0x3f8, b"x"));
         assert_eq!(dev.lock().unwrap().writes, vec![(0, vec![b'x'])]);
     }
 

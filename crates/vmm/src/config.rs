@@ -65,7 +65,10 @@ impl FromStr for DiskConfig {
     /// `PATH[,ro][,xts=PASSES][,scrub=PASSES]`, e.g. `disk.img,ro` or `disk.img,xts=4`.
     fn from_str(s: &str) -> Result<Self, String> {
         let mut parts = s.split(',');
-        let path = parts.next().filter(|p| !p.is_empty()).ok_or("empty disk path")?;
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or("empty disk path")?;
         let mut disk = DiskConfig {
             path: path.into(),
             read_only: false,
@@ -135,7 +138,9 @@ mod policy_name {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<idlework::Policy, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -303,9 +308,15 @@ mod tests {
     fn validation_rejects_impossible_vms() {
         let ok = VmConfig::default();
         assert_eq!(ok.validate(), Ok(()));
-        let c = VmConfig { vcpus: 0, ..ok.clone() };
+        let c = VmConfig {
+            vcpus: 0,
+            ..ok.clone()
+        };
         assert_eq!(c.validate(), Err(ConfigError::Vcpus(0)));
-        let c = VmConfig { mem_mib: 1, ..ok.clone() };
+        let c = VmConfig {
+            mem_mib: 1,
+            ..ok.clone()
+        };
         assert_eq!(c.validate(), Err(ConfigError::Memory(1)));
         let mut c = ok;
         c.pin.insert(2, "0".parse().unwrap());
@@ -315,7 +326,10 @@ mod tests {
     #[test]
     fn disk_flag_parses() {
         let d: DiskConfig = "a.img,ro,xts=4".parse().unwrap();
-        assert_eq!((d.path.to_str(), d.read_only, d.xts_passes), (Some("a.img"), true, Some(4)));
+        assert_eq!(
+            (d.path.to_str(), d.read_only, d.xts_passes),
+            (Some("a.img"), true, Some(4))
+        );
         for bad in ["", ",ro", "a.img,rw", "a.img,xts=0", "a.img,xts=x"] {
             assert!(bad.parse::<DiskConfig>().is_err(), "{bad:?} parsed");
         }

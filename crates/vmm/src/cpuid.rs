@@ -127,7 +127,12 @@ mod tests {
     #[test]
     fn mwait_is_hidden_by_default_and_topology_is_ours() {
         let mut c = sample();
-        let p = CpuidParams { vcpu: 2, vcpus: 4, tsc_khz: Some(2_000_000), expose_mwait: false };
+        let p = CpuidParams {
+            vcpu: 2,
+            vcpus: 4,
+            tsc_khz: Some(2_000_000),
+            expose_mwait: false,
+        };
         filter_cpuid(&mut c, &p);
         let l1 = leaf(&c, 1, 0);
         assert_eq!(l1.ecx & LEAF1_ECX_MONITOR, 0);
@@ -143,7 +148,12 @@ mod tests {
     #[test]
     fn mwait_can_be_exposed() {
         let mut c = sample();
-        let p = CpuidParams { vcpu: 0, vcpus: 1, tsc_khz: None, expose_mwait: true };
+        let p = CpuidParams {
+            vcpu: 0,
+            vcpus: 1,
+            tsc_khz: None,
+            expose_mwait: true,
+        };
         filter_cpuid(&mut c, &p);
         assert_ne!(leaf(&c, 1, 0).ecx & LEAF1_ECX_MONITOR, 0);
         assert_eq!(leaf(&c, 5, 0).eax, 0x40);

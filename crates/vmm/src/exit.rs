@@ -46,7 +46,10 @@ impl fmt::Display for ExitReason {
         match self {
             ExitReason::Guest(s) => write!(f, "guest requested exit with status {s}"),
             ExitReason::Shutdown { vcpu, regs } => {
-                write!(f, "vCPU {vcpu} shut down (triple fault or shutdown request); {regs}")
+                write!(
+                    f,
+                    "vCPU {vcpu} shut down (triple fault or shutdown request); {regs}"
+                )
             }
             ExitReason::InternalError { vcpu, detail } => {
                 write!(f, "KVM internal error on vCPU {vcpu}: {detail}")
@@ -77,7 +80,10 @@ impl ExitSignal {
 
     /// Whether a reason has been recorded.
     pub fn is_reported(&self) -> bool {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     /// Blocks until a reason is recorded and returns it.

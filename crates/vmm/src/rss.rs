@@ -48,7 +48,9 @@ fn guest_rss_kib(smaps: &str, guest: &[(usize, usize)]) -> u64 {
     for line in smaps.lines() {
         let first = line.split_whitespace().next().unwrap_or("");
         if let Some((a, b)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
-            let range = usize::from_str_radix(a, 16).ok().zip(usize::from_str_radix(b, 16).ok());
+            let range = usize::from_str_radix(a, 16)
+                .ok()
+                .zip(usize::from_str_radix(b, 16).ok());
             inside = range.is_some_and(|(s, e)| guest.iter().any(|&(gs, ge)| s >= gs && e <= ge));
         } else if let Some(v) = line.strip_prefix("Rss:") {
             if inside {
@@ -73,7 +75,10 @@ Rss:                 100 kB\n\
 Size:             262144 kB\n\
 Rss:                8192 kB\n";
         let r = RssReport::from_proc(status, smaps, &[(0x7f00_0000_0000, 0x7f00_1000_0000)]);
-        assert_eq!((r.peak_kib, r.guest_kib, r.vmm_peak_kib), (10240, 8192, 2048));
+        assert_eq!(
+            (r.peak_kib, r.guest_kib, r.vmm_peak_kib),
+            (10240, 8192, 2048)
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use idlework::{Engine, Policy, Shutdown};
-use kvm_bindings::{kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_HALT_POLL, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_HALT_POLL, KVM_MAX_CPUID_ENTRIES,
+};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::Serialize;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
@@ -21,7 +23,8 @@ use crate::devices::{
 };
 use crate::exit::{ExitReason, ExitSignal};
 use crate::memory::{
-    self, GuestMemory, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
+    self, GuestMemory, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, VIRTIO_MMIO_SIZE,
+    VIRTIO_MMIO_START,
 };
 use crate::rss::RssReport;
 use crate::vcpu::{regs, Request, Vcpu, VcpuContext, VcpuControl, VcpuHandle, VcpuStats};
@@ -142,23 +145,26 @@ impl Vm {
         vm_fd
             .set_tss_address(KVM_TSS_ADDRESS)
             .map_err(kvm_err("setting the TSS address"))?;
-        vm_fd.create_irq_chip().map_err(kvm_err("creating the in-kernel irqchip"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("creating the in-kernel irqchip"))?;
         if let Some(ns) = config.halt_poll_ns {
             let cap = kvm_enable_cap {
                 cap: KVM_CAP_HALT_POLL,
                 args: [ns.into(), 0, 0, 0],
                 ..Default::default()
             };
-            vm_fd.enable_cap(&cap).map_err(kvm_err("setting halt polling"))?;
+            vm_fd
+                .enable_cap(&cap)
+                .map_err(kvm_err("setting halt polling"))?;
         }
 
         let exit = Arc::new(ExitSignal::default());
         let milestones = Arc::new(BootMilestones::new(started));
         let pio = Arc::new(legacy_devices(&vm_fd, &config, &exit, &milestones)?);
-        let engine = Arc::new(
-            Engine::new(engine_config(&config.work))
-                .map_err(|e| VmError::Host("starting the device-work engine", std::io::Error::other(e)))?,
-        );
+        let engine = Arc::new(Engine::new(engine_config(&config.work)).map_err(|e| {
+            VmError::Host("starting the device-work engine", std::io::Error::other(e))
+        })?);
         let mut mmio = Bus::new();
         let mut notifier = NotifierBuilder::default();
         let mut cmdline = config.cmdline.clone();
@@ -234,7 +240,12 @@ impl Vm {
             tracing::warn!("background scrub needs the workers or idle policy; not started");
         }
         for s in self.scrubs.iter().filter(|s| s.passes > 0 && !inline) {
-            let item = Scrub::item(s.disk.clone(), s.passes, self.scrub_stop.clone(), s.counters.clone());
+            let item = Scrub::item(
+                s.disk.clone(),
+                s.passes,
+                self.scrub_stop.clone(),
+                s.counters.clone(),
+            );
             // The engine is not shut down before the VM ends: this cannot fail.
             let _ = self.engine.submit(item);
         }
@@ -251,12 +262,17 @@ impl Vm {
             match Vcpu::new(index, fd, ctx).start() {
                 Ok(h) => vcpus.push(h),
                 Err(e) => {
-                    self.exit.report(ExitReason::Host(format!("starting vcpu{index}: {e}")));
+                    self.exit
+                        .report(ExitReason::Host(format!("starting vcpu{index}: {e}")));
                     break;
                 }
             }
         }
-        Ok(RunningVm { vm: self, vcpus, notifier })
+        Ok(RunningVm {
+            vm: self,
+            vcpus,
+            notifier,
+        })
     }
 }
 
@@ -285,7 +301,11 @@ impl RunningVm {
 
     /// Waits for the VM to end, stops everything, and reports.
     pub fn wait(self) -> RunReport {
-        let RunningVm { vm, vcpus, notifier } = self;
+        let RunningVm {
+            vm,
+            vcpus,
+            notifier,
+        } = self;
         let exit = vm.exit.wait();
         let scrubs = vm.scrubs.iter().map(|s| s.counters.snapshot()).collect();
         vm.scrub_stop.store(true, Ordering::Relaxed);
@@ -332,13 +352,23 @@ fn engine_config(w: &WorkConfig) -> idlework::Config {
 
 fn open_disk(d: &DiskConfig, index: usize, engine: &Engine) -> Result<Block, VmError> {
     let transform = match d.xts_passes {
-        Some(passes) => Transform::Xts { key: XTS_KEY, passes },
+        Some(passes) => Transform::Xts {
+            key: XTS_KEY,
+            passes,
+        },
         None => Transform::None,
     };
     let disk = Disk::open(&d.path, d.read_only, transform).map_err(|e| {
-        VmError::Host("opening a disk image", std::io::Error::new(e.kind(), format!("{}: {e}", d.path.display())))
+        VmError::Host(
+            "opening a disk image",
+            std::io::Error::new(e.kind(), format!("{}: {e}", d.path.display())),
+        )
     })?;
-    Ok(Block::new(disk, &format!("nightshift-disk{index}"), engine.submitter()))
+    Ok(Block::new(
+        disk,
+        &format!("nightshift-disk{index}"),
+        engine.submitter(),
+    ))
 }
 
 /// Where virtio-mmio device `i` lives: its MMIO window and interrupt line.
@@ -363,10 +393,17 @@ impl VirtioSlot {
         mmio: &mut Bus,
         device: Box<dyn crate::virtio::VirtioDevice>,
     ) -> Result<Arc<Mutex<MmioTransport>>, VmError> {
-        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Host("creating an eventfd", e))?;
-        vm_fd.register_irqfd(&irqfd, self.gsi).map_err(kvm_err("registering a virtio irqfd"))?;
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| VmError::Host("creating an eventfd", e))?;
+        vm_fd
+            .register_irqfd(&irqfd, self.gsi)
+            .map_err(kvm_err("registering a virtio irqfd"))?;
         let interrupt = Arc::new(VirtioInterrupt::new(irqfd));
-        let transport = Arc::new(Mutex::new(MmioTransport::new(device, mem.clone(), interrupt)));
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device,
+            mem.clone(),
+            interrupt,
+        )));
         mmio.insert(transport.clone(), self.base, VIRTIO_MMIO_SIZE)
             .map_err(|e| VmError::Host("placing a virtio device", std::io::Error::other(e)))?;
         Ok(transport)
@@ -408,7 +445,8 @@ fn legacy_devices(
     milestones: &Arc<BootMilestones>,
 ) -> Result<Bus, VmError> {
     let mut pio = Bus::new();
-    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Host("creating an eventfd", e))?;
+    let irq =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Host("creating an eventfd", e))?;
     vm_fd
         .register_irqfd(&irq, COM1_GSI)
         .map_err(kvm_err("registering the serial irqfd"))?;
@@ -453,7 +491,8 @@ fn create_vcpus(
 
         let mut lapic = fd.get_lapic().map_err(kvm_err("reading the local APIC"))?;
         regs::setup_lint(&mut lapic);
-        fd.set_lapic(&lapic).map_err(kvm_err("setting the local APIC"))?;
+        fd.set_lapic(&lapic)
+            .map_err(kvm_err("setting the local APIC"))?;
 
         if index == 0 {
             let mut sregs = fd.get_sregs().map_err(kvm_err("reading sregs"))?;

@@ -67,7 +67,12 @@ pub fn run(args: BootArgs) -> anyhow::Result<()> {
         let _ = std::io::stderr().flush();
         let status = Command::new(&exe)
             .args(["run", "--cmdline", "workload=exit"])
-            .args(["--vcpus", &args.vcpus.to_string(), "--mem", &args.mem.to_string()])
+            .args([
+                "--vcpus",
+                &args.vcpus.to_string(),
+                "--mem",
+                &args.mem.to_string(),
+            ])
             .arg("--report")
             .arg(&report)
             .stdout(Stdio::null())
@@ -85,13 +90,46 @@ pub fn run(args: BootArgs) -> anyhow::Result<()> {
 
     let ms = |v: Vec<u64>| summary(v, 1e6);
     let rows = [
-        ("start -> first guest instruction (ms)", ms(samples.iter().filter_map(|s| s.first_instruction_ns).collect())),
-        ("start -> guest banner (ms)", ms(samples.iter().filter_map(|s| s.banner_ns).collect())),
-        ("start -> VM ended (ms)", ms(samples.iter().map(|s| s.end_ns).collect())),
-        ("VMM peak RSS apart from guest RAM (MiB)", summary(samples.iter().filter_map(|s| s.rss.as_ref().map(|r| r.vmm_peak_kib)).collect(), 1024.0)),
-        ("guest RAM resident (MiB)", summary(samples.iter().filter_map(|s| s.rss.as_ref().map(|r| r.guest_kib)).collect(), 1024.0)),
+        (
+            "start -> first guest instruction (ms)",
+            ms(samples
+                .iter()
+                .filter_map(|s| s.first_instruction_ns)
+                .collect()),
+        ),
+        (
+            "start -> guest banner (ms)",
+            ms(samples.iter().filter_map(|s| s.banner_ns).collect()),
+        ),
+        (
+            "start -> VM ended (ms)",
+            ms(samples.iter().map(|s| s.end_ns).collect()),
+        ),
+        (
+            "VMM peak RSS apart from guest RAM (MiB)",
+            summary(
+                samples
+                    .iter()
+                    .filter_map(|s| s.rss.as_ref().map(|r| r.vmm_peak_kib))
+                    .collect(),
+                1024.0,
+            ),
+        ),
+        (
+            "guest RAM resident (MiB)",
+            summary(
+                samples
+                    .iter()
+                    .filter_map(|s| s.rss.as_ref().map(|r| r.guest_kib))
+                    .collect(),
+                1024.0,
+            ),
+        ),
     ];
-    println!("{:<42} {:>10} {:>10} {:>10} {:>5}", "metric", "median", "min", "max", "n");
+    println!(
+        "{:<42} {:>10} {:>10} {:>10} {:>5}",
+        "metric", "median", "min", "max", "n"
+    );
     for (name, s) in rows {
         match s {
             Some((med, min, max, n)) => {
@@ -112,5 +150,10 @@ fn summary(mut v: Vec<u64>, div: f64) -> Option<(f64, f64, f64, usize)> {
     v.sort_unstable();
     let n = v.len();
     let med = *v.get(n / 2)?;
-    Some((med as f64 / div, v[0] as f64 / div, v[n - 1] as f64 / div, n))
+    Some((
+        med as f64 / div,
+        v[0] as f64 / div,
+        v[n - 1] as f64 / div,
+        n,
+    ))
 }

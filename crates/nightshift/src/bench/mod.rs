@@ -94,13 +94,26 @@ fn scenarios(args: BenchArgs) -> anyhow::Result<()> {
     let with_qemu = !args.no_qemu && qemu_installed();
     let mut variants = Variant::defaults(with_qemu);
     if args.quick {
-        variants.retain(|v| matches!(v, Variant::Nightshift { halt_poll_ns: None, cpu_cap: None, .. }) || *v == Variant::Qemu { iothread: false });
+        variants.retain(|v| {
+            matches!(
+                v,
+                Variant::Nightshift {
+                    halt_poll_ns: None,
+                    cpu_cap: None,
+                    ..
+                }
+            ) || *v == Variant::Qemu { iothread: false }
+        });
     }
     let scenarios: Vec<_> = scenario::all(&params)
         .into_iter()
         .filter(|s| args.scenarios.is_empty() || args.scenarios.iter().any(|n| n == s.name))
         .collect();
-    anyhow::ensure!(!scenarios.is_empty(), "no scenario matches {:?}", args.scenarios);
+    anyhow::ensure!(
+        !scenarios.is_empty(),
+        "no scenario matches {:?}",
+        args.scenarios
+    );
 
     let exe = std::env::current_exe().context("finding the nightshift binary")?;
     let images = runner::Images::new(params.disk_mib)?;
@@ -115,8 +128,15 @@ fn scenarios(args: BenchArgs) -> anyhow::Result<()> {
         for sc in &scenarios {
             done += 1;
             progress(done, total, sc.name, "solo", rep);
-            let solo = runner::run_vms(&exe, &Variant::nightshift("idle"), std::slice::from_ref(&sc.solo), &params, &images)?;
-            let solo_rate = report::compute_rate(&solo).context("solo run reported no compute rate")?;
+            let solo = runner::run_vms(
+                &exe,
+                &Variant::nightshift("idle"),
+                std::slice::from_ref(&sc.solo),
+                &params,
+                &images,
+            )?;
+            let solo_rate =
+                report::compute_rate(&solo).context("solo run reported no compute rate")?;
             for v in &variants {
                 done += 1;
                 progress(done, total, sc.name, &v.label(), rep);
@@ -160,11 +180,20 @@ fn scenarios(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn progress(done: usize, total: usize, scenario: &str, variant: &str, rep: usize) {
-    eprint!("\r\x1b[K[{done}/{total}] {scenario} × {variant} (rep {})", rep + 1);
+    eprint!(
+        "\r\x1b[K[{done}/{total}] {scenario} × {variant} (rep {})",
+        rep + 1
+    );
     let _ = std::io::stderr().flush();
 }
 
-fn print_method(p: &Params, reps: usize, variants: &[Variant], scenarios: &[scenario::Scenario], qemu: bool) {
+fn print_method(
+    p: &Params,
+    reps: usize,
+    variants: &[Variant],
+    scenarios: &[scenario::Scenario],
+    qemu: bool,
+) {
     println!("# nightshift bench");
     for (k, v) in host_facts().as_object().into_iter().flatten() {
         println!("host.{k}: {}", v.as_str().unwrap_or(&v.to_string()));
@@ -182,11 +211,25 @@ fn print_method(p: &Params, reps: usize, variants: &[Variant], scenarios: &[scen
     if !qemu {
         println!("peer: QEMU not installed or --no-qemu: no QEMU rows");
     }
-    println!("variants: {}", variants.iter().map(|v| v.label()).collect::<Vec<_>>().join(", "));
+    println!(
+        "variants: {}",
+        variants
+            .iter()
+            .map(|v| v.label())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     for s in scenarios {
         println!("scenario {}: {}", s.name, s.about);
         for vm in &s.vms {
-            println!("  {} ({} vCPU, pinned {:?}{}): {}", vm.role, vm.vcpus, vm.pins, if vm.disk { ", disk" } else { "" }, vm.cmdline);
+            println!(
+                "  {} ({} vCPU, pinned {:?}{}): {}",
+                vm.role,
+                vm.vcpus,
+                vm.pins,
+                if vm.disk { ", disk" } else { "" },
+                vm.cmdline
+            );
         }
     }
     println!();
@@ -211,7 +254,11 @@ fn host_facts() -> serde_json::Value {
     } else {
         "no VMX/SVM flag (software virtualization, e.g. PVM)"
     };
-    let uname = Command::new("uname").arg("-r").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let uname = Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     serde_json::json!({
         "cpu": field("model name"),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),

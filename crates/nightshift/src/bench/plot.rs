@@ -11,10 +11,15 @@ use super::report::{Row, Summary};
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 fn load_font() -> anyhow::Result<()> {
-    let bytes = std::fs::read(FONT).with_context(|| format!("reading {FONT} (Debian: fonts-dejavu-core)"))?;
+    let bytes = std::fs::read(FONT)
+        .with_context(|| format!("reading {FONT} (Debian: fonts-dejavu-core)"))?;
     // plotters keeps fonts for the life of the process.
-    register_font("sans-serif", FontStyle::Normal, Box::leak(bytes.into_boxed_slice()))
-        .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))
+    register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(bytes.into_boxed_slice()),
+    )
+    .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))
 }
 
 fn color(i: usize) -> RGBColor {
@@ -40,7 +45,11 @@ pub fn all(summary: &Summary, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     load_font()?;
     let mut out = Vec::new();
     for scenario in ["mixed", "neighbour", "bursty", "saturated"] {
-        let rows: Vec<&Row> = summary.rows.iter().filter(|r| r.scenario == scenario).collect();
+        let rows: Vec<&Row> = summary
+            .rows
+            .iter()
+            .filter(|r| r.scenario == scenario)
+            .collect();
         if rows.iter().any(|r| median(r, "lat_p50_us").is_some()) {
             let p = dir.join(format!("latency-{scenario}.png"));
             latency(&rows, scenario, &p)?;
@@ -55,11 +64,18 @@ pub fn all(summary: &Summary, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 
 /// Guest-measured latency percentiles per variant: a coarse CDF (p50, p99, p99.9).
 fn latency(rows: &[&Row], scenario: &str, path: &Path) -> anyhow::Result<()> {
-    let max = rows.iter().filter_map(|r| median(r, "lat_p999_us")).fold(1.0, f64::max) * 1.2;
+    let max = rows
+        .iter()
+        .filter_map(|r| median(r, "lat_p999_us"))
+        .fold(1.0, f64::max)
+        * 1.2;
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{scenario}: I/O latency percentiles (guest-measured, medians of runs)"), ("sans-serif", 20))
+        .caption(
+            format!("{scenario}: I/O latency percentiles (guest-measured, medians of runs)"),
+            ("sans-serif", 20),
+        )
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(56)
@@ -71,10 +87,14 @@ fn latency(rows: &[&Row], scenario: &str, path: &Path) -> anyhow::Result<()> {
         .label_style(("sans-serif", 14))
         .draw()?;
     for (i, r) in rows.iter().enumerate() {
-        let pts: Vec<(f64, f64)> = [("lat_p50_us", 50.0), ("lat_p99_us", 99.0), ("lat_p999_us", 99.9)]
-            .iter()
-            .filter_map(|(m, pct)| Some((median(r, m)?.max(1.0), *pct)))
-            .collect();
+        let pts: Vec<(f64, f64)> = [
+            ("lat_p50_us", 50.0),
+            ("lat_p99_us", 99.0),
+            ("lat_p999_us", 99.9),
+        ]
+        .iter()
+        .filter_map(|(m, pct)| Some((median(r, m)?.max(1.0), *pct)))
+        .collect();
         let c = color(i);
         chart
             .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
@@ -106,7 +126,10 @@ fn interference(summary: &Summary, path: &Path) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Interference vs I/O rate (medians): higher and further right is better", ("sans-serif", 20))
+        .caption(
+            "Interference vs I/O rate (medians): higher and further right is better",
+            ("sans-serif", 20),
+        )
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(56)
@@ -132,7 +155,11 @@ fn interference(summary: &Summary, path: &Path) -> anyhow::Result<()> {
                 let marker = if p.0.scenario == "mixed" { 0 } else { 1 };
                 EmptyElement::at((p.1, p.2))
                     + Circle::new((0, 0), 5 + marker * 2, c.filled())
-                    + Text::new(format!("{} {}", p.0.scenario, p.0.variant), (8, -6), ("sans-serif", 12))
+                    + Text::new(
+                        format!("{} {}", p.0.scenario, p.0.variant),
+                        (8, -6),
+                        ("sans-serif", 12),
+                    )
             }))?
             .label(variant.to_string())
             .legend(move |(x, y)| Circle::new((x + 8, y), 5, c.filled()));

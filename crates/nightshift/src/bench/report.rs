@@ -69,29 +69,63 @@ fn report_sum(vms: &[VmOutcome], f: impl Fn(&serde_json::Value) -> Option<f64>) 
 
 impl RunMetrics {
     /// The metrics of one run.
-    pub fn from_run(scenario: &str, variant: &Variant, rep: usize, vms: &[VmOutcome], solo_rate: f64) -> Self {
+    pub fn from_run(
+        scenario: &str,
+        variant: &Variant,
+        rep: usize,
+        vms: &[VmOutcome],
+        solo_rate: f64,
+    ) -> Self {
         let blk = || {
             vms.iter()
                 .flat_map(|vm| &vm.results)
                 .filter(|r| r.get("workload").is_some_and(|w| w == "blk"))
         };
-        let cpu = |class| vms.iter().map(|vm| vm.cpu.cpu_s.get(&class).copied().unwrap_or(0.0)).sum();
-        let io_vm = vms.iter().find(|vm| vm.results.iter().any(|r| r.get("workload").is_some_and(|w| w == "blk" )))
+        let cpu = |class| {
+            vms.iter()
+                .map(|vm| vm.cpu.cpu_s.get(&class).copied().unwrap_or(0.0))
+                .sum()
+        };
+        let io_vm = vms
+            .iter()
+            .find(|vm| {
+                vm.results
+                    .iter()
+                    .any(|r| r.get("workload").is_some_and(|w| w == "blk"))
+            })
             .or_else(|| vms.first());
         let work = |v: &serde_json::Value, place: &str| -> Option<f64> {
             let w = &v["work"];
-            let items = |runner: &serde_json::Value| runner["run"]["items"].as_f64().or(runner["items"].as_f64());
+            let items = |runner: &serde_json::Value| {
+                runner["run"]["items"].as_f64().or(runner["items"].as_f64())
+            };
             match place {
                 "inline" => items(&w["inline"]),
-                "executor" => w["executors"].as_array().map(|a| a.iter().filter_map(items).sum()),
-                _ => w["workers"].as_array().map(|a| a.iter().filter_map(items).sum()),
+                "executor" => w["executors"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(items).sum()),
+                _ => w["workers"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(items).sum()),
             }
         };
         let kicks = |field: &str| {
-            report_sum(vms, |v| v["work"]["executors"].as_array().map(|a| a.iter().filter_map(|e| e[field].as_f64()).sum()))
+            report_sum(vms, |v| {
+                v["work"]["executors"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|e| e[field].as_f64()).sum())
+            })
         };
-        let scrub_bytes = report_sum(vms, |v| v["scrubs"].as_array().map(|a| a.iter().filter_map(|s| s["bytes"].as_f64()).sum()));
-        let ms = vms.iter().flat_map(|vm| &vm.results).filter_map(|r| num(r, "ms")).fold(0.0, f64::max);
+        let scrub_bytes = report_sum(vms, |v| {
+            v["scrubs"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|s| s["bytes"].as_f64()).sum())
+        });
+        let ms = vms
+            .iter()
+            .flat_map(|vm| &vm.results)
+            .filter_map(|r| num(r, "ms"))
+            .fold(0.0, f64::max);
         RunMetrics {
             scenario: scenario.into(),
             variant: variant.label(),
@@ -101,12 +135,19 @@ impl RunMetrics {
             lat_p50_us: max_of(blk().filter_map(|r| num(r, "lat_us_p50"))),
             lat_p99_us: max_of(blk().filter_map(|r| num(r, "lat_us_p99"))),
             lat_p999_us: max_of(blk().filter_map(|r| num(r, "lat_us_p999"))),
-            scrub_mib_s: scrub_bytes.filter(|_| ms > 0.0).map(|b| b / (1 << 20) as f64 / (ms / 1000.0)),
+            scrub_mib_s: scrub_bytes
+                .filter(|_| ms > 0.0)
+                .map(|b| b / (1 << 20) as f64 / (ms / 1000.0)),
             cpu_vcpu_s: cpu(ThreadClass::Vcpu),
             cpu_device_s: cpu(ThreadClass::Device),
             cpu_other_s: cpu(ThreadClass::Other),
             peak_threads: io_vm.map_or(0.0, |vm| vm.cpu.peak_threads_running as f64),
-            io_vm_vcpus: io_vm.map_or(0.0, |vm| vm.report.as_ref().and_then(|r| r["vcpus"].as_array().map(|a| a.len() as f64)).unwrap_or(0.0)),
+            io_vm_vcpus: io_vm.map_or(0.0, |vm| {
+                vm.report
+                    .as_ref()
+                    .and_then(|r| r["vcpus"].as_array().map(|a| a.len() as f64))
+                    .unwrap_or(0.0)
+            }),
             ctx_switches: vms.iter().map(|vm| vm.cpu.context_switches as f64).sum(),
             kicks_sent: kicks("kicks_sent"),
             kicks_useful: kicks("kicks_useful"),
@@ -131,7 +172,11 @@ impl Spread {
             return None;
         }
         v.sort_by(f64::total_cmp);
-        Some(Spread { median: v[v.len() / 2], min: v[0], max: v[v.len() - 1] })
+        Some(Spread {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        })
     }
 }
 
@@ -185,12 +230,24 @@ impl Summary {
         let rows = keys
             .into_iter()
             .map(|(scenario, variant)| {
-                let group: Vec<&RunMetrics> = runs.iter().filter(|r| r.scenario == scenario && r.variant == variant).collect();
+                let group: Vec<&RunMetrics> = runs
+                    .iter()
+                    .filter(|r| r.scenario == scenario && r.variant == variant)
+                    .collect();
                 let metrics = METRICS
                     .iter()
-                    .filter_map(|(name, get)| Some((*name, Spread::of(group.iter().filter_map(|r| get(r)).collect())?)))
+                    .filter_map(|(name, get)| {
+                        Some((
+                            *name,
+                            Spread::of(group.iter().filter_map(|r| get(r)).collect())?,
+                        ))
+                    })
                     .collect();
-                Row { scenario, variant, metrics }
+                Row {
+                    scenario,
+                    variant,
+                    metrics,
+                }
             })
             .collect();
         Summary { rows }
@@ -200,7 +257,10 @@ impl Summary {
 fn cell(row: &Row, metric: &str, decimals: usize) -> String {
     match row.metrics.get(metric) {
         Some(s) if s.min == s.max => format!("{:.*}", decimals, s.median),
-        Some(s) => format!("{:.*} [{:.*}-{:.*}]", decimals, s.median, decimals, s.min, decimals, s.max),
+        Some(s) => format!(
+            "{:.*} [{:.*}-{:.*}]",
+            decimals, s.median, decimals, s.min, decimals, s.max
+        ),
         None => "-".into(),
     }
 }
@@ -208,9 +268,24 @@ fn cell(row: &Row, metric: &str, decimals: usize) -> String {
 /// Prints the results table (medians [min-max]).
 pub fn print_table(summary: &Summary) {
     let header = [
-        "scenario", "variant", "compute %solo", "IOPS", "p50 us", "p99 us", "p99.9 us", "scrub MiB/s",
-        "CPU s vcpu", "CPU s dev", "CPU s other", "thr@once", "ctxsw", "kicks sent", "kicks useful",
-        "ran exec", "ran worker", "ran inline",
+        "scenario",
+        "variant",
+        "compute %solo",
+        "IOPS",
+        "p50 us",
+        "p99 us",
+        "p99.9 us",
+        "scrub MiB/s",
+        "CPU s vcpu",
+        "CPU s dev",
+        "CPU s other",
+        "thr@once",
+        "ctxsw",
+        "kicks sent",
+        "kicks useful",
+        "ran exec",
+        "ran worker",
+        "ran inline",
     ];
     let rows: Vec<Vec<String>> = summary
         .rows
@@ -239,13 +314,31 @@ pub fn print_table(summary: &Summary) {
         })
         .collect();
     let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0))
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |cells: Vec<String>| {
-        cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join(" | ")
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join(" | ")
     };
     println!("{}", line(header.iter().map(|s| s.to_string()).collect()));
-    println!("{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("-|-"));
+    println!(
+        "{}",
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("-|-")
+    );
     for r in rows {
         println!("{}", line(r));
     }

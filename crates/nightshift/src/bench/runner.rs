@@ -61,7 +61,10 @@ impl Images {
             let status = Command::new("qemu-img")
                 .args(["create", "-q", "-f", "luks", "--object"])
                 .arg(format!("secret,id=sec0,data={LUKS_SECRET}"))
-                .args(["-o", "key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,iter-time=10"])
+                .args([
+                    "-o",
+                    "key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,iter-time=10",
+                ])
                 .arg(&path)
                 .arg(format!("{}M", self.mib))
                 .status()
@@ -97,7 +100,9 @@ pub fn run_vms(
     let mut launched = Vec::new();
     for (i, vm) in vms.iter().enumerate() {
         let l = match variant {
-            Variant::Nightshift { .. } => launch_nightshift(exe, variant, vm, params, images, tmp.path(), i)?,
+            Variant::Nightshift { .. } => {
+                launch_nightshift(exe, variant, vm, params, images, tmp.path(), i)?
+            }
             Variant::Qemu { iothread } => launch_qemu(*iothread, vm, params, images, i)?,
         };
         launched.push(l);
@@ -126,7 +131,11 @@ pub fn run_vms(
             }
             let results = super::parse::records(&out, "result ");
             if !ok || results.is_empty() {
-                bail!("{} VM of variant {} failed; its output:\n{out}", l.role, variant.label());
+                bail!(
+                    "{} VM of variant {} failed; its output:\n{out}",
+                    l.role,
+                    variant.label()
+                );
             }
             let report = match &l.report {
                 Some(p) => Some(serde_json::from_str(&std::fs::read_to_string(p)?)?),
@@ -151,13 +160,25 @@ fn launch_nightshift(
     tmp: &Path,
     index: usize,
 ) -> anyhow::Result<Launched> {
-    let Variant::Nightshift { policy, halt_poll_ns, cpu_cap } = variant else {
+    let Variant::Nightshift {
+        policy,
+        halt_poll_ns,
+        cpu_cap,
+    } = variant
+    else {
         unreachable!("called for nightshift variants only");
     };
     let report = tmp.join(format!("report{index}.json"));
     let mut cmd = Command::new(exe);
     cmd.arg("run")
-        .args(["--vcpus", &vm.vcpus.to_string(), "--mem", "256", "--policy", policy])
+        .args([
+            "--vcpus",
+            &vm.vcpus.to_string(),
+            "--mem",
+            "256",
+            "--policy",
+            policy,
+        ])
         .args(["--cmdline", &vm.cmdline])
         .arg("--report")
         .arg(&report);
@@ -191,14 +212,26 @@ fn launch_qemu(
     _index: usize,
 ) -> anyhow::Result<Launched> {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-M", "microvm", "-enable-kvm", "-cpu", "host,-arch-capabilities,+invtsc"])
-        .args(["-smp", &vm.vcpus.to_string(), "-m", "256M"])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
-        .args(["-global", "virtio-mmio.force-legacy=false"])
-        .arg("-kernel")
-        .arg(env!("NIGHTSHIFT_TESTGUEST_ELF"))
-        .args(["-append", &vm.cmdline]);
+    cmd.args([
+        "-M",
+        "microvm",
+        "-enable-kvm",
+        "-cpu",
+        "host,-arch-capabilities,+invtsc",
+    ])
+    .args(["-smp", &vm.vcpus.to_string(), "-m", "256M"])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-serial",
+        "stdio",
+    ])
+    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+    .args(["-global", "virtio-mmio.force-legacy=false"])
+    .arg("-kernel")
+    .arg(env!("NIGHTSHIFT_TESTGUEST_ELF"))
+    .args(["-append", &vm.cmdline]);
     if vm.disk {
         let drive = if params.xts_passes > 0 {
             cmd.args(["-object", &format!("secret,id=sec0,data={LUKS_SECRET}")]);
@@ -207,7 +240,10 @@ fn launch_qemu(
                 images.luks(vm.role)?.display()
             )
         } else {
-            format!("id=d0,if=none,format=raw,file={}", images.raw(vm.role)?.display())
+            format!(
+                "id=d0,if=none,format=raw,file={}",
+                images.raw(vm.role)?.display()
+            )
         };
         cmd.args(["-drive", &drive]);
         if iothread {

@@ -78,19 +78,31 @@ pub fn all(p: &Params) -> Vec<Scenario> {
         Scenario {
             name: "mixed",
             about: "vCPU0 computes; vCPU1 does closed-loop block I/O and idles while it waits",
-            vms: vec![vm(2, format!("workload=compute,blk {}", blk("randread", "")))],
+            vms: vec![vm(
+                2,
+                format!("workload=compute,blk {}", blk("randread", "")),
+            )],
             solo: solo(2, format!("workload=compute,idle {}", idle_ms(p.ms))),
         },
         Scenario {
             name: "bursty",
             about: "guest mostly idle; both vCPUs issue bursts of I/O",
-            vms: vec![vm(2, format!("workload=blk {}", blk("randread", " blk_burst=16 blk_think_us=5000")))],
+            vms: vec![vm(
+                2,
+                format!(
+                    "workload=blk {}",
+                    blk("randread", " blk_burst=16 blk_think_us=5000")
+                ),
+            )],
             solo: solo(2, format!("workload=compute,idle {}", idle_ms(p.ms))),
         },
         Scenario {
             name: "saturated",
             about: "both vCPUs busy (vCPU1 polls for completions); I/O must use the fallback",
-            vms: vec![vm(2, format!("workload=compute,blk {}", blk("randread", " blk_wait=poll")))],
+            vms: vec![vm(
+                2,
+                format!("workload=compute,blk {}", blk("randread", " blk_wait=poll")),
+            )],
             solo: solo(2, format!("workload=compute,idle {}", idle_ms(p.ms))),
         },
         Scenario {
@@ -151,7 +163,11 @@ impl Variant {
     /// The name in tables.
     pub fn label(&self) -> String {
         match self {
-            Variant::Nightshift { policy, halt_poll_ns, cpu_cap } => {
+            Variant::Nightshift {
+                policy,
+                halt_poll_ns,
+                cpu_cap,
+            } => {
                 let mut s = policy.clone();
                 if *halt_poll_ns == Some(0) {
                     s.push_str("/nopoll");

@@ -79,8 +79,9 @@ impl Sampler {
     /// Starts sampling `pids` every `period`.
     pub fn start(pids: &[u32], period: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let state: Arc<Mutex<HashMap<u32, Watched>>> =
-            Arc::new(Mutex::new(pids.iter().map(|&p| (p, Watched::default())).collect()));
+        let state: Arc<Mutex<HashMap<u32, Watched>>> = Arc::new(Mutex::new(
+            pids.iter().map(|&p| (p, Watched::default())).collect(),
+        ));
         let thread = {
             let (stop, state) = (stop.clone(), state.clone());
             std::thread::spawn(move || {
@@ -97,7 +98,11 @@ impl Sampler {
                 }
             })
         };
-        Sampler { stop, state, thread: Some(thread) }
+        Sampler {
+            stop,
+            state,
+            thread: Some(thread),
+        }
     }
 
     /// Stops and returns each process's CPU use.
@@ -117,10 +122,16 @@ impl Sampler {
 }
 
 fn sample(pid: u32, w: &mut Watched, window_ns: u64) {
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return };
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
     let (mut busy_ns, mut running) = (0u64, 0usize);
     for task in tasks.flatten() {
-        let Some(tid) = task.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let dir = task.path();
@@ -131,7 +142,11 @@ fn sample(pid: u32, w: &mut Watched, window_ns: u64) {
             continue;
         };
         let class = *w.classes.entry(tid).or_insert_with(|| {
-            ThreadClass::of(fs::read_to_string(dir.join("comm")).unwrap_or_default().trim())
+            ThreadClass::of(
+                fs::read_to_string(dir.join("comm"))
+                    .unwrap_or_default()
+                    .trim(),
+            )
         });
         if let Some(cs) = context_switches(&dir) {
             w.switches.insert(tid, cs);
@@ -153,7 +168,12 @@ fn sample(pid: u32, w: &mut Watched, window_ns: u64) {
 fn context_switches(task_dir: &std::path::Path) -> Option<u64> {
     let status = fs::read_to_string(task_dir.join("status")).ok()?;
     let field = |name: &str| -> Option<u64> {
-        status.lines().find_map(|l| l.strip_prefix(name))?.trim().parse().ok()
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))?
+            .trim()
+            .parse()
+            .ok()
     };
     Some(field("voluntary_ctxt_switches:")? + field("nonvoluntary_ctxt_switches:")?)
 }

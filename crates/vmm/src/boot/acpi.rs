@@ -3,7 +3,9 @@
 //! (hardware-reduced: no legacy PM blocks) → DSDT (empty).
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -23,7 +25,10 @@ pub struct AcpiError(String);
 
 /// Writes the tables for `vcpus` CPUs and returns the RSDP's address.
 pub fn create_acpi_tables(mem: &GuestMemory, vcpus: u8) -> Result<GuestAddress, AcpiError> {
-    let mut writer = TableWriter { mem, next: ACPI_START };
+    let mut writer = TableWriter {
+        mem,
+        next: ACPI_START,
+    };
 
     // The RSDP comes first (at a 16-byte boundary in the BIOS area, where guests
     // without a start-info pointer scan for it); it points at the XSDT we write last.
@@ -91,7 +96,9 @@ impl TableWriter<'_> {
     }
 
     fn write_at(&self, addr: GuestAddress, bytes: &[u8]) -> Result<(), AcpiError> {
-        self.mem.write_slice(bytes, addr).map_err(|e| AcpiError(e.to_string()))
+        self.mem
+            .write_slice(bytes, addr)
+            .map_err(|e| AcpiError(e.to_string()))
     }
 }
 

@@ -44,7 +44,9 @@ pub enum BootError {
         err: linux_loader::loader::Error,
     },
     /// The ELF has no PVH entry note.
-    #[error("kernel {0} has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH")]
+    #[error(
+        "kernel {0} has no PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY); build it with CONFIG_PVH"
+    )]
     NoPvhEntry(String),
     /// The command line is too long or has bad characters.
     #[error("bad kernel command line: {0}")]
@@ -114,7 +116,8 @@ pub fn write_boot_info(
 ) -> Result<GuestAddress, BootError> {
     let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
     if !cmdline.is_empty() {
-        cl.insert_str(cmdline).map_err(|e| BootError::Cmdline(e.to_string()))?;
+        cl.insert_str(cmdline)
+            .map_err(|e| BootError::Cmdline(e.to_string()))?;
     }
     load_cmdline(mem, CMDLINE_START, &cl).map_err(|e| BootError::Cmdline(e.to_string()))?;
 
@@ -176,24 +179,33 @@ mod tests {
         let info: hvm_start_info = mem.read_obj(at).unwrap();
         assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
         let mut cmd = [0u8; 19];
-        mem.read_slice(&mut cmd, GuestAddress(info.cmdline_paddr)).unwrap();
+        mem.read_slice(&mut cmd, GuestAddress(info.cmdline_paddr))
+            .unwrap();
         assert_eq!(&cmd, b"workload=idle ms=5\0");
         assert_eq!(info.memmap_entries, 3);
         let last: hvm_memmap_table_entry = mem
             .read_obj(GuestAddress(info.memmap_paddr + 2 * 24))
             .unwrap();
-        assert_eq!((last.addr, last.size, last.type_), (1 << 20, 63 << 20, E820_RAM));
+        assert_eq!(
+            (last.addr, last.size, last.type_),
+            (1 << 20, 63 << 20, E820_RAM)
+        );
         let mut sig = [0u8; 8];
-        mem.read_slice(&mut sig, GuestAddress(info.rsdp_paddr)).unwrap();
+        mem.read_slice(&mut sig, GuestAddress(info.rsdp_paddr))
+            .unwrap();
         assert_eq!(&sig, b"RSD PTR ");
     }
 
     #[test]
     fn non_elf_and_missing_kernels_are_clear_errors() {
         let mem = create_guest_memory(16 << 20).unwrap();
-        let err = load_kernel(&mem, KernelImage::File(Path::new("/nonexistent/kernel"))).unwrap_err();
-        assert!(err.to_string().starts_with("cannot open kernel /nonexistent/kernel"));
-        let not_elf = std::env::temp_dir().join(format!("nightshift-not-elf-{}", std::process::id()));
+        let err =
+            load_kernel(&mem, KernelImage::File(Path::new("/nonexistent/kernel"))).unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("cannot open kernel /nonexistent/kernel"));
+        let not_elf =
+            std::env::temp_dir().join(format!("nightshift-not-elf-{}", std::process::id()));
         std::fs::write(&not_elf, b"#!/bin/sh\necho not a kernel\n").unwrap();
         let err = load_kernel(&mem, KernelImage::File(&not_elf)).unwrap_err();
         std::fs::remove_file(&not_elf).unwrap();

@@ -98,7 +98,10 @@ impl BusDevice for DebugPort {
                 self.exit.report(ExitReason::Guest(data[0].into()));
             }
             (MILESTONE_OFFSET, Some(id)) => self.milestones.record(id),
-            _ => tracing::debug!("debug port: ignoring {}-byte write at +{offset}", data.len()),
+            _ => tracing::debug!(
+                "debug port: ignoring {}-byte write at +{offset}",
+                data.len()
+            ),
         }
     }
 }

@@ -90,7 +90,10 @@ impl<W: Write + Send> BusDevice for Serial<W> {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let (Ok(offset), [byte]) = (u8::try_from(offset), data) else {
-            tracing::debug!("serial: ignoring {}-byte write at offset {offset}", data.len());
+            tracing::debug!(
+                "serial: ignoring {}-byte write at offset {offset}",
+                data.len()
+            );
             return;
         };
         if let Err(e) = self.uart.write(offset, *byte) {
@@ -118,7 +121,7 @@ mod tests {
         }
         assert_eq!(s.output(), b"hi\n");
         // Wide accesses are not UART accesses: ignored, reads give all ones.
-        s.write(0, &[b'x', b'y']);
+        s.write(0, b"xy");
         let mut wide = [0u8; 2];
         s.read(5, &mut wide);
         assert_eq!(wide, [0xff, 0xff]);

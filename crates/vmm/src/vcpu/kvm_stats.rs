@@ -99,7 +99,13 @@ impl KvmStats {
                 let name = &d[DESC_FIXED_SIZE..];
                 let name = &name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())];
                 let name = String::from_utf8_lossy(name).into_owned();
-                Ok((name, Field { offset: offset.into(), size }))
+                Ok((
+                    name,
+                    Field {
+                        offset: offset.into(),
+                        size,
+                    },
+                ))
             })
             .collect::<Result<_, StatsError>>()?;
         Ok(KvmStats {
@@ -160,7 +166,14 @@ mod tests {
         let desc_offset = 64u32;
         let data_offset = desc_offset + ((DESC_FIXED_SIZE + name_size) * names.len()) as u32;
         let mut b = Vec::new();
-        for v in [0u32, name_size as u32, names.len() as u32, 24, desc_offset, data_offset] {
+        for v in [
+            0u32,
+            name_size as u32,
+            names.len() as u32,
+            24,
+            desc_offset,
+            data_offset,
+        ] {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b.resize(desc_offset as usize, 0);

@@ -23,8 +23,11 @@ pub mod regs;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use kvm_bindings::{kvm_regs, kvm_sregs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET};
+use kvm_bindings::{
+    kvm_regs, kvm_sregs, KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::Serialize;
 
@@ -140,6 +143,8 @@ pub struct VcpuStats {
     pub idle_items: u64,
     /// Time it spent on them, ns.
     pub idle_busy_ns: u64,
+    /// Kicks that found the guest running, so no work was taken.
+    pub declined_kicks: u64,
     /// Guest HLTs KVM handled (KVM's `halt_exits`).
     pub halt_exits: u64,
     /// Time the vCPU slept in HLT, ns (KVM's `halt_wait_ns`).
@@ -236,7 +241,9 @@ impl Vcpu {
         let kvm_stats = KvmStats::open(&self.fd)
             .inspect_err(|e| tracing::warn!("vcpu{}: no KVM statistics: {e}", self.index))
             .ok();
-        self.executor = kvm_stats.as_ref().and_then(|s| self.register_executor(s, &control));
+        self.executor = kvm_stats
+            .as_ref()
+            .and_then(|s| self.register_executor(s, &control));
         let control = &*control;
         let binding = ThreadBinding::bind(self.fd.get_kvm_run());
         let mut state = VcpuState::Running;
@@ -272,16 +279,37 @@ impl Vcpu {
         match VcpuIdleHooks::new(stats, control.clone()) {
             Ok(hooks) => Some(engine.register_executor(format!("vcpu{}", self.index), hooks)),
             Err(e) => {
-                tracing::warn!("vcpu{}: guest idle is invisible ({e}); device work goes to workers", self.index);
+                tracing::warn!(
+                    "vcpu{}: guest idle is invisible ({e}); device work goes to workers",
+                    self.index
+                );
                 None
             }
         }
     }
 
-    /// After a kick: run device work within the budget, then go back to the guest.
+    /// After a kick: if the guest is halted, run device work within the
+    /// budget, then go back to the guest (KVM keeps it halted until its next
+    /// interrupt). A guest that woke up meanwhile is not delayed: the engine
+    /// gets a zero budget and finds the work other hands.
     fn run_idle_work(&mut self) {
-        let Some(executor) = self.executor.as_mut() else { return };
-        let report = executor.run_idle(executor.budget());
+        let Some(executor) = self.executor.as_mut() else {
+            return;
+        };
+        // On our own thread KVM_GET_MP_STATE does not wait for the vCPU mutex.
+        let halted = self
+            .fd
+            .get_mp_state()
+            .is_ok_and(|s| s.mp_state == KVM_MP_STATE_HALTED);
+        let budget = if halted {
+            executor.budget()
+        } else {
+            Duration::ZERO
+        };
+        if !halted {
+            self.stats.declined_kicks += 1;
+        }
+        let report = executor.run_idle(budget);
         if report.items > 0 {
             self.stats.idle_runs += 1;
             self.stats.idle_items += report.items;
@@ -366,7 +394,10 @@ impl Vcpu {
                     &internal.data[..n],
                     self.describe_registers()
                 );
-                Outcome::End(ExitReason::InternalError { vcpu: index, detail })
+                Outcome::End(ExitReason::InternalError {
+                    vcpu: index,
+                    detail,
+                })
             }
             Ok(VcpuExit::FailEntry(reason, cpu)) => Outcome::End(ExitReason::InternalError {
                 vcpu: index,
@@ -378,7 +409,9 @@ impl Vcpu {
             // A kick (signal) or immediate_exit: check errno, not exit_reason
             // (KVM leaves the previous exit_reason in place).
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Outcome::Interrupted,
-            Err(e) => Outcome::End(ExitReason::Host(format!("vcpu{index}: KVM_RUN failed: {e}"))),
+            Err(e) => Outcome::End(ExitReason::Host(format!(
+                "vcpu{index}: KVM_RUN failed: {e}"
+            ))),
         }
     }
 

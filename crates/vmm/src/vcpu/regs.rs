@@ -43,7 +43,11 @@ fn segment(index: usize) -> kvm_segment {
     let granular = flags(55) == 1;
     kvm_segment {
         base: ((entry >> 16) & 0xff_ffff) | ((entry >> 32) & 0xff00_0000),
-        limit: if granular { (limit << 12) | 0xfff } else { limit },
+        limit: if granular {
+            (limit << 12) | 0xfff
+        } else {
+            limit
+        },
         selector: (index * 8) as u16,
         type_: ((entry >> 40) & 0xf) as u8,
         present: flags(47),
@@ -59,7 +63,10 @@ fn segment(index: usize) -> kvm_segment {
 }
 
 /// Writes the boot GDT and sets `sregs` to the PVH entry state.
-pub fn setup_pvh_sregs(mem: &GuestMemory, sregs: &mut kvm_sregs) -> vm_memory::GuestMemoryResult<()> {
+pub fn setup_pvh_sregs(
+    mem: &GuestMemory,
+    sregs: &mut kvm_sregs,
+) -> vm_memory::GuestMemoryResult<()> {
     for (i, entry) in BOOT_GDT.iter().enumerate() {
         mem.write_obj(*entry, GuestAddress(BOOT_GDT_START.0 + 8 * i as u64))?;
     }
@@ -123,7 +130,10 @@ mod tests {
         let mut sregs = kvm_sregs::default();
         setup_pvh_sregs(&mem, &mut sregs).unwrap();
         let cs = sregs.cs;
-        assert_eq!((cs.base, cs.limit, cs.selector, cs.type_), (0, 0xffff_ffff, 8, 0xb));
+        assert_eq!(
+            (cs.base, cs.limit, cs.selector, cs.type_),
+            (0, 0xffff_ffff, 8, 0xb)
+        );
         assert_eq!((cs.db, cs.l, cs.g, cs.s, cs.present), (1, 0, 1, 1, 1));
         assert_eq!((sregs.ss.selector, sregs.ss.type_), (0x10, 0x3));
         assert_eq!((sregs.tr.type_, sregs.tr.s, sregs.tr.limit), (0xb, 0, 0x67));
