@@ -213,6 +213,11 @@ pub struct BlkConfig {
     pub qsize: Option<u16>,
     /// `blk_verify=1`: `randread` also checks the data pattern.
     pub verify: bool,
+    /// `blk_burst=`: in the random modes, pause after every this many requests
+    /// (0: never pause).
+    pub burst: u64,
+    /// `blk_think_us=`: how long each pause lasts (the CPU halts), µs.
+    pub think_us: u64,
 }
 
 impl Default for BlkConfig {
@@ -228,6 +233,8 @@ impl Default for BlkConfig {
             wait: BlkWait::Irq,
             qsize: None,
             verify: false,
+            burst: 0,
+            think_us: 0,
         }
     }
 }
@@ -430,6 +437,14 @@ impl Config {
                     "1" => blk.verify = true,
                     _ => bad("expected 0 or 1; using 0"),
                 },
+                "blk_burst" => match parse_u64(value) {
+                    Some(v) => blk.burst = v,
+                    None => bad("expected a number; using 0 (no pauses)"),
+                },
+                "blk_think_us" => match parse_u64(value).filter(|v| *v <= MAX_TICK_US) {
+                    Some(v) => blk.think_us = v,
+                    None => bad("expected microseconds up to 4 s; using 0"),
+                },
                 _ => {}
             }
         }
@@ -588,7 +603,7 @@ mod tests {
     fn blk_keys() {
         let (c, w) = parse(
             "blk_mode=write-verify blk_ops=10 blk_size=64K blk_qd=32 blk_span=16M blk_seed=0x5 \
-             blk_dev=1 blk_wait=poll blk_qsize=64 blk_verify=1",
+             blk_dev=1 blk_wait=poll blk_qsize=64 blk_verify=1 blk_burst=16 blk_think_us=5000",
         );
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(
@@ -604,6 +619,8 @@ mod tests {
                 wait: BlkWait::Poll,
                 qsize: Some(64),
                 verify: true,
+                burst: 16,
+                think_us: 5000,
             }
         );
         for m in BlkMode::ALL {

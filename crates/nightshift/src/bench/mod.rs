@@ -223,12 +223,8 @@ fn print_method(
         println!("scenario {}: {}", s.name, s.about);
         for vm in &s.vms {
             println!(
-                "  {} ({} vCPU, pinned {:?}{}): {}",
-                vm.role,
-                vm.vcpus,
-                vm.pins,
-                if vm.disk { ", disk" } else { "" },
-                vm.cmdline
+                "  {} ({} vCPU, pinned {:?}, {} disk(s)): {}",
+                vm.role, vm.vcpus, vm.pins, vm.disks, vm.cmdline
             );
         }
     }

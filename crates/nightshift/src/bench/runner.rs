@@ -185,8 +185,11 @@ fn launch_nightshift(
     for (v, cpu) in vm.pins.iter().enumerate() {
         cmd.args(["--pin", &format!("{v}={cpu}")]);
     }
-    if vm.disk {
-        let mut disk = images.raw(vm.role)?.display().to_string();
+    for d in 0..vm.disks {
+        let mut disk = images
+            .raw(&format!("{}{d}", vm.role))?
+            .display()
+            .to_string();
         if params.xts_passes > 0 {
             disk.push_str(&format!(",xts={}", params.xts_passes));
         }
@@ -228,30 +231,38 @@ fn launch_qemu(
         "stdio",
     ])
     .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+    // Named threads ("CPU 0/KVM", "IO io0", "worker") for pinning and accounting.
+    .args(["-name", "peer,debug-threads=on"])
     .args(["-global", "virtio-mmio.force-legacy=false"])
     .arg("-kernel")
     .arg(env!("NIGHTSHIFT_TESTGUEST_ELF"))
     .args(["-append", &vm.cmdline]);
-    if vm.disk {
+    if vm.disks > 0 && params.xts_passes > 0 {
+        cmd.args(["-object", &format!("secret,id=sec0,data={LUKS_SECRET}")]);
+    }
+    if vm.disks > 0 && iothread {
+        cmd.args(["-object", "iothread,id=io0"]);
+    }
+    for d in 0..vm.disks {
+        let name = format!("{}{d}", vm.role);
         let drive = if params.xts_passes > 0 {
-            cmd.args(["-object", &format!("secret,id=sec0,data={LUKS_SECRET}")]);
+            let img = images.luks(&name)?;
             format!(
-                "id=d0,if=none,driver=luks,key-secret=sec0,file.filename={}",
-                images.luks(vm.role)?.display()
+                "id=d{d},if=none,driver=luks,key-secret=sec0,file.filename={}",
+                img.display()
             )
         } else {
             format!(
-                "id=d0,if=none,format=raw,file={}",
-                images.raw(vm.role)?.display()
+                "id=d{d},if=none,format=raw,file={}",
+                images.raw(&name)?.display()
             )
         };
         cmd.args(["-drive", &drive]);
-        if iothread {
-            cmd.args(["-object", "iothread,id=io0"]);
-            cmd.args(["-device", "virtio-blk-device,drive=d0,iothread=io0"]);
-        } else {
-            cmd.args(["-device", "virtio-blk-device,drive=d0"]);
-        }
+        let iothread = if iothread { ",iothread=io0" } else { "" };
+        cmd.args([
+            "-device",
+            &format!("virtio-blk-device,drive=d{d}{iothread}"),
+        ]);
     }
     spawn(cmd, vm.role, None, Some(vm.pins.clone()))
 }

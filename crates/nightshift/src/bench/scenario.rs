@@ -32,8 +32,8 @@ pub struct VmSpec {
     pub pins: Vec<usize>,
     /// Guest command line.
     pub cmdline: String,
-    /// Whether it has the scenario's disk.
-    pub disk: bool,
+    /// Disks it has (the guest's k-th I/O CPU uses disk k).
+    pub disks: usize,
     /// Background scrub passes over the disk (maintenance work).
     pub scrub_passes: Option<u64>,
 }
@@ -66,11 +66,11 @@ pub fn all(p: &Params) -> Vec<Scenario> {
         vcpus,
         pins: (0..vcpus as usize).collect(),
         cmdline,
-        disk: true,
+        disks: 1,
         scrub_passes: None,
     };
     let solo = |vcpus: u8, cmdline: String| VmSpec {
-        disk: false,
+        disks: 0,
         ..vm(vcpus, cmdline)
     };
     let idle_ms = |ms: u64| format!("ms={ms} tick_us=100000");
@@ -87,13 +87,17 @@ pub fn all(p: &Params) -> Vec<Scenario> {
         Scenario {
             name: "bursty",
             about: "guest mostly idle; both vCPUs issue bursts of I/O",
-            vms: vec![vm(
-                2,
-                format!(
-                    "workload=blk {}",
-                    blk("randread", " blk_burst=16 blk_think_us=5000")
-                ),
-            )],
+            // Each I/O vCPU has its own disk.
+            vms: vec![VmSpec {
+                disks: 2,
+                ..vm(
+                    2,
+                    format!(
+                        "workload=blk {}",
+                        blk("randread", " blk_burst=16 blk_think_us=5000")
+                    ),
+                )
+            }],
             solo: solo(2, format!("workload=compute,idle {}", idle_ms(p.ms))),
         },
         Scenario {
@@ -126,7 +130,7 @@ pub fn all(p: &Params) -> Vec<Scenario> {
                 VmSpec {
                     role: "B",
                     pins: vec![1],
-                    disk: false,
+                    disks: 0,
                     ..vm(1, format!("workload=compute ms={}", p.ms))
                 },
             ],

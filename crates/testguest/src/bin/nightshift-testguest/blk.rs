@@ -858,7 +858,13 @@ fn workload(cpu: usize, config: &Config, dev: usize, drv: &mut Driver) {
             let mut issued = 0u64;
             let ops = blk.ops;
             let verify = blk.verify && kind == T_IN;
+            let (burst, think) = (blk.burst, time::us_to_tsc(blk.think_us));
             run_requests(drv, qd, seed, verify, &mut totals, || {
+                if burst > 0 && issued > 0 && issued.is_multiple_of(burst) {
+                    // Between bursts the CPU sleeps (halts on the timer).
+                    let until = x86::rdtsc() + think;
+                    wait::halt_until(Some(until.min(end)), || false);
+                }
                 let more = if ops > 0 {
                     issued < ops
                 } else {
