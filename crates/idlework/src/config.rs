@@ -148,7 +148,7 @@ impl Config {
         if self.executor_budget.is_zero() {
             return Err(ConfigError::ZeroBudget);
         }
-        if self.cpu_cap == Some(0) {
+        if self.cpu_cap == Some(0) && self.policy != Policy::Idle {
             return Err(ConfigError::ZeroCpuCap);
         }
         if self.idle_poll.is_some_and(|p| p.is_zero()) {

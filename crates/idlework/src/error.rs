@@ -25,8 +25,8 @@ pub enum ConfigError {
     /// `executor_budget` must be positive.
     #[error("executor_budget must be positive")]
     ZeroBudget,
-    /// A cap of zero would never run anything.
-    #[error("cpu_cap must be at least 1 when set")]
+    /// A cap of zero would never run anything outside the idle policy.
+    #[error("cpu_cap 0 needs the idle policy (executors then run everything)")]
     ZeroCpuCap,
     /// Thread names cannot contain NUL.
     #[error("thread_name contains a NUL byte")]

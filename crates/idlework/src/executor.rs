@@ -57,6 +57,9 @@ const KICKED: u8 = 1;
 const RUNNING: u8 = 2;
 /// Unregistered.
 const RETIRED: u8 = 3;
+/// Kicked to run work past its deadline although its guest is not idle
+/// (the CPU cap leaves no worker to run it).
+const FORCED: u8 = 4;
 
 /// The engine's side of one executor.
 pub(crate) struct ExecSlot {
@@ -138,15 +141,30 @@ impl Registry {
         false
     }
 
+    /// Kicks one executor that is not already kicked or running, idle or
+    /// not, to run overdue work on its thread. Returns whether one was kicked.
+    pub(crate) fn force_one(&self) -> bool {
+        let slots = unpoison(self.slots.read());
+        slots.iter().any(|slot| self.try_claim(slot, FORCED))
+    }
+
     fn try_kick(&self, slot: &ExecSlot) -> bool {
         if slot.state.load(Ordering::SeqCst) != FREE || !slot.hooks.is_idle() {
+            return false;
+        }
+        self.try_claim(slot, KICKED)
+    }
+
+    /// Claims a free executor for `state` (KICKED or FORCED) and kicks it.
+    fn try_claim(&self, slot: &ExecSlot, state: u8) -> bool {
+        if slot.state.load(Ordering::SeqCst) != FREE {
             return false;
         }
         // Count the hand before claiming it so `busy` never underflows.
         self.busy.fetch_add(1, Ordering::SeqCst);
         let claimed = slot
             .state
-            .compare_exchange(FREE, KICKED, Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(FREE, state, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok();
         if !claimed {
             self.busy.fetch_sub(1, Ordering::SeqCst);
@@ -228,6 +246,15 @@ impl Executor {
         self.shared.config.executor_budget
     }
 
+    /// Whether the pending kick asks this thread to run overdue work even
+    /// though its guest is not idle: the CPU cap leaves no worker for it, so
+    /// the VM's own vCPU takes it rather than another thread being added.
+    /// A VMM that declines kicks when its guest is running (a zero budget)
+    /// must not decline these.
+    pub fn forced(&self) -> bool {
+        self.slot.state.load(Ordering::SeqCst) == FORCED
+    }
+
     /// The name given at registration.
     pub fn name(&self) -> &str {
         &self.slot.name
@@ -248,7 +275,7 @@ impl Executor {
             shared.executors.busy.fetch_add(1, Ordering::SeqCst);
         }
         self.slot.calls.add(1);
-        let kicked = prev == KICKED;
+        let kicked = prev == KICKED || prev == FORCED;
         let (items, busy) = if shared.idle_policy() {
             self.run_items(budget)
         } else {
@@ -299,7 +326,10 @@ impl Executor {
 
 impl Drop for Executor {
     fn drop(&mut self) {
-        if self.slot.state.swap(RETIRED, Ordering::SeqCst) == KICKED {
+        if matches!(
+            self.slot.state.swap(RETIRED, Ordering::SeqCst),
+            KICKED | FORCED
+        ) {
             // Work may have been left for this kick: find it other hands.
             self.shared.executors.busy.fetch_sub(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);

@@ -12,11 +12,14 @@ use crate::queue::Queues;
 use crate::sleep::{Sleep, Watch};
 use crate::stats::RunnerStats;
 use crate::sync::{AtomicU8, Ordering};
+// A heuristic, not part of any synchronisation protocol: plain std atomics.
 use crate::worker::WorkerSlot;
+use std::sync::atomic::AtomicU32;
 
-/// How much less often the timekeeper looks for idle executors when only
-/// `idle`-priority work waits.
-const IDLE_ONLY_POLL_FACTOR: u32 = 4;
+/// Doublings of the idle poll interval while no executor is found idle.
+const MAX_POLL_BACKOFF: u32 = 4;
+/// Doublings to start from when only `idle`-priority work waits.
+const IDLE_ONLY_POLL_SHIFT: u32 = 2;
 
 /// The engine's life cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +54,9 @@ pub(crate) struct Shared {
     pub(crate) inline: RunnerStats,
     pub(crate) workers: Box<[WorkerSlot]>,
     mode: AtomicU8,
+    /// Doublings of the idle poll interval now (reset when a poll finds an
+    /// idle executor).
+    poll_backoff: AtomicU32,
     normal_deadline: Nanos,
     idle_deadline: Nanos,
 }
@@ -71,6 +77,7 @@ impl Shared {
             inline: RunnerStats::new(),
             workers,
             mode: AtomicU8::new(Mode::Running as u8),
+            poll_backoff: AtomicU32::new(0),
             normal_deadline: nanos(config.normal_deadline),
             idle_deadline: nanos(config.idle_deadline),
             config,
@@ -105,9 +112,26 @@ impl Shared {
             && self.executors.count() > 0
     }
 
-    /// Whether work that an executor may take is queued (`normal`, `idle`).
+    /// When the oldest queued item of any class reaches its deadline.
+    fn oldest_deadline(&self) -> Option<Nanos> {
+        Priority::ALL
+            .into_iter()
+            .filter_map(|p| {
+                let oldest = self.queues.oldest(p)?;
+                Some(oldest.saturating_add(self.deadline(p)))
+            })
+            .min()
+    }
+
+    /// Whether some queued item is past its class's deadline.
+    fn overdue(&self) -> bool {
+        let now = self.clock.now();
+        Priority::ALL.into_iter().any(|p| self.aged(p, now))
+    }
+
+    /// Whether work that an executor may take is queued (any class).
     fn executor_work_queued(&self) -> bool {
-        !self.queues.is_empty(Priority::Normal) || !self.queues.is_empty(Priority::Idle)
+        !self.queues.all_empty()
     }
 
     /// Whether the `urgent` + `normal` depth exceeds what `hands` absorb,
@@ -209,13 +233,7 @@ impl Watch for Shared {
         if !self.cap.available() {
             return None;
         }
-        Priority::ALL
-            .into_iter()
-            .filter_map(|p| {
-                let oldest = self.queues.oldest(p)?;
-                Some(oldest.saturating_add(self.deadline(p)))
-            })
-            .min()
+        self.oldest_deadline()
     }
 
     fn now(&self) -> Nanos {
@@ -230,18 +248,44 @@ impl Watch for Shared {
         let interval = self.config.idle_poll.filter(|_| self.idle_policy())?;
         // An executor at work places what is left when it finishes (and
         // then asks for polling again): no need to look meanwhile.
-        if self.mode() != Mode::Running
-            || !self.executor_work_queued()
-            || self.executors.busy() > 0
-            || self.executors.kick_one()
+        if self.mode() != Mode::Running || !self.executor_work_queued() || self.executors.busy() > 0
         {
             return None;
         }
-        // `idle` work (maintenance) is in no hurry: look less often for it.
-        if self.queues.is_empty(Priority::Normal) {
-            Some(interval.saturating_mul(IDLE_ONLY_POLL_FACTOR))
-        } else {
-            Some(interval)
+        if self.executors.kick_one() {
+            self.poll_backoff
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            return None;
         }
+        // The cap leaves no worker for work past its deadline: a vCPU takes
+        // it on its own thread, guest idle or not (the fallback that keeps a
+        // never-idle guest's I/O going without adding a thread).
+        if !self.cap.available() && self.overdue() && self.executors.force_one() {
+            return None;
+        }
+        // Nobody idle: look again, less often each time nobody is (every
+        // look wakes a thread, and on a host whose CPUs all run vCPUs that
+        // thread pre-empts one), up to MAX_POLL_BACKOFF doublings; `idle`
+        // work alone starts slower.
+        let shift = self.poll_backoff.load(std::sync::atomic::Ordering::Relaxed);
+        self.poll_backoff.store(
+            (shift + 1).min(MAX_POLL_BACKOFF),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let shift = if self.queues.is_empty(Priority::Normal) {
+            shift.max(IDLE_ONLY_POLL_SHIFT)
+        } else {
+            shift
+        };
+        let next = interval.saturating_mul(1 << shift);
+        // With the cap full, the next deadline is ours to notice (no worker
+        // keeps time for it): do not sleep past it.
+        if !self.cap.available() {
+            if let Some(due) = self.oldest_deadline() {
+                let left = due.saturating_sub(self.clock.now()).max(1);
+                return Some(next.min(std::time::Duration::from_nanos(left)));
+            }
+        }
+        Some(next)
     }
 }

@@ -63,6 +63,10 @@ fn run(shared: &Shared, me: usize) {
         if shared.cap.try_acquire() {
             work(shared, me);
             shared.release_cap();
+        } else if shared.mode() == Mode::Draining {
+            // Shutting down: the cap no longer applies (there may be no
+            // executor left to run what is queued).
+            work(shared, me);
         }
         if shared.mode() != Mode::Running {
             break;

@@ -46,6 +46,7 @@ fn invalid_config_is_an_error_not_a_panic() {
     assert_eq!(
         Config {
             cpu_cap: Some(0),
+            policy: Policy::Workers,
             ..Config::default()
         }
         .validate(),
@@ -747,4 +748,46 @@ fn closures_can_be_work() {
         .unwrap();
     expect_each_once(&rx, 1);
     drop(tx);
+}
+
+#[test]
+fn with_a_zero_cap_overdue_work_is_forced_onto_a_busy_vcpu() {
+    let engine = Engine::new(Config {
+        cpu_cap: Some(0),
+        normal_deadline: std::time::Duration::from_millis(5),
+        ..Config::default()
+    })
+    .unwrap();
+    // The guest never idles, and no worker may run: only a forced kick helps.
+    let vcpu = FakeVcpu::busy();
+    let mut exec = engine.register_executor("vcpu0", vcpu.clone());
+    let (tx, rx) = reporting();
+    engine.submit(item(&tx, 0)).unwrap();
+    let start = std::time::Instant::now();
+    while vcpu.kicks() == 0 {
+        assert!(
+            start.elapsed() < common::PATIENCE,
+            "overdue work was never forced"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(exec.forced(), "the kick must say it is forced");
+    let report = exec.run_idle(exec.budget());
+    assert_eq!(report.items, 1);
+    expect_each_once(&rx, 1);
+    let stats = settled(&engine, 1);
+    assert_eq!(stats.ran(Place::Executor, Priority::Normal), 1);
+    assert_eq!(stats.ran_at(Place::Worker).total(), 0);
+}
+
+#[test]
+fn a_zero_cap_needs_the_idle_policy() {
+    for policy in [Policy::Workers, Policy::Inline] {
+        let config = Config {
+            cpu_cap: Some(0),
+            policy,
+            ..Config::default()
+        };
+        assert!(config.validate().is_err(), "{policy:?}");
+    }
 }

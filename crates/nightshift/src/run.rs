@@ -60,6 +60,13 @@ pub struct RunArgs {
     /// At most this many non-vCPU threads run device work at once.
     #[arg(long)]
     pub cpu_cap: Option<usize>,
+    /// While work waits for an idle vCPU, look for one this often, µs (0: never) [default: 50].
+    #[arg(long)]
+    pub idle_poll_us: Option<u64>,
+    /// How queue notifications arrive: ioeventfd (notifier thread) or exit
+    /// (the vCPU thread) [default: ioeventfd under workers, exit otherwise].
+    #[arg(long)]
+    pub notify: Option<vmm::config::NotifyPath>,
     /// KVM halt polling per halt, ns (0 = off) [default: the host's].
     #[arg(long)]
     pub halt_poll_ns: Option<u32>,
@@ -104,6 +111,8 @@ impl RunArgs {
         w.budget_us = self.budget_us.unwrap_or(w.budget_us);
         w.deadline_us = self.deadline_us.unwrap_or(w.deadline_us);
         w.cpu_cap = self.cpu_cap.or(w.cpu_cap);
+        w.idle_poll_us = self.idle_poll_us.unwrap_or(w.idle_poll_us);
+        w.notify = self.notify.or(w.notify);
         c.halt_poll_ns = self.halt_poll_ns.or(c.halt_poll_ns);
         Ok(c)
     }

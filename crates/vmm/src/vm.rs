@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootError, KernelImage};
 use crate::bus::Bus;
-use crate::config::{ConfigError, DiskConfig, VmConfig, WorkConfig};
+use crate::config::{ConfigError, DiskConfig, NotifyPath, VmConfig, WorkConfig};
 use crate::cpuid::{filter_cpuid, CpuidParams};
 use crate::devices::{
     BootMilestones, Console, DebugPort, Serial, COM1_BASE, COM1_GSI, COM1_LEN, DEBUG_PORT_BASE,
@@ -180,9 +180,9 @@ impl Vm {
                 counters: Arc::default(),
             });
             let transport = slot.attach(&vm_fd, &mem, &mut mmio, Box::new(block))?;
-            // Under `inline`, notifies exit to the vCPU thread and the work runs
-            // there; otherwise KVM signals an ioeventfd and the notifier submits.
-            if config.work.policy != Policy::Inline {
+            // With an ioeventfd KVM completes the notify write in the kernel and
+            // the notifier thread submits; otherwise it exits to the vCPU thread.
+            if config.work.notify_path() == NotifyPath::Ioeventfd {
                 notifier
                     .add(&vm_fd, slot.base + QUEUE_NOTIFY_OFFSET, 0, transport)
                     .map_err(|e| VmError::Host("registering an ioeventfd", e))?;
@@ -345,6 +345,7 @@ fn engine_config(w: &WorkConfig) -> idlework::Config {
         idle_deadline: Duration::from_micros(w.deadline_us).max(Duration::from_millis(100)),
         executor_budget: Duration::from_micros(w.budget_us),
         cpu_cap: w.cpu_cap,
+        idle_poll: Some(Duration::from_micros(w.idle_poll_us)).filter(|d| !d.is_zero()),
         thread_name: "ns-work".into(),
         ..idlework::Config::default()
     }

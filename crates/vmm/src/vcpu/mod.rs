@@ -301,12 +301,14 @@ impl Vcpu {
             .fd
             .get_mp_state()
             .is_ok_and(|s| s.mp_state == KVM_MP_STATE_HALTED);
-        let budget = if halted {
+        // A forced kick brings overdue work the CPU cap leaves no worker for.
+        let take = halted || executor.forced();
+        let budget = if take {
             executor.budget()
         } else {
             Duration::ZERO
         };
-        if !halted {
+        if !take {
             self.stats.declined_kicks += 1;
         }
         let report = executor.run_idle(budget);
