@@ -67,10 +67,13 @@ impl Images {
                 ])
                 .arg(&path)
                 .arg(format!("{}M", self.mib))
-                .status()
+                .output()
                 .context("running qemu-img")?;
-            if !status.success() {
-                bail!("qemu-img could not create a LUKS image");
+            if !status.status.success() {
+                bail!(
+                    "qemu-img could not create a LUKS image: {}",
+                    String::from_utf8_lossy(&status.stderr).trim()
+                );
             }
         }
         Ok(path)

@@ -141,13 +141,17 @@ fn sample(pid: u32, w: &mut Watched, window_ns: u64) {
         else {
             continue;
         };
-        let class = *w.classes.entry(tid).or_insert_with(|| {
-            ThreadClass::of(
-                fs::read_to_string(dir.join("comm"))
-                    .unwrap_or_default()
-                    .trim(),
-            )
-        });
+        // A new thread carries its parent's name until it renames itself:
+        // only a vCPU or device class is final.
+        let class = match w.classes.get(&tid) {
+            Some(c) if *c != ThreadClass::Other => *c,
+            _ => {
+                let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
+                let c = ThreadClass::of(comm.trim());
+                w.classes.insert(tid, c);
+                c
+            }
+        };
         if let Some(cs) = context_switches(&dir) {
             w.switches.insert(tid, cs);
         }

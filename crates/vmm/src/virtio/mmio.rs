@@ -54,6 +54,13 @@ mod reg {
     pub const CONFIG: u64 = VIRTIO_MMIO_CONFIG as u64;
 }
 
+/// The device-status bits a driver writes (NEEDS_RESET is the device's).
+const DRIVER_STATUS_BITS: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE
+    | VIRTIO_CONFIG_S_DRIVER
+    | VIRTIO_CONFIG_S_FEATURES_OK
+    | VIRTIO_CONFIG_S_DRIVER_OK
+    | VIRTIO_CONFIG_S_FAILED;
+
 /// Offset of QueueNotify in the window (where the ioeventfd goes).
 pub const QUEUE_NOTIFY_OFFSET: u64 = reg::QUEUE_NOTIFY;
 
@@ -269,40 +276,34 @@ impl MmioTransport {
             self.reset();
             return;
         }
-        // Bits may only be added, one protocol step at a time.
-        if v & self.status != self.status {
-            let status = self.status;
-            self.protocol_error(format_args!("status {v:#x} clears bits of {status:#x}"));
+        // Only the driver's bits are the driver's to write; NEEDS_RESET and
+        // the undefined bits are ignored (and reported).
+        if v & !DRIVER_STATUS_BITS != 0 {
+            self.protocol_error(format_args!(
+                "status write sets bits {:#x} that are not the driver's",
+                v & !DRIVER_STATUS_BITS
+            ));
+        }
+        let v = v & DRIVER_STATUS_BITS;
+        let current = self.status & DRIVER_STATUS_BITS;
+        // Bits may only be added, each after the one it depends on.
+        if v & current != current {
+            self.protocol_error(format_args!("status {v:#x} clears bits of {current:#x}"));
             return;
         }
-        let new = v & !self.status;
-        if new & VIRTIO_CONFIG_S_FAILED != 0 {
-            tracing::info!(
-                "virtio-mmio {}: driver gave up on the device",
-                self.device.device_type()
-            );
-        }
-        if new & VIRTIO_CONFIG_S_FEATURES_OK != 0
-            && self.driver_features & (1 << VIRTIO_F_VERSION_1) == 0
-        {
-            // Legacy drivers are not supported: FEATURES_OK does not stick.
-            self.protocol_error(format_args!("driver did not accept VIRTIO_F_VERSION_1"));
-            self.status |= new & !VIRTIO_CONFIG_S_FEATURES_OK & !VIRTIO_CONFIG_S_DRIVER_OK;
-            return;
-        }
+        let new = v & !current;
         let required = |bit| match bit {
             VIRTIO_CONFIG_S_DRIVER => VIRTIO_CONFIG_S_ACKNOWLEDGE,
             VIRTIO_CONFIG_S_FEATURES_OK => VIRTIO_CONFIG_S_DRIVER,
             VIRTIO_CONFIG_S_DRIVER_OK => VIRTIO_CONFIG_S_FEATURES_OK,
             _ => 0,
         };
-        let all = v;
         for bit in [
             VIRTIO_CONFIG_S_DRIVER,
             VIRTIO_CONFIG_S_FEATURES_OK,
             VIRTIO_CONFIG_S_DRIVER_OK,
         ] {
-            if new & bit != 0 && all & required(bit) == 0 {
+            if new & bit != 0 && v & required(bit) == 0 {
                 self.protocol_error(format_args!(
                     "status bit {bit:#x} set before {:#x}",
                     required(bit)
@@ -310,8 +311,22 @@ impl MmioTransport {
                 return;
             }
         }
-        self.status = v;
-        if new & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+        if new & VIRTIO_CONFIG_S_FAILED != 0 {
+            tracing::info!(
+                "virtio-mmio {}: driver gave up on the device",
+                self.device.device_type()
+            );
+        }
+        let mut v = v;
+        if new & VIRTIO_CONFIG_S_FEATURES_OK != 0
+            && self.driver_features & (1 << VIRTIO_F_VERSION_1) == 0
+        {
+            // Legacy drivers are not supported: FEATURES_OK does not stick.
+            self.protocol_error(format_args!("driver did not accept VIRTIO_F_VERSION_1"));
+            v &= !(VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
+        }
+        self.status = (self.status & !DRIVER_STATUS_BITS) | v;
+        if v & !current & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
             self.activate();
         }
     }
@@ -570,6 +585,20 @@ mod tests {
         w(&mut t, reg::STATUS, 0xf);
         w(&mut t, reg::QUEUE_NOTIFY, 0);
         assert_eq!(log.lock().unwrap().notified, vec![0]);
+    }
+
+    #[test]
+    fn status_writes_keep_the_handshake_order_and_the_drivers_bits() {
+        // Found by the fuzzer: DRIVER used to stick without ACKNOWLEDGE.
+        let (mut t, _) = transport();
+        w(&mut t, reg::STATUS, 0xfeea);
+        assert_eq!(t.status(), 0);
+        w(
+            &mut t,
+            reg::STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_NEEDS_RESET,
+        );
+        assert_eq!(t.status(), VIRTIO_CONFIG_S_ACKNOWLEDGE);
     }
 
     #[test]

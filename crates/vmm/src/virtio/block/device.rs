@@ -58,7 +58,7 @@ pub struct BlockStats {
     pub get_ids: u64,
     /// Requests answered with IOERR or UNSUPP.
     pub errors: u64,
-    /// Chains that were not requests (a subset of `errors` when answerable).
+    /// Chains that were not requests (those answered with IOERR are also in `errors`).
     pub malformed: u64,
     /// Data bytes moved.
     pub bytes: u64,
@@ -215,8 +215,13 @@ impl VirtioDevice for Block {
                 Err((err, status)) => {
                     active.counters.malformed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("virtio-blk: bad request (head {head}): {err}");
+                    // Answer IOERR where the status byte is usable (it is then
+                    // the one byte written); otherwise return the chain untouched.
                     let status = status.map(|addr| (addr, VIRTIO_BLK_S_IOERR as u8));
-                    active.complete(head, status, 0);
+                    if status.is_some() {
+                        active.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    active.complete(head, status, u32::from(status.is_some()));
                 }
             }
         }
