@@ -55,28 +55,33 @@ impl Images {
     }
 
     /// A LUKS image with AES-256-XTS, QEMU's nearest equivalent of nightshift's xts backend.
-    fn luks(&self, name: &str) -> anyhow::Result<PathBuf> {
+    pub fn luks(&self, name: &str) -> anyhow::Result<PathBuf> {
         let path = self.dir.path().join(format!("{name}.luks"));
-        if !path.exists() {
-            let status = Command::new("qemu-img")
+        // qemu-img times its key derivation and fails now and then on a busy
+        // host ("Unable to get accurate CPU usage"): try a few times.
+        let mut last_err = String::new();
+        for _ in 0..20 {
+            if path.exists() {
+                return Ok(path);
+            }
+            let out = Command::new("qemu-img")
                 .args(["create", "-q", "-f", "luks", "--object"])
                 .arg(format!("secret,id=sec0,data={LUKS_SECRET}"))
                 .args([
                     "-o",
-                    "key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,iter-time=10",
+                    "key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,iter-time=200",
                 ])
                 .arg(&path)
                 .arg(format!("{}M", self.mib))
                 .output()
                 .context("running qemu-img")?;
-            if !status.status.success() {
-                bail!(
-                    "qemu-img could not create a LUKS image: {}",
-                    String::from_utf8_lossy(&status.stderr).trim()
-                );
+            if out.status.success() {
+                return Ok(path);
             }
+            last_err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            let _ = std::fs::remove_file(&path);
         }
-        Ok(path)
+        bail!("qemu-img could not create a LUKS image: {last_err}")
     }
 }
 

@@ -1,0 +1,97 @@
+//! Smoke test of `nightshift bench --quick`: the run completes and its table,
+//! JSON and plots are complete and well-formed. The numbers are not checked
+//! (they belong to the machine, not to the code).
+
+use std::process::Command;
+
+#[test]
+fn bench_quick_output_is_complete_and_well_formed() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let plots = dir.path().join("plots");
+    let out = Command::new(env!("CARGO_BIN_EXE_nightshift"))
+        .args(["bench", "--quick", "--ms", "200", "--json"])
+        .arg(&json)
+        .arg("--plots")
+        .arg(&plots)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+
+    // The method and host facts come before the results.
+    for needle in [
+        "# nightshift bench",
+        "host.kvm:",
+        "params:",
+        "method:",
+        "scenario mixed:",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing:\n{stdout}");
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let variants: Vec<&str> = doc["variants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        ["workers", "inline", "idle"]
+            .iter()
+            .all(|v| variants.contains(v)),
+        "{variants:?}"
+    );
+    let rows = doc["summary"]["rows"].as_array().unwrap();
+    for scenario in ["mixed", "bursty", "saturated", "maintenance", "neighbour"] {
+        for variant in &variants {
+            let skipped =
+                scenario == "maintenance" && (*variant == "inline" || variant.starts_with("qemu"));
+            let row = rows
+                .iter()
+                .find(|r| r["scenario"] == scenario && r["variant"] == *variant);
+            assert_eq!(row.is_none(), skipped, "{scenario} × {variant}");
+            let Some(row) = row else { continue };
+            let m = &row["metrics"];
+            for metric in [
+                "cpu_vcpu_s",
+                "cpu_device_s",
+                "cpu_other_s",
+                "peak_threads",
+                "ctx_switches",
+            ] {
+                assert!(
+                    m[metric]["median"].is_number(),
+                    "{scenario} × {variant}: no {metric}"
+                );
+            }
+            if scenario != "maintenance" {
+                for metric in ["iops", "lat_p50_us", "lat_p99_us", "lat_p999_us"] {
+                    assert!(
+                        m[metric]["median"].is_number(),
+                        "{scenario} × {variant}: no {metric}"
+                    );
+                }
+            }
+            if scenario != "bursty" {
+                assert!(
+                    m["compute_pct"]["median"].is_number(),
+                    "{scenario} × {variant}: no compute rate"
+                );
+            }
+            // Every table line names its scenario and variant.
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l.starts_with(scenario) && l.contains(&format!("| {variant} "))),
+                "{stdout}"
+            );
+        }
+    }
+    for png in ["interference.png", "latency-mixed.png"] {
+        let bytes = std::fs::read(plots.join(png)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{png} is not a PNG");
+    }
+}
