@@ -255,6 +255,14 @@ impl Executor {
         self.slot.state.load(Ordering::SeqCst) == FORCED
     }
 
+    /// Whether work an executor could take is queued: a vCPU thread that
+    /// submitted work on an exit uses this to decide whether to come back for
+    /// it once its guest halts. Always false under the `workers` and
+    /// `inline` policies.
+    pub fn work_queued(&self) -> bool {
+        self.shared.idle_policy() && !self.shared.queues.all_empty()
+    }
+
     /// The name given at registration.
     pub fn name(&self) -> &str {
         &self.slot.name

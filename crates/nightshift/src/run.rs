@@ -63,6 +63,10 @@ pub struct RunArgs {
     /// While work waits for an idle vCPU, look for one this often, µs (0: never) [default: 50].
     #[arg(long)]
     pub idle_poll_us: Option<u64>,
+    /// Under idle: a vCPU that queued work on an exit checks its own guest for a
+    /// halt this soon after, µs (0: off) [default: 0].
+    #[arg(long)]
+    pub self_kick_us: Option<u64>,
     /// How queue notifications arrive: ioeventfd (notifier thread) or exit
     /// (the vCPU thread) [default: ioeventfd under workers, exit otherwise].
     #[arg(long)]
@@ -112,6 +116,7 @@ impl RunArgs {
         w.deadline_us = self.deadline_us.unwrap_or(w.deadline_us);
         w.cpu_cap = self.cpu_cap.or(w.cpu_cap);
         w.idle_poll_us = self.idle_poll_us.unwrap_or(w.idle_poll_us);
+        w.self_kick_us = self.self_kick_us.unwrap_or(w.self_kick_us);
         w.notify = self.notify.or(w.notify);
         c.halt_poll_ns = self.halt_poll_ns.or(c.halt_poll_ns);
         Ok(c)

@@ -122,6 +122,9 @@ pub struct WorkConfig {
     /// While work waits for an idle vCPU, look for one this often, µs (0: only
     /// vCPUs idle at submit time are used).
     pub idle_poll_us: u64,
+    /// Under `idle`, a vCPU that queued work on an exit looks at its own guest
+    /// this soon after, and runs the work if the guest has halted, µs (0: off).
+    pub self_kick_us: u64,
     /// How queue notifications arrive: `ioeventfd` (KVM completes the guest's
     /// write in the kernel and a notifier thread submits the requests) or
     /// `exit` (the write exits to the vCPU thread, which submits them).
@@ -172,6 +175,7 @@ impl Default for WorkConfig {
             deadline_us: 1000,
             cpu_cap: None,
             idle_poll_us: 50,
+            self_kick_us: 0,
             notify: None,
         }
     }

@@ -258,6 +258,8 @@ impl Vm {
                 exit: self.exit.clone(),
                 pin: self.config.pin.get(&index).cloned(),
                 engine: Some(self.engine.clone()),
+                self_kick: Some(Duration::from_micros(self.config.work.self_kick_us))
+                    .filter(|d| !d.is_zero() && self.config.work.policy == Policy::Idle),
             };
             match Vcpu::new(index, fd, ctx).start() {
                 Ok(h) => vcpus.push(h),

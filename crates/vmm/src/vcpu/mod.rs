@@ -16,6 +16,7 @@
 //! shutdown or KVM internal error ends this vCPU and reports the VM's
 //! [`ExitReason`]; the VM's owner then stops the other vCPUs.
 
+pub mod idle_timer;
 pub mod kick;
 pub mod kvm_stats;
 pub mod regs;
@@ -35,6 +36,7 @@ use crate::bus::Bus;
 use crate::config::CpuList;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::idle::VcpuIdleHooks;
+use idle_timer::IdleTimer;
 use kick::{Kicker, ThreadBinding};
 use kvm_stats::KvmStats;
 
@@ -62,6 +64,9 @@ pub enum Request {
 }
 
 const NO_REQUEST: u8 = 0;
+
+/// The longest a vCPU waits between looks at its own guest for queued work.
+const MAX_SELF_KICK_DELAY: Duration = Duration::from_millis(1);
 
 /// The mailbox between a vCPU thread and the rest of the VMM.
 #[derive(Debug)]
@@ -163,6 +168,10 @@ pub struct VcpuContext {
     pub pin: Option<CpuList>,
     /// The engine this vCPU serves as an idle executor, if any.
     pub engine: Option<Arc<idlework::Engine>>,
+    /// After an exit that queued work, come back for it this soon (a timer
+    /// kicks this thread; if the guest has halted by then, the thread runs
+    /// the work). `None`: rely on the engine noticing the halt.
+    pub self_kick: Option<Duration>,
 }
 
 /// A vCPU thread as the VM sees it.
@@ -190,10 +199,16 @@ pub struct Vcpu {
     ctx: VcpuContext,
     stats: VcpuStats,
     executor: Option<idlework::Executor>,
+    /// Set while this thread waits for its guest to halt to run work it queued.
+    idle_timer: Option<IdleTimer>,
+    /// The current self-kick delay (doubles while the guest keeps running).
+    self_kick_delay: Duration,
 }
 
 enum Outcome {
     Continue,
+    /// An MMIO write was handled: it may have queued device work.
+    Wrote,
     Interrupted,
     End(ExitReason),
 }
@@ -211,6 +226,8 @@ impl Vcpu {
             ctx,
             stats,
             executor: None,
+            idle_timer: None,
+            self_kick_delay: Duration::ZERO,
         }
     }
 
@@ -244,6 +261,11 @@ impl Vcpu {
         self.executor = kvm_stats
             .as_ref()
             .and_then(|s| self.register_executor(s, &control));
+        if self.executor.is_some() && self.ctx.self_kick.is_some() {
+            self.idle_timer = IdleTimer::for_current_thread()
+                .inspect_err(|e| tracing::warn!("vcpu{}: no idle timer: {e}", self.index))
+                .ok();
+        }
         let control = &*control;
         let binding = ThreadBinding::bind(self.fd.get_kvm_run());
         let mut state = VcpuState::Running;
@@ -317,6 +339,27 @@ impl Vcpu {
             self.stats.idle_items += report.items;
             self.stats.idle_busy_ns += report.busy.as_nanos() as u64;
         }
+        self.come_back_for_work(Some(take));
+    }
+
+    /// If work is queued, arms this thread's idle timer to look again soon:
+    /// right after an exit that may have queued it (`ran` None), after a run
+    /// in guest idle time (`Some(true)`: the guest is probably still idle),
+    /// or later and later while the guest keeps running (`Some(false)`).
+    fn come_back_for_work(&mut self, ran: Option<bool>) {
+        let (Some(timer), Some(executor), Some(base)) =
+            (&self.idle_timer, &self.executor, self.ctx.self_kick)
+        else {
+            return;
+        };
+        if !executor.work_queued() {
+            return;
+        }
+        self.self_kick_delay = match ran {
+            None | Some(true) => base,
+            Some(false) => (self.self_kick_delay * 2).clamp(base, MAX_SELF_KICK_DELAY),
+        };
+        timer.arm(self.self_kick_delay);
     }
 
     /// Runs the guest until a request arrives or the vCPU must end.
@@ -329,6 +372,7 @@ impl Vcpu {
             }
             match self.run_once() {
                 Outcome::Continue => {}
+                Outcome::Wrote => self.come_back_for_work(None),
                 Outcome::Interrupted => {
                     self.stats.interrupted += 1;
                     self.fd.set_kvm_immediate_exit(0);
@@ -365,7 +409,7 @@ impl Vcpu {
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 self.stats.mmio_exits += 1;
                 self.ctx.mmio.write(addr, data);
-                Outcome::Continue
+                Outcome::Wrote
             }
             Ok(VcpuExit::Intr) => Outcome::Interrupted,
             Ok(VcpuExit::Shutdown) => Outcome::End(ExitReason::Shutdown {
