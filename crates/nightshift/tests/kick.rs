@@ -50,3 +50,39 @@ fn kicking_a_halted_vcpu_does_not_wake_its_guest() {
         assert!(v.halt_exits > 0, "{v:?}");
     }
 }
+
+#[test]
+fn paused_vcpus_do_not_run_until_resumed() {
+    use vmm::vcpu::{Request, VcpuState};
+
+    let config = VmConfig {
+        vcpus: 2,
+        cmdline: "workload=compute ms=50".into(),
+        ..VmConfig::default()
+    };
+    let elf = testguest_elf();
+    let vm = Vm::new(config, KernelImage::File(&elf), Instant::now()).unwrap();
+    let running = vm.start().unwrap();
+    for v in running.vcpus() {
+        v.post(Request::Pause);
+    }
+    let wait_for = |want: VcpuState| {
+        let start = Instant::now();
+        while running.vcpus().any(|v| v.state() != want) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "vCPUs never reached {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    wait_for(VcpuState::Paused);
+    // The guest needs 50 ms of its own time to finish: paused, it cannot.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!running.has_ended(), "the guest ran while paused");
+    for v in running.vcpus() {
+        v.post(Request::Resume);
+    }
+    let report = running.wait();
+    assert_eq!(report.exit_code, 0, "{}", report.exit);
+}

@@ -231,8 +231,8 @@ fn print_method(
         println!("scenario {}: {}", s.name, s.about);
         for vm in &s.vms {
             println!(
-                "  {} ({} vCPU, pinned {:?}, {} disk(s)): {}",
-                vm.role, vm.vcpus, vm.pins, vm.disks, vm.cmdline
+                "  {} ({} vCPU, pinned {:?}, {} disk(s), cipher passes x{}): {}",
+                vm.role, vm.vcpus, vm.pins, vm.disks, vm.xts_factor, vm.cmdline
             );
         }
     }

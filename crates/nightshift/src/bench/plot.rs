@@ -73,13 +73,13 @@ fn latency(rows: &[&Row], scenario: &str, path: &Path) -> anyhow::Result<()> {
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("{scenario}: I/O latency percentiles (guest-measured, medians of runs)"),
+            format!("{scenario}: I/O latency CDF (guest-measured p10..p99.9, medians of runs)"),
             ("sans-serif", 20),
         )
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(56)
-        .build_cartesian_2d((1f64..max).log_scale(), 40f64..100f64)?;
+        .build_cartesian_2d((10f64..max).log_scale(), 0f64..100f64)?;
     chart
         .configure_mesh()
         .x_desc("latency (µs, log scale)")
@@ -88,12 +88,16 @@ fn latency(rows: &[&Row], scenario: &str, path: &Path) -> anyhow::Result<()> {
         .draw()?;
     for (i, r) in rows.iter().enumerate() {
         let pts: Vec<(f64, f64)> = [
+            ("lat_p10_us", 10.0),
+            ("lat_p25_us", 25.0),
             ("lat_p50_us", 50.0),
+            ("lat_p75_us", 75.0),
+            ("lat_p90_us", 90.0),
             ("lat_p99_us", 99.0),
             ("lat_p999_us", 99.9),
         ]
         .iter()
-        .filter_map(|(m, pct)| Some((median(r, m)?.max(1.0), *pct)))
+        .filter_map(|(m, pct)| Some((median(r, m)?.max(10.0), *pct)))
         .collect();
         let c = color(i);
         chart

@@ -20,7 +20,11 @@ pub struct RunMetrics {
     /// Block requests per second (all I/O vCPUs).
     pub iops: Option<f64>,
     /// Guest-measured request latency percentiles, µs (worst I/O vCPU).
+    pub lat_p10_us: Option<f64>,
+    pub lat_p25_us: Option<f64>,
     pub lat_p50_us: Option<f64>,
+    pub lat_p75_us: Option<f64>,
+    pub lat_p90_us: Option<f64>,
     pub lat_p99_us: Option<f64>,
     pub lat_p999_us: Option<f64>,
     /// Background scrub throughput, MiB/s (maintenance scenario).
@@ -132,7 +136,11 @@ impl RunMetrics {
             rep,
             compute_pct: compute_rate(vms).map(|r| 100.0 * r / solo_rate),
             iops: sum_opt(blk().filter_map(|r| num(r, "iops"))),
+            lat_p10_us: max_of(blk().filter_map(|r| num(r, "lat_us_p10"))),
+            lat_p25_us: max_of(blk().filter_map(|r| num(r, "lat_us_p25"))),
             lat_p50_us: max_of(blk().filter_map(|r| num(r, "lat_us_p50"))),
+            lat_p75_us: max_of(blk().filter_map(|r| num(r, "lat_us_p75"))),
+            lat_p90_us: max_of(blk().filter_map(|r| num(r, "lat_us_p90"))),
             lat_p99_us: max_of(blk().filter_map(|r| num(r, "lat_us_p99"))),
             lat_p999_us: max_of(blk().filter_map(|r| num(r, "lat_us_p999"))),
             scrub_mib_s: scrub_bytes
@@ -200,7 +208,11 @@ type Getter = fn(&RunMetrics) -> Option<f64>;
 const METRICS: &[(&str, Getter)] = &[
     ("compute_pct", |m| m.compute_pct),
     ("iops", |m| m.iops),
+    ("lat_p10_us", |m| m.lat_p10_us),
+    ("lat_p25_us", |m| m.lat_p25_us),
     ("lat_p50_us", |m| m.lat_p50_us),
+    ("lat_p75_us", |m| m.lat_p75_us),
+    ("lat_p90_us", |m| m.lat_p90_us),
     ("lat_p99_us", |m| m.lat_p99_us),
     ("lat_p999_us", |m| m.lat_p999_us),
     ("scrub_mib_s", |m| m.scrub_mib_s),

@@ -199,7 +199,7 @@ fn launch_nightshift(
             .display()
             .to_string();
         if params.xts_passes > 0 {
-            disk.push_str(&format!(",xts={}", params.xts_passes));
+            disk.push_str(&format!(",xts={}", params.xts_passes * vm.xts_factor));
         }
         if let Some(n) = vm.scrub_passes {
             disk.push_str(&format!(",scrub={n}"));

@@ -36,6 +36,9 @@ pub struct VmSpec {
     pub disks: usize,
     /// Background scrub passes over the disk (maintenance work).
     pub scrub_passes: Option<u64>,
+    /// The disk backend's cipher passes are the run's `xts_passes` times this
+    /// (heavier device work; QEMU's LUKS runs one pass whatever it is).
+    pub xts_factor: u32,
 }
 
 /// A scenario: VMs that run at the same time, and the solo run each compute
@@ -68,6 +71,7 @@ pub fn all(p: &Params) -> Vec<Scenario> {
         cmdline,
         disks: 1,
         scrub_passes: None,
+        xts_factor: 1,
     };
     let solo = |vcpus: u8, cmdline: String| VmSpec {
         disks: 0,
@@ -120,11 +124,12 @@ pub fn all(p: &Params) -> Vec<Scenario> {
         },
         Scenario {
             name: "neighbour",
-            about: "VM A (1 vCPU on CPU0) does heavy I/O; VM B (1 vCPU on CPU1) computes",
+            about: "VM A (1 vCPU on CPU0) does heavy I/O (8x the cipher passes); VM B (1 vCPU on CPU1) computes",
             vms: vec![
                 VmSpec {
                     role: "A",
                     pins: vec![0],
+                    xts_factor: 8,
                     ..vm(1, format!("workload=blk {}", blk("randread", "")))
                 },
                 VmSpec {

@@ -42,13 +42,14 @@ use kvm_stats::KvmStats;
 
 /// The states of the run loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum VcpuState {
     /// Entering the guest and handling its exits.
-    Running,
+    Running = 0,
     /// Out of the guest, waiting for Resume or Stop.
-    Paused,
+    Paused = 1,
     /// Done; the thread returns.
-    Exited,
+    Exited = 2,
 }
 
 /// What the VMM asks of a vCPU thread.
@@ -72,6 +73,8 @@ const MAX_SELF_KICK_DELAY: Duration = Duration::from_millis(1);
 #[derive(Debug)]
 pub struct VcpuControl {
     request: AtomicU8,
+    /// The thread's current [`VcpuState`], published at each transition.
+    state: AtomicU8,
     /// Wakes a paused vCPU; the mutex holds nothing, the request is the state.
     wake: (Mutex<()>, Condvar),
     kicker: Kicker,
@@ -81,6 +84,7 @@ impl VcpuControl {
     fn new(kicker: Kicker) -> Self {
         VcpuControl {
             request: AtomicU8::new(NO_REQUEST),
+            state: AtomicU8::new(VcpuState::Running as u8),
             wake: (Mutex::new(()), Condvar::new()),
             kicker,
         }
@@ -98,6 +102,15 @@ impl VcpuControl {
         self.wake.1.notify_all();
         drop(_guard);
         self.kicker.kick();
+    }
+
+    /// The state the vCPU thread is in (as of its last transition).
+    pub fn state(&self) -> VcpuState {
+        match self.state.load(Ordering::Acquire) {
+            0 => VcpuState::Running,
+            1 => VcpuState::Paused,
+            _ => VcpuState::Exited,
+        }
     }
 
     /// Kicks the vCPU out of `KVM_RUN` without a request.
@@ -270,6 +283,7 @@ impl Vcpu {
         let binding = ThreadBinding::bind(self.fd.get_kvm_run());
         let mut state = VcpuState::Running;
         while state != VcpuState::Exited {
+            control.state.store(state as u8, Ordering::Release);
             state = match state {
                 VcpuState::Running => self.run_until_request(control),
                 VcpuState::Paused => match control.wait_for_request() {
@@ -280,6 +294,9 @@ impl Vcpu {
                 VcpuState::Exited => VcpuState::Exited,
             };
         }
+        control
+            .state
+            .store(VcpuState::Exited as u8, Ordering::Release);
         // Unregister first: the engine must not kick a thread that is leaving.
         drop(self.executor.take());
         if let Some(s) = &kvm_stats {

@@ -911,7 +911,7 @@ fn workload(cpu: usize, config: &Config, dev: usize, drv: &mut Driver) {
     }
     let h = &totals.latency;
     println!(
-        "result cpu={cpu} workload=blk mode={mode} ops={} bytes={} errors={} verify_errors={} ms={} iops={} lat_us_p50={} lat_us_p99={} lat_us_p999={} lat_us_max={} wakeups={wakeups} dev={dev} size={size} qd={qd} wait={} span={span}{}",
+        "result cpu={cpu} workload=blk mode={mode} ops={} bytes={} errors={} verify_errors={} ms={} iops={} lat_us_p50={} lat_us_p99={} lat_us_p999={} lat_us_max={} wakeups={wakeups} dev={dev} size={size} qd={qd} wait={} span={span} lat_us_p10={} lat_us_p25={} lat_us_p75={} lat_us_p90={}{}",
         totals.ops,
         totals.bytes,
         totals.errors + totals.unknown,
@@ -923,6 +923,10 @@ fn workload(cpu: usize, config: &Config, dev: usize, drv: &mut Driver) {
         h.permille(999),
         h.max(),
         blk.wait.name(),
+        h.percentile(10),
+        h.percentile(25),
+        h.percentile(75),
+        h.percentile(90),
         if totals.timed_out { " timed_out=1" } else { "" },
     );
 }
