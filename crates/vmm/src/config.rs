@@ -117,7 +117,8 @@ pub struct WorkConfig {
     /// At most this many non-vCPU threads run device work at once. Under
     /// `idle`, 0 keeps the VM within its vCPUs: only vCPU threads run device
     /// work, idle ones first, and work past its deadline makes a busy vCPU
-    /// take it (instead of a worker).
+    /// take it (instead of a worker); with pinned vCPUs the VMM's other
+    /// threads are kept on the vCPUs' CPUs as well.
     pub cpu_cap: Option<usize>,
     /// While work waits for an idle vCPU, look for one this often, µs (0: only
     /// vCPUs idle at submit time are used).

@@ -162,6 +162,7 @@ impl Vm {
         let exit = Arc::new(ExitSignal::default());
         let milestones = Arc::new(BootMilestones::new(started));
         let pio = Arc::new(legacy_devices(&vm_fd, &config, &exit, &milestones)?);
+        confine_helper_threads(&config);
         let engine = Arc::new(Engine::new(engine_config(&config.work)).map_err(|e| {
             VmError::Host("starting the device-work engine", std::io::Error::other(e))
         })?);
@@ -335,6 +336,30 @@ impl RunningVm {
             vcpus,
             unhandled_io: vm.pio.unhandled_accesses() + vm.mmio.unhandled_accesses(),
         }
+    }
+}
+
+/// With the footprint cap at 0 ("never more host CPUs than vCPUs") and pinned
+/// vCPUs, the VMM's own threads (device workers, the notifier, this one) are
+/// kept on the vCPUs' CPUs too: threads created from here on inherit it, and
+/// each vCPU thread then narrows itself to its own CPUs.
+fn confine_helper_threads(config: &VmConfig) {
+    if config.work.cpu_cap != Some(0) || config.pin.is_empty() {
+        return;
+    }
+    let union: Vec<String> = config
+        .pin
+        .values()
+        .flat_map(|l| l.cpus())
+        .map(|c| c.to_string())
+        .collect();
+    match union.join(",").parse() {
+        Ok(cpus) => {
+            if let Err(e) = crate::vcpu::pin_current_thread(&cpus) {
+                tracing::warn!("cannot keep VMM threads on the vCPUs' CPUs {cpus}: {e}");
+            }
+        }
+        Err(e) => tracing::warn!("cannot keep VMM threads on the vCPUs' CPUs: {e}"),
     }
 }
 
