@@ -23,7 +23,7 @@ use crate::{cpu, service, smp, wait};
 const COM1_THR: u16 = 0x3F8;
 
 /// Longest line; longer ones are truncated.
-pub const LINE_MAX: usize = 256;
+pub const LINE_MAX: usize = 512;
 
 /// 0 = free, else owner CPU index + 1.
 static LOCK: AtomicUsize = AtomicUsize::new(0);
