@@ -93,6 +93,8 @@ pub(crate) struct Registry {
     busy: AtomicUsize,
     /// Where the next kick search starts, to spread kicks (a hint).
     next: std::sync::atomic::AtomicUsize,
+    /// Executors registered and not dropped (read on the submit path).
+    live: std::sync::atomic::AtomicUsize,
 }
 
 impl Registry {
@@ -107,16 +109,13 @@ impl Registry {
             kicks_useful: Counter::default(),
         });
         unpoison(self.slots.write()).push(Arc::clone(&slot));
+        self.live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         slot
     }
 
     /// Registered executors (not yet dropped).
     pub(crate) fn count(&self) -> usize {
-        let slots = unpoison(self.slots.read());
-        slots
-            .iter()
-            .filter(|s| s.state.load(Ordering::Relaxed) != RETIRED)
-            .count()
+        self.live.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Executors kicked or running now.
@@ -334,6 +333,10 @@ impl Executor {
 
 impl Drop for Executor {
     fn drop(&mut self) {
+        self.shared
+            .executors
+            .live
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         if matches!(
             self.slot.state.swap(RETIRED, Ordering::SeqCst),
             KICKED | FORCED

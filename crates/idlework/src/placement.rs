@@ -114,7 +114,9 @@ impl Shared {
         };
         if !woke_worker {
             self.sleep.arm_timer();
-            if self.waits_for_idle() && p != Priority::Urgent {
+            // Nobody is on it yet (an executor at work places what is left
+            // when it finishes): make sure the timekeeper looks for one.
+            if p != Priority::Urgent && self.executors.busy() == 0 && self.waits_for_idle() {
                 self.sleep.ensure_polling();
             }
         }
