@@ -69,7 +69,7 @@ impl Images {
                 .arg(format!("secret,id=sec0,data={LUKS_SECRET}"))
                 .args([
                     "-o",
-                    "key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,iter-time=200",
+                    "key-secret=sec0,cipher-alg=aes-256,cipher-mode=xts,iter-time=50",
                 ])
                 .arg(&path)
                 .arg(format!("{}M", self.mib))
@@ -113,12 +113,12 @@ pub fn run_vms(
             }
             Variant::Qemu { iothread } => launch_qemu(*iothread, vm, params, images, i)?,
         };
-        launched.push(l);
-    }
-    for l in &launched {
+        // Pin QEMU's vCPUs as soon as they exist (nightshift pins its own),
+        // before the next VM starts.
         if let Some(pins) = &l.pin_qemu {
             pin_qemu_vcpus(l.child.id(), pins)?;
         }
+        launched.push(l);
     }
     let pids: Vec<u32> = launched.iter().map(|l| l.child.id()).collect();
     let sampler = Sampler::start(&pids, Duration::from_millis(2));
@@ -314,7 +314,10 @@ fn pin_qemu_vcpus(pid: u32, pins: &[usize]) -> anyhow::Result<()> {
         if Instant::now() > deadline {
             bail!("QEMU's vCPU threads did not appear");
         }
-        for task in std::fs::read_dir(format!("/proc/{pid}/task"))?.flatten() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            bail!("QEMU exited before its vCPU threads could be pinned");
+        };
+        for task in tasks.flatten() {
             let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
             let Some(n) = comm
                 .trim()
