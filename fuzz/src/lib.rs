@@ -16,7 +16,6 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FEATURES_OK,
 };
-use virtio_bindings::virtio_mmio::*;
 use vm_memory::{Bytes, GuestAddress};
 use vmm::bus::BusDevice;
 use vmm::memory::GuestMemory;
@@ -172,33 +171,9 @@ pub fn interrupt() -> Arc<VirtioInterrupt> {
     ))
 }
 
-/// virtio-mmio register offsets.
+/// virtio-mmio register offsets: the transport's own, and a table of them.
 pub mod reg {
-    use super::*;
-    pub const MAGIC: u64 = VIRTIO_MMIO_MAGIC_VALUE as u64;
-    pub const VERSION: u64 = VIRTIO_MMIO_VERSION as u64;
-    pub const DEVICE_ID: u64 = VIRTIO_MMIO_DEVICE_ID as u64;
-    pub const VENDOR_ID: u64 = VIRTIO_MMIO_VENDOR_ID as u64;
-    pub const DEVICE_FEATURES: u64 = VIRTIO_MMIO_DEVICE_FEATURES as u64;
-    pub const DEVICE_FEATURES_SEL: u64 = VIRTIO_MMIO_DEVICE_FEATURES_SEL as u64;
-    pub const DRIVER_FEATURES: u64 = VIRTIO_MMIO_DRIVER_FEATURES as u64;
-    pub const DRIVER_FEATURES_SEL: u64 = VIRTIO_MMIO_DRIVER_FEATURES_SEL as u64;
-    pub const QUEUE_SEL: u64 = VIRTIO_MMIO_QUEUE_SEL as u64;
-    pub const QUEUE_NUM_MAX: u64 = VIRTIO_MMIO_QUEUE_NUM_MAX as u64;
-    pub const QUEUE_NUM: u64 = VIRTIO_MMIO_QUEUE_NUM as u64;
-    pub const QUEUE_READY: u64 = VIRTIO_MMIO_QUEUE_READY as u64;
-    pub const QUEUE_NOTIFY: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
-    pub const INTERRUPT_STATUS: u64 = VIRTIO_MMIO_INTERRUPT_STATUS as u64;
-    pub const INTERRUPT_ACK: u64 = VIRTIO_MMIO_INTERRUPT_ACK as u64;
-    pub const STATUS: u64 = VIRTIO_MMIO_STATUS as u64;
-    pub const QUEUE_DESC_LOW: u64 = VIRTIO_MMIO_QUEUE_DESC_LOW as u64;
-    pub const QUEUE_DESC_HIGH: u64 = VIRTIO_MMIO_QUEUE_DESC_HIGH as u64;
-    pub const QUEUE_AVAIL_LOW: u64 = VIRTIO_MMIO_QUEUE_AVAIL_LOW as u64;
-    pub const QUEUE_AVAIL_HIGH: u64 = VIRTIO_MMIO_QUEUE_AVAIL_HIGH as u64;
-    pub const QUEUE_USED_LOW: u64 = VIRTIO_MMIO_QUEUE_USED_LOW as u64;
-    pub const QUEUE_USED_HIGH: u64 = VIRTIO_MMIO_QUEUE_USED_HIGH as u64;
-    pub const CONFIG_GENERATION: u64 = VIRTIO_MMIO_CONFIG_GENERATION as u64;
-    pub const CONFIG: u64 = VIRTIO_MMIO_CONFIG as u64;
+    pub use vmm::virtio::mmio::reg::*;
 
     /// Every defined register (and two config-space offsets), for targets
     /// that pick offsets from a table rather than at random.

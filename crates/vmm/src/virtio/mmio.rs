@@ -25,8 +25,9 @@ const MMIO_MAGIC: u32 = 0x7472_6976; // "virt"
 const MMIO_VERSION: u32 = 2;
 const VENDOR_ID: u32 = 0x4e53_4846; // "NSHF"
 
-/// Register offsets as u64, for matching.
-mod reg {
+/// Register offsets as u64, for matching (and for drivers in tests and fuzzers).
+#[allow(missing_docs)]
+pub mod reg {
     use super::*;
     pub const MAGIC: u64 = VIRTIO_MMIO_MAGIC_VALUE as u64;
     pub const VERSION: u64 = VIRTIO_MMIO_VERSION as u64;
