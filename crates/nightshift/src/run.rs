@@ -40,7 +40,7 @@ pub struct RunArgs {
     /// Show MONITOR/MWAIT in the guest's CPUID (hidden by default).
     #[arg(long)]
     pub expose_mwait: bool,
-    /// A virtio-blk disk: PATH[,ro][,xts=PASSES]. Repeatable.
+    /// A virtio-blk disk: `PATH[,ro][,xts=PASSES][,scrub=PASSES]`. Repeatable.
     #[arg(long)]
     pub disk: Vec<DiskConfig>,
     /// Where device work runs: workers (device threads only, as today's VMMs),

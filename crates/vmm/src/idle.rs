@@ -3,7 +3,7 @@
 //! A guest HLT blocks inside `KVM_RUN`. KVM's per-vCPU `blocking` statistic
 //! says which vCPUs are asleep there (it is set around the real sleep, ~30-40
 //! µs after the HLT here, not during halt polling). When device work arrives,
-//! idlework asks [`VcpuIdleHooks::is_idle`] and kicks one idle vCPU; its
+//! idlework asks [`VcpuIdleHooks`] (`is_idle`) and kicks one idle vCPU; its
 //! thread leaves `KVM_RUN` with `EINTR`, runs work within its budget, and
 //! calls `KVM_RUN` again. KVM keeps the vCPU halted across that exit, so the
 //! guest sleeps on until its next interrupt; a timer that fires meanwhile is
