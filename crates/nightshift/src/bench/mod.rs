@@ -145,6 +145,7 @@ fn scenarios(args: BenchArgs) -> anyhow::Result<()> {
             )?;
             let solo_rate =
                 report::compute_rate(&solo).context("solo run reported no compute rate")?;
+            let solo_per_cpu = report::compute_rate_per_cpu(&solo).unwrap_or(solo_rate);
             for v in &variants {
                 done += 1;
                 progress(done, total, sc.name, &v.label(), rep);
@@ -156,7 +157,14 @@ fn scenarios(args: BenchArgs) -> anyhow::Result<()> {
                     Variant::Nightshift { policy, .. } if scrubs && policy == "inline" => continue,
                     _ => runner::run_vms(&exe, v, &sc.vms, &params, &images)?,
                 };
-                runs.push(RunMetrics::from_run(sc.name, v, rep, &vms, solo_rate));
+                runs.push(RunMetrics::from_run(
+                    sc.name,
+                    v,
+                    rep,
+                    &vms,
+                    solo_rate,
+                    solo_per_cpu,
+                ));
             }
         }
     }

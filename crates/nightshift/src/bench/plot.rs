@@ -44,7 +44,7 @@ fn median(row: &Row, metric: &str) -> Option<f64> {
 pub fn all(summary: &Summary, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     load_font()?;
     let mut out = Vec::new();
-    for scenario in ["mixed", "neighbour", "bursty", "saturated"] {
+    for scenario in ["mixed", "neighbour", "bursty", "saturated", "async"] {
         let rows: Vec<&Row> = summary
             .rows
             .iter()

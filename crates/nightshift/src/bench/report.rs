@@ -17,6 +17,9 @@ pub struct RunMetrics {
     pub rep: usize,
     /// Compute rate relative to the solo run, percent.
     pub compute_pct: Option<f64>,
+    /// The I/O vCPU's own computing while its requests are pending (poll
+    /// mode), relative to one vCPU computing in the solo run, percent.
+    pub io_vcpu_pct: Option<f64>,
     /// Block requests per second (all I/O vCPUs).
     pub iops: Option<f64>,
     /// Guest-measured request latency percentiles, µs (worst I/O vCPU).
@@ -46,6 +49,17 @@ pub struct RunMetrics {
     pub ran_executor: Option<f64>,
     pub ran_worker: Option<f64>,
     pub ran_inline: Option<f64>,
+}
+
+/// Mean `iters_per_ms` of one computing CPU.
+pub fn compute_rate_per_cpu(vms: &[VmOutcome]) -> Option<f64> {
+    let rates: Vec<f64> = vms
+        .iter()
+        .flat_map(|vm| &vm.results)
+        .filter(|r| r.get("workload").is_some_and(|w| w == "compute"))
+        .filter_map(|r| num(r, "iters_per_ms"))
+        .collect();
+    (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
 }
 
 /// Sum of `iters_per_ms` over the compute CPUs of the VMs that compute.
@@ -79,6 +93,7 @@ impl RunMetrics {
         rep: usize,
         vms: &[VmOutcome],
         solo_rate: f64,
+        solo_per_cpu: f64,
     ) -> Self {
         let blk = || {
             vms.iter()
@@ -135,6 +150,12 @@ impl RunMetrics {
             variant: variant.label(),
             rep,
             compute_pct: compute_rate(vms).map(|r| 100.0 * r / solo_rate),
+            io_vcpu_pct: sum_opt(
+                blk()
+                    .filter(|r| r.get("wait").is_some_and(|w| w == "poll"))
+                    .filter_map(|r| num(r, "poll_iters_per_ms")),
+            )
+            .map(|r| 100.0 * r / solo_per_cpu),
             iops: sum_opt(blk().filter_map(|r| num(r, "iops"))),
             lat_p10_us: max_of(blk().filter_map(|r| num(r, "lat_us_p10"))),
             lat_p25_us: max_of(blk().filter_map(|r| num(r, "lat_us_p25"))),
@@ -207,6 +228,7 @@ type Getter = fn(&RunMetrics) -> Option<f64>;
 /// The summarized metrics: (name, getter).
 const METRICS: &[(&str, Getter)] = &[
     ("compute_pct", |m| m.compute_pct),
+    ("io_vcpu_pct", |m| m.io_vcpu_pct),
     ("iops", |m| m.iops),
     ("lat_p10_us", |m| m.lat_p10_us),
     ("lat_p25_us", |m| m.lat_p25_us),
@@ -283,6 +305,7 @@ pub fn print_table(summary: &Summary) {
         "scenario",
         "variant",
         "compute %solo",
+        "I/O vCPU %solo",
         "IOPS",
         "p50 us",
         "p99 us",
@@ -307,6 +330,7 @@ pub fn print_table(summary: &Summary) {
                 r.scenario.clone(),
                 r.variant.clone(),
                 cell(r, "compute_pct", 1),
+                cell(r, "io_vcpu_pct", 1),
                 cell(r, "iops", 0),
                 cell(r, "lat_p50_us", 0),
                 cell(r, "lat_p99_us", 0),

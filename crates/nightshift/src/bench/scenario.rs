@@ -114,6 +114,22 @@ pub fn all(p: &Params) -> Vec<Scenario> {
             solo: solo(2, format!("workload=compute,idle {}", idle_ms(p.ms))),
         },
         Scenario {
+            name: "async",
+            about: "vCPU0 computes; vCPU1 computes too and issues a request every 200 us \
+                    without waiting idle (4x the cipher passes): where does device work cost?",
+            vms: vec![VmSpec {
+                xts_factor: 4,
+                ..vm(
+                    2,
+                    format!(
+                        "workload=compute,blk {}",
+                        blk("randread", " blk_wait=poll blk_burst=1 blk_think_us=200")
+                    ),
+                )
+            }],
+            solo: solo(2, format!("workload=compute,idle {}", idle_ms(p.ms))),
+        },
+        Scenario {
             name: "maintenance",
             about: "idle-priority scrub of the image while vCPU0 computes and vCPU1 idles",
             vms: vec![VmSpec {

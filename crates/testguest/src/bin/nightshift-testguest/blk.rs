@@ -286,6 +286,10 @@ struct Driver {
     seen_timer: u64,
     /// An InterruptStatus read showed a configuration change (e.g. DEVICE_NEEDS_RESET).
     config_changed: bool,
+    /// Poll mode: iterations of the compute loop run while waiting for completions.
+    poll_iters: u64,
+    /// The compute loop's state (kept so the work cannot be optimised away).
+    poll_state: u64,
 }
 
 impl Driver {
@@ -305,6 +309,8 @@ impl Driver {
             seen_irqs: wait::irq_count(slot),
             timer_at: None,
             seen_timer: 0,
+            poll_iters: 0,
+            poll_state: 0x9e37_79b9_7f4a_7c15,
             config_changed: false,
         }
     }
@@ -568,7 +574,11 @@ impl Driver {
                 return None;
             }
             if self.poll {
-                core::hint::spin_loop();
+                // Waiting in poll mode is the guest's own computing: the same
+                // loop, in the same chunks, as the `compute` workload, so its
+                // rate compares with a computing vCPU's.
+                self.poll_state = crate::workloads::compute_chunk(self.poll_state);
+                self.poll_iters += crate::workloads::COMPUTE_CHUNK;
                 continue;
             }
             self.arm_watchdog(now, deadline);
@@ -843,6 +853,7 @@ fn workload(cpu: usize, config: &Config, dev: usize, drv: &mut Driver) {
         timed_out: false,
     };
     let wakeups0 = wait::wakeups();
+    drv.poll_iters = 0;
     let t0 = x86::rdtsc();
     let blocks = span / size;
     let seed = blk.seed;
@@ -859,11 +870,22 @@ fn workload(cpu: usize, config: &Config, dev: usize, drv: &mut Driver) {
             let ops = blk.ops;
             let verify = blk.verify && kind == T_IN;
             let (burst, think) = (blk.burst, time::us_to_tsc(blk.think_us));
+            // Between bursts the CPU sleeps (halts on the timer) or, in poll
+            // mode, computes: then the I/O rate is set by the think time and
+            // what the CPU computes meanwhile is its own progress.
+            let poll = blk.wait == BlkWait::Poll;
+            let (mut think_iters, mut think_state) = (0u64, seed);
             run_requests(drv, qd, seed, verify, &mut totals, || {
                 if burst > 0 && issued > 0 && issued.is_multiple_of(burst) {
-                    // Between bursts the CPU sleeps (halts on the timer).
-                    let until = x86::rdtsc() + think;
-                    wait::halt_until(Some(until.min(end)), || false);
+                    let until = (x86::rdtsc() + think).min(end);
+                    if poll {
+                        while x86::rdtsc() < until {
+                            think_state = crate::workloads::compute_chunk(think_state);
+                            think_iters += crate::workloads::COMPUTE_CHUNK;
+                        }
+                    } else {
+                        wait::halt_until(Some(until), || false);
+                    }
                 }
                 let more = if ops > 0 {
                     issued < ops
@@ -873,6 +895,8 @@ fn workload(cpu: usize, config: &Config, dev: usize, drv: &mut Driver) {
                 issued += 1;
                 more.then(|| (kind, rng.below(blocks) * size, blk.size))
             });
+            core::hint::black_box(think_state);
+            drv.poll_iters += think_iters;
         }
         BlkMode::WriteVerify | BlkMode::ReadVerify => {
             if blk.mode == BlkMode::WriteVerify {
@@ -911,7 +935,7 @@ fn workload(cpu: usize, config: &Config, dev: usize, drv: &mut Driver) {
     }
     let h = &totals.latency;
     println!(
-        "result cpu={cpu} workload=blk mode={mode} ops={} bytes={} errors={} verify_errors={} ms={} iops={} lat_us_p50={} lat_us_p99={} lat_us_p999={} lat_us_max={} wakeups={wakeups} dev={dev} size={size} qd={qd} wait={} span={span} lat_us_p10={} lat_us_p25={} lat_us_p75={} lat_us_p90={}{}",
+        "result cpu={cpu} workload=blk mode={mode} ops={} bytes={} errors={} verify_errors={} ms={} iops={} lat_us_p50={} lat_us_p99={} lat_us_p999={} lat_us_max={} wakeups={wakeups} dev={dev} size={size} qd={qd} wait={} span={span} lat_us_p10={} lat_us_p25={} lat_us_p75={} lat_us_p90={} poll_iters_per_ms={}{}",
         totals.ops,
         totals.bytes,
         totals.errors + totals.unknown,
@@ -927,6 +951,7 @@ fn workload(cpu: usize, config: &Config, dev: usize, drv: &mut Driver) {
         h.percentile(25),
         h.percentile(75),
         h.percentile(90),
+        drv.poll_iters * 1000 / elapsed_us,
         if totals.timed_out { " timed_out=1" } else { "" },
     );
 }

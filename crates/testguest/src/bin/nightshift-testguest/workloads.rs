@@ -7,7 +7,7 @@ use crate::idt::IrqSlot;
 use crate::{apic, blk, println, service, time, wait, x86};
 
 /// Loop iterations between two TSC reads in `compute`.
-const COMPUTE_CHUNK: u64 = 1024;
+pub const COMPUTE_CHUNK: u64 = 1024;
 /// Iterations of the two-instruction CPL0 loop per `service::spin` call in `cpl0`.
 const SPIN_ITERATIONS: u64 = 500;
 
@@ -32,15 +32,22 @@ fn xorshift(mut x: u64) -> u64 {
     x
 }
 
+/// One chunk of the compute loop: `COMPUTE_CHUNK` dependent xorshift steps.
+#[inline(always)]
+pub fn compute_chunk(mut x: u64) -> u64 {
+    for _ in 0..COMPUTE_CHUNK {
+        x = xorshift(x);
+    }
+    x
+}
+
 /// Counts loop iterations for `ms` milliseconds of TSC time.
 fn compute(cpu: usize, ms: u64) {
     let end = x86::rdtsc() + time::us_to_tsc(ms * 1000);
     let mut x = 0x9e37_79b9_7f4a_7c15 ^ cpu as u64;
     let mut iters = 0u64;
     loop {
-        for _ in 0..COMPUTE_CHUNK {
-            x = xorshift(x);
-        }
+        x = compute_chunk(x);
         iters += COMPUTE_CHUNK;
         if x86::rdtsc() >= end {
             break;
