@@ -45,7 +45,14 @@ fn bench_quick_output_is_complete_and_well_formed() {
         "{variants:?}"
     );
     let rows = doc["summary"]["rows"].as_array().unwrap();
-    for scenario in ["mixed", "bursty", "saturated", "async", "maintenance", "neighbour"] {
+    for scenario in [
+        "mixed",
+        "bursty",
+        "saturated",
+        "async",
+        "maintenance",
+        "neighbour",
+    ] {
         for variant in &variants {
             let skipped =
                 scenario == "maintenance" && (*variant == "inline" || variant.starts_with("qemu"));
