@@ -51,25 +51,24 @@ pub struct RunMetrics {
     pub ran_inline: Option<f64>,
 }
 
-/// Mean `iters_per_ms` of one computing CPU.
-pub fn compute_rate_per_cpu(vms: &[VmOutcome]) -> Option<f64> {
-    let rates: Vec<f64> = vms
-        .iter()
+/// `iters_per_ms` of every CPU that ran the `compute` workload.
+fn compute_rates(vms: &[VmOutcome]) -> Vec<f64> {
+    vms.iter()
         .flat_map(|vm| &vm.results)
         .filter(|r| r.get("workload").is_some_and(|w| w == "compute"))
         .filter_map(|r| num(r, "iters_per_ms"))
-        .collect();
+        .collect()
+}
+
+/// Mean `iters_per_ms` of one computing CPU.
+pub fn compute_rate_per_cpu(vms: &[VmOutcome]) -> Option<f64> {
+    let rates = compute_rates(vms);
     (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64)
 }
 
 /// Sum of `iters_per_ms` over the compute CPUs of the VMs that compute.
 pub fn compute_rate(vms: &[VmOutcome]) -> Option<f64> {
-    let rates: Vec<f64> = vms
-        .iter()
-        .flat_map(|vm| &vm.results)
-        .filter(|r| r.get("workload").is_some_and(|w| w == "compute"))
-        .filter_map(|r| num(r, "iters_per_ms"))
-        .collect();
+    let rates = compute_rates(vms);
     (!rates.is_empty()).then(|| rates.iter().sum())
 }
 
