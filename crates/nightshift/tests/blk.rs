@@ -245,6 +245,10 @@ fn under_idle_requests_run_on_idle_vcpus() {
         "1",
         "--policy",
         "idle",
+        // A generous deadline: with the other tests' VMs on the same 2 CPUs,
+        // the fallback to workers must not be what this test sees.
+        "--deadline-us",
+        "50000",
         "--disk",
         img.to_str().unwrap(),
         "--cmdline",
