@@ -48,6 +48,13 @@ pub enum DiskError {
     Memory(String),
 }
 
+/// Which way the cipher runs.
+#[derive(Clone, Copy)]
+enum Direction {
+    Encrypt,
+    Decrypt,
+}
+
 /// A raw disk image.
 pub struct Disk {
     file: File,
@@ -95,6 +102,23 @@ impl Disk {
         self.flushes.load(Ordering::Relaxed)
     }
 
+    /// Runs the configured cipher over `buf`, whose first sector is `first_sector`.
+    fn transform(&self, dir: Direction, buf: &mut [u8], first_sector: u128) {
+        let Some((xts, passes)) = &self.cipher else {
+            return;
+        };
+        for _ in 0..*passes {
+            match dir {
+                Direction::Encrypt => {
+                    xts.encrypt_area(buf, SECTOR_SIZE as usize, first_sector, get_tweak_default)
+                }
+                Direction::Decrypt => {
+                    xts.decrypt_area(buf, SECTOR_SIZE as usize, first_sector, get_tweak_default)
+                }
+            }
+        }
+    }
+
     fn check_range(&self, sector: u64, len: u32) -> Result<u64, DiskError> {
         let offset = sector.checked_mul(SECTOR_SIZE).filter(|o| {
             o.checked_add(u64::from(len))
@@ -114,16 +138,7 @@ impl Disk {
         let offset = self.check_range(sector, len)?;
         let mut buf = vec![0u8; len as usize];
         self.file.read_exact_at(&mut buf, offset)?;
-        if let Some((xts, passes)) = &self.cipher {
-            for _ in 0..*passes {
-                xts.decrypt_area(
-                    &mut buf,
-                    SECTOR_SIZE as usize,
-                    sector.into(),
-                    get_tweak_default,
-                );
-            }
-        }
+        self.transform(Direction::Decrypt, &mut buf, sector.into());
         scatter(mem, &buf, data)
     }
 
@@ -137,16 +152,7 @@ impl Disk {
     ) -> Result<(), DiskError> {
         let offset = self.check_range(sector, len)?;
         let mut buf = gather(mem, data, len)?;
-        if let Some((xts, passes)) = &self.cipher {
-            for _ in 0..*passes {
-                xts.encrypt_area(
-                    &mut buf,
-                    SECTOR_SIZE as usize,
-                    sector.into(),
-                    get_tweak_default,
-                );
-            }
-        }
+        self.transform(Direction::Encrypt, &mut buf, sector.into());
         self.file.write_all_at(&buf, offset)?;
         Ok(())
     }
@@ -157,16 +163,7 @@ impl Disk {
         let len = u32::try_from(buf.len()).map_err(|_| DiskError::OutOfRange(offset, u32::MAX))?;
         self.check_range(offset / SECTOR_SIZE, len)?;
         self.file.read_exact_at(buf, offset)?;
-        if let Some((xts, passes)) = &self.cipher {
-            for _ in 0..*passes {
-                xts.decrypt_area(
-                    buf,
-                    SECTOR_SIZE as usize,
-                    (offset / SECTOR_SIZE).into(),
-                    get_tweak_default,
-                );
-            }
-        }
+        self.transform(Direction::Decrypt, buf, (offset / SECTOR_SIZE).into());
         Ok(())
     }
 
