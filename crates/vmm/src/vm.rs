@@ -297,11 +297,6 @@ impl RunningVm {
         self.vm.exit.is_reported()
     }
 
-    /// Ends the VM from the host side, as if the guest had exited with `status`.
-    pub fn stop(&self, status: u32) {
-        self.vm.exit.report(ExitReason::Guest(status));
-    }
-
     /// Waits for the VM to end, stops everything, and reports.
     pub fn wait(self) -> RunReport {
         let RunningVm {

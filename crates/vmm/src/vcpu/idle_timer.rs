@@ -43,13 +43,9 @@ impl IdleTimer {
     }
 
     /// Fires once, `after` from now (re-arming replaces a pending expiry).
+    /// A zero `after` would disarm the timer, so it is raised to 1 ns.
     pub fn arm(&self, after: Duration) {
         self.set(after.max(Duration::from_nanos(1)));
-    }
-
-    /// Cancels a pending expiry.
-    pub fn disarm(&self) {
-        self.set(Duration::ZERO);
     }
 
     fn set(&self, after: Duration) {
@@ -100,6 +96,5 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        timer.disarm();
     }
 }
