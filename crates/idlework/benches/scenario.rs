@@ -29,7 +29,7 @@ use hdrhistogram::Histogram;
 use idlework::{
     Config, Context, Engine, Executor, IdleHooks, Item, Place, Policy, Shutdown, Stats, Step,
 };
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -104,10 +104,10 @@ impl Running {
     }
 }
 
-/// A host thread playing a vCPU: idleness and kicks.
+/// A host thread playing a vCPU: it announces its idle phases itself (as a
+/// vCPU thread does under a userspace irqchip) and waits for kicks.
 #[derive(Default)]
 struct Vcpu {
-    idle: AtomicBool,
     kicked: Mutex<bool>,
     cv: Condvar,
 }
@@ -116,10 +116,6 @@ struct Vcpu {
 struct Hooks(Arc<Vcpu>);
 
 impl IdleHooks for Hooks {
-    fn is_idle(&self) -> bool {
-        self.0.idle.load(Ordering::Relaxed)
-    }
-
     fn kick(&self) {
         *self.0.kicked.lock().unwrap() = true;
         self.0.cv.notify_one();
@@ -197,22 +193,29 @@ fn work_item(shared: &Arc<Shared>, cost: Duration) -> Item {
     .with_cost_hint(cost)
 }
 
-/// Blocks as an idle vCPU until `until`, running work whenever kicked.
+/// Blocks as an idle vCPU until `until`, running work whenever claimed:
+/// announce, re-check, wait (the protocol of `Executor::announce_idle`).
 fn idle_phase(vcpu: &Vcpu, exec: &mut Executor, running: &Running, until: Instant) {
     loop {
+        exec.announce_idle();
         let mut kicked = vcpu.kicked.lock().unwrap();
-        vcpu.idle.store(true, Ordering::Relaxed);
-        while !*kicked {
+        let claimed = loop {
+            if *kicked || exec.work_queued() {
+                break true;
+            }
             let now = Instant::now();
             if now >= until {
-                vcpu.idle.store(false, Ordering::Relaxed);
-                return;
+                break false;
             }
             kicked = vcpu.cv.wait_timeout(kicked, until - now).unwrap().0;
-        }
+        };
         *kicked = false;
-        vcpu.idle.store(false, Ordering::Relaxed);
         drop(kicked);
+        // The guest's idle phase ended ("an interrupt"): back to it unless a
+        // submitter claimed this thread meanwhile.
+        if !claimed && !exec.announce_busy() {
+            return;
+        }
         running.enter();
         exec.run_idle(exec.budget());
         running.leave();

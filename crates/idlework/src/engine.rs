@@ -158,7 +158,17 @@ impl Engine {
             executors,
             workers,
             wait: WaitSummary::of(&wait),
+            pickup: WaitSummary::of(&self.pickup_histogram()),
         }
+    }
+
+    /// The pickup latencies of all executors, in ns (see
+    /// [`ExecutorStats::pickup`](crate::ExecutorStats::pickup)): the whole
+    /// distribution, for a benchmark to print or plot.
+    pub fn pickup_histogram(&self) -> hdrhistogram::Histogram<u64> {
+        let mut h = new_histogram();
+        self.shared.executors.merge_pickups(&mut h);
+        h
     }
 
     /// Shuts down: no more submissions (they get their item back in

@@ -5,10 +5,13 @@
 //!
 //! * **inline**, on the thread that finds it, when it is "fairly much
 //!   instantaneous" (cost hint below [`Config::inline_threshold`]);
-//! * on **idle executors**: vCPU threads whose guest is idle. The engine
-//!   kicks *one* idle vCPU out of the guest; its thread calls
-//!   [`Executor::run_idle`], runs items within a budget and re-enters the
-//!   guest;
+//! * on **idle executors**: vCPU threads whose guest is idle. A vCPU thread
+//!   that sees its guest halt *announces* it ([`Executor::announce_idle`]);
+//!   a submitter claims *one* announced executor in O(1) and wakes it, and
+//!   its thread calls [`Executor::run_idle`], runs items within a budget and
+//!   re-enters the guest. Where the halt stays inside the kernel (an
+//!   in-kernel irqchip), the timekeeper *probes* executors
+//!   ([`IdleHooks::probe_idle`]) while work waits, and kicks one;
 //! * on **workers**, a pool that owns the queue and whose awake count
 //!   follows queue depth and the age of the oldest item, so nothing waits
 //!   without bound when the guest never idles.
@@ -25,26 +28,31 @@
 //! use std::sync::Arc;
 //!
 //! /// What a VMM knows about one vCPU.
+//! #[derive(Default)]
 //! struct Vcpu {
-//!     halted: AtomicBool,
-//!     kicked: AtomicBool,
+//!     woken: AtomicBool,
 //! }
 //!
 //! impl IdleHooks for Vcpu {
-//!     fn is_idle(&self) -> bool { self.halted.load(Ordering::Relaxed) }
-//!     fn kick(&self) { self.kicked.store(true, Ordering::Release) } // pthread_kill in a VMM
+//!     // Sticky: ends the thread's wait even if it has not started yet.
+//!     fn kick(&self) { self.woken.store(true, Ordering::Release) } // + futex wake in a VMM
 //! }
 //!
 //! let engine = Engine::new(Config::default())?;
-//! let vcpu = Arc::new(Vcpu { halted: AtomicBool::new(true), kicked: AtomicBool::new(false) });
+//! let vcpu = Arc::new(Vcpu::default());
 //! let mut executor = engine.register_executor("vcpu0", Arc::clone(&vcpu));
 //!
-//! // A device's notify path submits a request.
+//! // The vCPU thread saw its guest halt: it announces it, re-checks for
+//! // work, and would wait now.
+//! executor.announce_idle();
+//! assert!(!executor.work_queued());
+//!
+//! // A device's notify path submits a request: it claims the idle vCPU.
 //! let submitter = engine.submitter();
 //! submitter.submit(Item::from_fn(|| { /* process a virtio request */ }))?;
 //!
-//! // The halted vCPU was kicked; its thread runs the work, then re-enters the guest.
-//! assert!(vcpu.kicked.load(Ordering::Acquire));
+//! // The woken vCPU thread runs the work, then re-enters the guest.
+//! assert!(vcpu.woken.load(Ordering::Acquire));
 //! let report = executor.run_idle(executor.budget());
 //! assert_eq!(report.items, 1);
 //! assert_eq!(engine.stats().ran(Place::Executor, Priority::Normal), 1);
@@ -64,6 +72,7 @@
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+mod announce;
 mod cap;
 mod clock;
 mod config;

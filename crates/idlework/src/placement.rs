@@ -4,11 +4,20 @@
 //! |---------|----------------------------------|------------------------------------------------|------------------------------------------|
 //! | workers | wake a worker at once            | wake a worker when depth asks for a hand, or after `normal_deadline` | as `normal`          |
 //! | inline  | run on the submitting thread     | run on the submitting thread                   | run on the submitting thread             |
-//! | idle    | wake a worker (else kick)        | kick an idle executor, else wake a worker, when depth asks; a worker after `normal_deadline` | kick an idle executor; a worker only after `idle_deadline` |
+//! | idle    | wake a worker (else claim an idle executor) | claim an idle executor, else wake a worker, when depth asks; a worker after `normal_deadline` | claim an idle executor; a worker only after `idle_deadline` |
 //!
 //! Under every policy but `inline`, an item whose cost hint is below the
 //! inline threshold first runs one step on the submitting thread.
+//!
+//! "Claim an idle executor" on the submit path means one that *announced*
+//! itself idle ([`Executor::announce_idle`](crate::Executor::announce_idle)):
+//! a count and a bitmap, O(1), no lock and no call into the VMM but the
+//! kick. When none has, and work waits for an idle executor (`idle_poll`),
+//! the timekeeper is made to look: it claims announced executors too, and
+//! *probes* the others ([`IdleHooks::probe_idle`](crate::IdleHooks::probe_idle),
+//! e.g. KVM's `blocking` statistic under an in-kernel irqchip).
 
+use crate::clock::Nanos;
 use crate::config::Policy;
 use crate::error::SubmitError;
 use crate::item::{Context, Item, Place};
@@ -93,31 +102,31 @@ impl Shared {
     /// was woken for it (a worker, once awake, runs until the queue is
     /// empty), the timekeeper is made to watch its age: a kicked vCPU may
     /// never come, and hands already at work may be stuck in long items.
-    /// The caller has fenced after queueing it.
-    pub(crate) fn place(&self, p: Priority) {
+    /// The caller has fenced after queueing it, at `now`.
+    pub(crate) fn place(&self, p: Priority, now: Nanos) {
         let woke_worker = match (self.config.policy, p) {
             (Policy::Idle, Priority::Urgent) => {
                 self.wake_worker() || {
-                    self.executors.kick_one();
+                    self.executors.claim_announced(now);
                     false
                 }
             }
             (Policy::Idle, Priority::Idle) => {
                 let hands = self.executors.busy();
                 if self.queues.len(p) > hands.saturating_mul(self.config.items_per_worker) {
-                    self.executors.kick_one();
+                    self.executors.claim_announced(now);
                 }
                 false
             }
             (_, Priority::Urgent) => self.wake_worker(),
-            _ => self.grow(),
+            _ => self.grow(now),
         };
         if !woke_worker {
             self.sleep.arm_timer();
             // Nobody is on it yet (an executor at work places what is left
             // when it finishes): make sure the timekeeper looks for one.
             if p != Priority::Urgent && self.executors.busy() == 0 && self.waits_for_idle() {
-                self.sleep.ensure_polling();
+                self.look_for_idle_soon();
             }
         }
     }
@@ -125,8 +134,8 @@ impl Shared {
     /// Adds one hand if the queue depth asks for more than are at work:
     /// an idle executor first (idle policy), else a worker. Returns whether
     /// a worker was woken.
-    pub(crate) fn grow(&self) -> bool {
-        if !self.needs_hand() || (self.idle_policy() && self.executors.kick_one()) {
+    pub(crate) fn grow(&self, now: Nanos) -> bool {
+        if !self.needs_hand() || (self.idle_policy() && self.executors.claim_announced(now)) {
             return false;
         }
         // Waiting for an idle executor: the timekeeper looks for one, and a
@@ -141,7 +150,13 @@ impl Shared {
     /// work waits for executors) exceeds what the hands at work (awake
     /// workers, kicked or running executors) absorb.
     fn needs_hand(&self) -> bool {
-        let awake = self.workers.len().saturating_sub(self.sleep.sleeping());
+        // A worker awake while the CPU cap is full cannot take the item: it
+        // is no hand (with a cap of 0, workers never are).
+        let awake = if self.cap.available() {
+            self.workers.len().saturating_sub(self.sleep.sleeping())
+        } else {
+            0
+        };
         let hands = awake + self.executors.busy();
         let absorbed = hands.saturating_mul(self.config.items_per_worker);
         // Nobody at work: any queued item needs a hand (skip the count).
@@ -167,9 +182,10 @@ impl Shared {
     /// Finds hands again for whatever is still queued (an executor ran out
     /// of budget). The caller has fenced.
     pub(crate) fn place_remaining(&self) {
+        let now = self.clock.now();
         for p in Priority::ALL {
             if !self.queues.is_empty(p) {
-                self.place(p);
+                self.place(p, now);
             }
         }
     }

@@ -1,113 +1,41 @@
-//! The engine's queues: one FIFO per priority class, each knowing the age
-//! of its oldest item.
+//! The engine's queues: one FIFO per priority class, each knowing its
+//! length and the stamp of its oldest item without taking its lock.
 //!
-//! `urgent` and `normal`, the hot classes, use a lock-free queue; their
-//! oldest-item age is a cheap conservative estimate (it may read older,
-//! never younger, so a deadline fires early rather than late, and only a
-//! worker that would help anyway is woken). `idle` work (maintenance, low
-//! rate) sits in a locked deque whose front can be inspected, so an `idle`
-//! item goes to a worker only once *it* is past its deadline.
+//! Each class is a `VecDeque` under a mutex. An uncontended push or pop is
+//! two atomic read-modify-writes (lock and unlock), as many as a lock-free
+//! segment queue needs, but the deque keeps its buffer (a segment queue
+//! allocates and frees a block every 31 items, which was a quarter of the
+//! submit → pickup path's instructions), its length and oldest stamp are
+//! exact (plain stores made under the lock, read without it), and the loom
+//! build model-checks the very same queue. The lock is held only to move
+//! an item in or out; items are dropped and run outside it.
 
 use crate::clock::Nanos;
 use crate::item::Item;
 use crate::priority::{ByPriority, Priority};
 use crate::sync::{lock, AtomicUsize, Mutex, Ordering::SeqCst};
 use std::collections::VecDeque;
+// The oldest stamp decides only when a deadline fires, never whether a
+// wake-up happens: a plain std atomic even under loom.
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A lock-free FIFO whose oldest stamp is estimated.
+/// A locked FIFO whose length and oldest stamp are readable without the lock.
 #[derive(Default)]
-struct Fast {
-    #[cfg(not(loom))]
-    items: crossbeam_queue::SegQueue<Item>,
-    /// Under loom, a deque under a loom mutex: the lock-free queue is not
-    /// loom-aware, so the protocol around it is what gets checked.
-    #[cfg(loom)]
+struct Fifo {
     items: Mutex<VecDeque<Item>>,
-    /// A lower bound of the oldest queued item's stamp: the stamp of the
-    /// last item popped, or of an item pushed into an empty queue. Races
-    /// only lower it. Not part of any synchronisation protocol, hence a
-    /// `std` atomic even under loom.
-    oldest: AtomicU64,
-}
-
-impl Fast {
-    #[cfg(not(loom))]
-    fn raw_push(&self, item: Item) {
-        self.items.push(item);
-    }
-
-    #[cfg(not(loom))]
-    fn raw_pop(&self) -> Option<Item> {
-        self.items.pop()
-    }
-
-    #[cfg(not(loom))]
-    fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    #[cfg(not(loom))]
-    fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
-
-    #[cfg(loom)]
-    fn raw_push(&self, item: Item) {
-        lock(&self.items).push_back(item);
-    }
-
-    #[cfg(loom)]
-    fn raw_pop(&self) -> Option<Item> {
-        lock(&self.items).pop_front()
-    }
-
-    #[cfg(loom)]
-    fn len(&self) -> usize {
-        lock(&self.items).len()
-    }
-
-    #[cfg(loom)]
-    fn is_empty(&self) -> bool {
-        lock(&self.items).is_empty()
-    }
-
-    fn push(&self, item: Item) {
-        if self.is_empty() {
-            self.raise_oldest(item.stamp);
-        }
-        self.raw_push(item);
-    }
-
-    fn pop(&self) -> Option<Item> {
-        let item = self.raw_pop()?;
-        self.raise_oldest(item.stamp);
-        Some(item)
-    }
-
-    /// Non-atomic max: a lost race leaves a lower (conservative) value.
-    fn raise_oldest(&self, stamp: Nanos) {
-        if stamp > self.oldest.load(Ordering::Relaxed) {
-            self.oldest.store(stamp, Ordering::Relaxed);
-        }
-    }
-
-    fn oldest(&self) -> Option<Nanos> {
-        (!self.is_empty()).then(|| self.oldest.load(Ordering::Relaxed))
-    }
-}
-
-/// A locked FIFO whose front can be inspected.
-#[derive(Default)]
-struct Exact {
-    items: Mutex<VecDeque<Item>>,
-    /// `items.len()`, readable without the lock (written under it).
+    /// `items.len()`, written under the lock. Part of the sleep/wake
+    /// protocol: a submitter's push is seen through it after a fence.
     len: AtomicUsize,
+    /// The front item's stamp while `len > 0`, written under the lock.
+    front: AtomicU64,
 }
 
-impl Exact {
+impl Fifo {
     fn push(&self, item: Item) {
         let mut q = lock(&self.items);
+        if q.is_empty() {
+            self.front.store(item.stamp, Ordering::Relaxed);
+        }
         q.push_back(item);
         self.len.store(q.len(), SeqCst);
     }
@@ -117,7 +45,13 @@ impl Exact {
             return None;
         }
         let mut q = lock(&self.items);
-        let item = due(q.front()?.stamp).then(|| q.pop_front()).flatten();
+        if !due(q.front()?.stamp) {
+            return None;
+        }
+        let item = q.pop_front();
+        if let Some(next) = q.front() {
+            self.front.store(next.stamp, Ordering::Relaxed);
+        }
         self.len.store(q.len(), SeqCst);
         item
     }
@@ -127,32 +61,24 @@ impl Exact {
     }
 
     fn oldest(&self) -> Option<Nanos> {
-        lock(&self.items).front().map(|i| i.stamp)
+        (self.len() > 0).then(|| self.front.load(Ordering::Relaxed))
     }
 }
 
 /// The queues of all three classes.
 #[derive(Default)]
 pub(crate) struct Queues {
-    urgent: Fast,
-    normal: Fast,
-    idle: Exact,
+    by_class: [Fifo; 3],
 }
 
 impl Queues {
-    fn fast(&self, p: Priority) -> &Fast {
-        match p {
-            Priority::Urgent => &self.urgent,
-            _ => &self.normal,
-        }
+    fn fifo(&self, p: Priority) -> &Fifo {
+        &self.by_class[p.index()]
     }
 
     /// Queues `item` at the back of its class; its stamp must be set.
     pub(crate) fn push(&self, item: Item) {
-        match item.priority() {
-            Priority::Idle => self.idle.push(item),
-            p => self.fast(p).push(item),
-        }
+        self.fifo(item.priority()).push(item);
     }
 
     /// Takes the oldest item of class `p`.
@@ -160,24 +86,14 @@ impl Queues {
         self.pop_if(p, |_| true)
     }
 
-    /// Takes the oldest item of class `p` if `due(its stamp)` holds (for
-    /// the hot classes, the estimated stamp).
+    /// Takes the oldest item of class `p` if `due(its stamp)` holds.
     pub(crate) fn pop_if(&self, p: Priority, due: impl FnOnce(Nanos) -> bool) -> Option<Item> {
-        match p {
-            Priority::Idle => self.idle.pop_if(due),
-            p => {
-                let fifo = self.fast(p);
-                due(fifo.oldest()?).then(|| fifo.pop()).flatten()
-            }
-        }
+        self.fifo(p).pop_if(due)
     }
 
     /// Whether class `p` has nothing queued.
     pub(crate) fn is_empty(&self, p: Priority) -> bool {
-        match p {
-            Priority::Idle => self.idle.len() == 0,
-            p => self.fast(p).is_empty(),
-        }
+        self.fifo(p).len() == 0
     }
 
     /// Whether no class has anything queued.
@@ -185,21 +101,14 @@ impl Queues {
         Priority::ALL.into_iter().all(|p| self.is_empty(p))
     }
 
-    /// The stamp of class `p`'s oldest item, if any (an estimate that may
-    /// read older for the hot classes).
+    /// The stamp of class `p`'s oldest item, if any.
     pub(crate) fn oldest(&self, p: Priority) -> Option<Nanos> {
-        match p {
-            Priority::Idle => self.idle.oldest(),
-            p => self.fast(p).oldest(),
-        }
+        self.fifo(p).oldest()
     }
 
     /// Items queued in class `p`.
     pub(crate) fn len(&self, p: Priority) -> usize {
-        match p {
-            Priority::Idle => self.idle.len(),
-            p => self.fast(p).len(),
-        }
+        self.fifo(p).len()
     }
 
     /// Items queued in each class.
@@ -254,15 +163,14 @@ mod tests {
     }
 
     #[test]
-    fn hot_ages_never_read_younger_than_the_truth() {
+    fn hot_ages_are_exact_too() {
         let q = Queues::default();
         assert_eq!(q.oldest(Priority::Normal), None);
         q.push(stamped(Priority::Normal, 10));
         q.push(stamped(Priority::Normal, 20));
         assert_eq!(q.oldest(Priority::Normal), Some(10));
         q.pop(Priority::Normal);
-        // The estimate may lag (10) but never exceeds the truth (20).
-        assert!(q.oldest(Priority::Normal).unwrap() <= 20);
+        assert_eq!(q.oldest(Priority::Normal), Some(20));
         q.pop(Priority::Normal);
         assert_eq!(q.oldest(Priority::Normal), None);
         q.push(stamped(Priority::Normal, 30));

@@ -210,7 +210,18 @@ impl Shared {
         let p = item.priority();
         self.queues.push(item);
         crate::sync::fence(Ordering::SeqCst);
-        self.place(p);
+        self.place(p, now);
+    }
+
+    /// Work waits for an idle executor and none has announced itself: has
+    /// the timekeeper look (claim announced ones, probe the others) at the
+    /// base poll interval. New work is a reason to look again soon.
+    pub(crate) fn look_for_idle_soon(&self) {
+        if self.poll_backoff.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+            self.poll_backoff
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.sleep.ensure_polling();
     }
 }
 
@@ -252,7 +263,8 @@ impl Watch for Shared {
         {
             return None;
         }
-        if self.executors.kick_one() {
+        let now = self.clock.now();
+        if self.executors.claim_idle(now) {
             self.poll_backoff
                 .store(0, std::sync::atomic::Ordering::Relaxed);
             return None;
@@ -260,7 +272,7 @@ impl Watch for Shared {
         // The cap leaves no worker for work past its deadline: a vCPU takes
         // it on its own thread, guest idle or not (the fallback that keeps a
         // never-idle guest's I/O going without adding a thread).
-        if !self.cap.available() && self.overdue() && self.executors.force_one() {
+        if !self.cap.available() && self.overdue() && self.executors.force_one(now) {
             return None;
         }
         // Nobody idle: look again, less often each time nobody is (every

@@ -145,6 +145,11 @@ pub struct ExecutorStats {
     pub kicks_useful: u64,
     /// Queue wait of the items it took.
     pub wait: WaitSummary,
+    /// Pickup latency: from the moment the engine knew its guest idle with
+    /// work queued for it (a claim: the submitter or timekeeper that found
+    /// it idle; or the halt, for [`Executor::run_idle_since`](crate::Executor::run_idle_since))
+    /// to the start of the first item of that run.
+    pub pickup: WaitSummary,
 }
 
 /// One worker's statistics.
@@ -187,6 +192,9 @@ pub struct Stats {
     pub workers: Vec<WorkerStats>,
     /// Queue wait over all executors and workers.
     pub wait: WaitSummary,
+    /// Pickup latency over all executors (see [`ExecutorStats::pickup`];
+    /// the whole distribution is [`Engine::pickup_histogram`](crate::Engine::pickup_histogram)).
+    pub pickup: WaitSummary,
 }
 
 impl Stats {

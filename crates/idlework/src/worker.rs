@@ -92,7 +92,7 @@ fn work(shared: &Shared, me: usize) {
         if !grown {
             // Like rayon: a worker that found work wakes the next hand if
             // the depth asks for one, so hands are added one at a time.
-            let _ = shared.grow();
+            let _ = shared.grow(session.now());
             grown = true;
         }
         session.run(item, slice);

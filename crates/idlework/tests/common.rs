@@ -10,11 +10,16 @@ use std::time::Duration;
 /// A safety net for waits on other threads; never a timing assertion.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// A fake vCPU: its idleness is set by the test; kicks are counted.
+/// A fake vCPU: what its probe answers is set by the test (`idle`, as KVM's
+/// `blocking` statistic would); kicks are counted, and probes made on a
+/// thread that is not one of the engine's workers (the submit path must
+/// never probe).
 #[derive(Clone, Default)]
 pub struct FakeVcpu {
     pub idle: Arc<AtomicBool>,
     pub kicks: Arc<AtomicUsize>,
+    pub probes: Arc<AtomicUsize>,
+    pub foreign_probes: Arc<AtomicUsize>,
 }
 
 impl FakeVcpu {
@@ -33,13 +38,23 @@ impl FakeVcpu {
     }
 }
 
-impl IdleHooks for FakeVcpu {
-    fn is_idle(&self) -> bool {
-        self.idle.load(Ordering::SeqCst)
-    }
+/// The engine's worker threads' name prefix in `Config::default()`.
+pub const WORKER_PREFIX: &str = "idlework-";
 
+impl IdleHooks for FakeVcpu {
     fn kick(&self) {
         self.kicks.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn probe_idle(&self) -> bool {
+        self.probes.fetch_add(1, Ordering::SeqCst);
+        let on_worker = std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with(WORKER_PREFIX));
+        if !on_worker {
+            self.foreign_probes.fetch_add(1, Ordering::SeqCst);
+        }
+        self.idle.load(Ordering::SeqCst)
     }
 }
 

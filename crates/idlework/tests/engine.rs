@@ -160,6 +160,9 @@ fn idle_policy_kicks_exactly_one_idle_executor() {
         .enumerate()
         .map(|(i, v)| engine.register_executor(format!("vcpu{i}"), v.clone()))
         .collect();
+    // The two idle vCPUs' threads announce it.
+    execs[0].announce_idle();
+    execs[1].announce_idle();
     let (tx, rx) = reporting();
     engine.submit(item(&tx, 0)).unwrap();
     let kicked: Vec<usize> = vcpus.iter().map(FakeVcpu::kicks).collect();
@@ -184,6 +187,7 @@ fn a_kick_that_finds_nothing_is_counted_useless() {
     let (a, b) = (FakeVcpu::idle(), FakeVcpu::busy());
     let mut exec_a = engine.register_executor("a", a.clone());
     let mut exec_b = engine.register_executor("b", b.clone());
+    exec_a.announce_idle();
     let (tx, rx) = reporting();
     engine.submit(item(&tx, 0)).unwrap();
     assert_eq!((a.kicks(), b.kicks()), (1, 0));
@@ -277,7 +281,8 @@ fn with_polling_depth_still_wakes_workers() {
 fn urgent_work_wakes_a_worker_even_with_an_idle_executor() {
     let engine = Engine::new(patient(Policy::Idle)).unwrap();
     let vcpu = FakeVcpu::idle();
-    let _exec = engine.register_executor("vcpu0", vcpu.clone());
+    let exec = engine.register_executor("vcpu0", vcpu.clone());
+    exec.announce_idle();
     let (tx, rx) = reporting();
     engine
         .submit(item(&tx, 0).with_priority(Priority::Urgent))
@@ -289,14 +294,15 @@ fn urgent_work_wakes_a_worker_even_with_an_idle_executor() {
 
 #[test]
 fn normal_deadline_hands_work_to_a_worker_when_the_kicked_vcpu_never_comes() {
-    // The vCPU looks idle, is kicked, but never calls run_idle.
+    // The vCPU announces itself idle, is kicked, but never calls run_idle.
     let engine = Engine::new(Config {
         normal_deadline: Duration::from_millis(20),
         ..patient(Policy::Idle)
     })
     .unwrap();
     let vcpu = FakeVcpu::idle();
-    let _exec = engine.register_executor("vcpu0", vcpu.clone());
+    let exec = engine.register_executor("vcpu0", vcpu.clone());
+    exec.announce_idle();
     let (tx, rx) = reporting();
     engine.submit(item(&tx, 0)).unwrap();
     expect_each_once(&rx, 1);
@@ -360,6 +366,7 @@ fn idle_work_goes_to_an_idle_executor() {
     let engine = Engine::new(patient(Policy::Idle)).unwrap();
     let vcpu = FakeVcpu::idle();
     let mut exec = engine.register_executor("vcpu0", vcpu.clone());
+    exec.announce_idle();
     let (tx, rx) = reporting();
     engine
         .submit(yielding(&tx, 0, 4).with_priority(Priority::Idle))
@@ -420,6 +427,7 @@ fn yielding_items_are_time_sliced_on_workers() {
 fn a_panicking_item_is_counted_and_kills_nothing() {
     let engine = Engine::new(patient(Policy::Idle)).unwrap();
     let mut exec = engine.register_executor("vcpu0", FakeVcpu::idle());
+    exec.announce_idle();
     engine
         .submit(Item::from_fn(|| panic!("bad item on an executor")))
         .unwrap();
@@ -646,6 +654,7 @@ fn dropping_a_kicked_executor_finds_the_work_another_hand() {
     let engine = Engine::new(patient(Policy::Idle)).unwrap();
     let vcpu = FakeVcpu::idle();
     let exec = engine.register_executor("vcpu0", vcpu.clone());
+    exec.announce_idle();
     let (tx, rx) = reporting();
     engine.submit(item(&tx, 0)).unwrap();
     assert_eq!(vcpu.kicks(), 1);
@@ -790,4 +799,119 @@ fn a_zero_cap_needs_the_idle_policy() {
         };
         assert!(config.validate().is_err(), "{policy:?}");
     }
+}
+
+#[test]
+fn an_announced_executor_is_claimed_without_any_probe() {
+    let engine = Engine::new(patient(Policy::Idle)).unwrap();
+    let (a, b) = (FakeVcpu::busy(), FakeVcpu::busy());
+    let mut exec_a = engine.register_executor("a", a.clone());
+    let exec_b = engine.register_executor("b", b.clone());
+    exec_b.announce_idle();
+    let (tx, rx) = reporting();
+    engine.submit(item(&tx, 0)).unwrap();
+    assert_eq!(
+        (a.kicks(), b.kicks()),
+        (0, 1),
+        "the announced one is claimed"
+    );
+    // A second item finds nobody announced (the claim cleared it) and b on it.
+    engine.submit(item(&tx, 1)).unwrap();
+    assert_eq!(b.kicks(), 1);
+    assert_eq!(
+        a.probes.load(Ordering::SeqCst) + b.probes.load(Ordering::SeqCst),
+        0
+    );
+    drop(exec_b); // retires while kicked: its work must stay findable
+    exec_a.announce_idle();
+    assert!(
+        exec_a.work_queued(),
+        "the re-check after announcing sees it"
+    );
+    assert_eq!(exec_a.run_idle(Duration::from_secs(1)).items, 2);
+    expect_each_once(&rx, 2);
+}
+
+#[test]
+fn announce_busy_says_whether_a_claim_came_first() {
+    let engine = Engine::new(patient(Policy::Idle)).unwrap();
+    let vcpu = FakeVcpu::busy();
+    let mut exec = engine.register_executor("vcpu0", vcpu.clone());
+    assert!(!exec.announce_busy(), "never announced");
+    exec.announce_idle();
+    assert!(!exec.announce_busy(), "withdrawn before any claim");
+    let (tx, rx) = reporting();
+    engine.submit(item(&tx, 0)).unwrap();
+    assert_eq!(vcpu.kicks(), 0, "a withdrawn executor is not claimed");
+    exec.announce_idle();
+    assert!(
+        exec.work_queued(),
+        "the re-check after announcing sees the item"
+    );
+    engine.submit(item(&tx, 1)).unwrap();
+    assert_eq!(vcpu.kicks(), 1);
+    assert!(
+        exec.announce_busy(),
+        "claimed: the thread must run the work"
+    );
+    assert_eq!(exec.run_idle(Duration::from_secs(1)).items, 2);
+    expect_each_once(&rx, 2);
+}
+
+#[test]
+fn pickup_latency_is_counted_for_claims_and_for_halts_seen_by_the_thread() {
+    let engine = Engine::new(patient(Policy::Idle)).unwrap();
+    let mut exec = engine.register_executor("vcpu0", FakeVcpu::busy());
+    let (tx, rx) = reporting();
+    // A claim: announced, then work arrives.
+    exec.announce_idle();
+    engine.submit(item(&tx, 0)).unwrap();
+    assert!(exec.run_idle(Duration::from_secs(1)).kicked);
+    // The thread's own halt: work was queued, the thread saw the HLT.
+    engine.submit(item(&tx, 1)).unwrap();
+    let halted_at = Instant::now();
+    assert!(exec.work_queued());
+    assert_eq!(
+        exec.run_idle_since(Duration::from_secs(1), halted_at).items,
+        1
+    );
+    // A run that nobody asked for and no halt is not a pickup.
+    engine.submit(item(&tx, 2)).unwrap();
+    assert_eq!(exec.run_idle(Duration::from_secs(1)).items, 1);
+    expect_each_once(&rx, 3);
+    let stats = engine.stats();
+    assert_eq!(stats.executors[0].pickup.count, 2);
+    assert_eq!(stats.pickup.count, 2);
+    assert_eq!(engine.pickup_histogram().len(), 2);
+}
+
+#[test]
+fn the_submit_path_never_probes_the_timekeeper_does() {
+    // In-kernel irqchip: the guest is idle but the thread cannot say so.
+    let engine = Engine::new(patient(Policy::Idle)).unwrap();
+    let vcpu = FakeVcpu::idle();
+    let mut exec = engine.register_executor("vcpu0", vcpu.clone());
+    let (tx, rx) = reporting();
+    engine.submit(item(&tx, 0)).unwrap();
+    let start = Instant::now();
+    while vcpu.kicks() == 0 {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the probe never found the idle vCPU"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(exec.run_idle(exec.budget()).kicked);
+    expect_each_once(&rx, 1);
+    assert!(vcpu.probes.load(Ordering::SeqCst) >= 1);
+    assert_eq!(
+        vcpu.foreign_probes.load(Ordering::SeqCst),
+        0,
+        "a probe ran outside the engine's workers"
+    );
+    assert_eq!(
+        engine.stats().pickup.count,
+        1,
+        "the probe's claim is a pickup"
+    );
 }

@@ -108,7 +108,7 @@ impl Vcpu {
 }
 
 impl IdleHooks for Vcpu {
-    fn is_idle(&self) -> bool {
+    fn probe_idle(&self) -> bool {
         self.idle
     }
 
@@ -319,5 +319,71 @@ fn a_yielding_item_finishes_exactly_once() {
         drop(vcpu_thread.join().unwrap());
         assert!(engine.shutdown(Shutdown::Drain).is_empty());
         assert_eq!(done.runs(), vec![2]);
+    });
+}
+
+/// Only executors may run work (a CPU cap of 0), so an item reaches a hand
+/// only through the announce/claim protocol: a lost wake-up deadlocks.
+fn executors_only() -> Config {
+    Config {
+        cpu_cap: Some(0),
+        ..config(Policy::Idle)
+    }
+}
+
+#[test]
+fn an_item_submitted_while_an_executor_announces_idle_is_picked_up() {
+    check(|| {
+        let engine = Engine::new(executors_only()).unwrap();
+        let vcpu = Vcpu::new(false);
+        let mut exec = engine.register_executor("vcpu0", vcpu.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (v, s) = (vcpu.clone(), Arc::clone(&stop));
+        let vcpu_thread = thread::spawn(move || {
+            // The protocol: announce, re-check, wait.
+            exec.announce_idle();
+            if exec.work_queued() || v.wait_kick(&s) {
+                exec.run_idle(HOUR);
+            }
+            exec
+        });
+        let done = Done::default();
+        engine.submit(done.item(0)).unwrap();
+        done.wait_for(1);
+        vcpu.release(&stop);
+        drop(vcpu_thread.join().unwrap());
+        assert!(engine.shutdown(Shutdown::Drain).is_empty());
+        assert_eq!(done.runs(), vec![0]);
+    });
+}
+
+#[test]
+fn an_executor_that_withdraws_its_announcement_loses_no_claim() {
+    check(|| {
+        let engine = Engine::new(executors_only()).unwrap();
+        let vcpu = Vcpu::new(false);
+        let mut exec = engine.register_executor("vcpu0", vcpu.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (v, s) = (vcpu.clone(), Arc::clone(&stop));
+        let vcpu_thread = thread::spawn(move || {
+            exec.announce_idle();
+            // An interrupt ends the wait: back to the guest unless claimed.
+            if exec.announce_busy() {
+                exec.run_idle(HOUR);
+            }
+            // The guest halts again.
+            exec.announce_idle();
+            if exec.work_queued() || v.wait_kick(&s) {
+                exec.run_idle(HOUR);
+            }
+            exec
+        });
+        let done = Done::default();
+        engine.submit(done.item(0)).unwrap();
+        done.wait_for(1);
+        vcpu.release(&stop);
+        drop(vcpu_thread.join().unwrap());
+        assert!(engine.shutdown(Shutdown::Drain).is_empty());
+        assert_eq!(done.runs(), vec![0]);
     });
 }
