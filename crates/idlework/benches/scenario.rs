@@ -83,6 +83,7 @@ fn engine_config(policy: Policy) -> Config {
         cpu_cap: None,
         thread_name: "iw-".into(),
         idle_poll: Some(Duration::from_micros(50)),
+        on_thread_start: None,
     }
 }
 

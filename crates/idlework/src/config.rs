@@ -1,6 +1,7 @@
 //! Engine configuration and its validation.
 
 use crate::error::ConfigError;
+use crate::thread_start::ThreadStartHook;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -97,13 +98,21 @@ pub struct Config {
     /// Linux keeps 15 bytes of a thread name.
     pub thread_name: String,
     /// Under [`Policy::Idle`]: while work waits for an idle executor, look
-    /// for one this often (the timekeeping worker asks
-    /// [`IdleHooks::is_idle`](crate::IdleHooks::is_idle)). A vCPU that goes
+    /// for one this often (the timekeeping worker claims executors that
+    /// announced themselves idle and asks the others'
+    /// [`IdleHooks::probe_idle`](crate::IdleHooks::probe_idle)). A vCPU that goes
     /// idle after work was submitted is then used, and `normal` work waits
     /// for one up to `normal_deadline` unless the queue depth asks for a
     /// worker. `None`: only executors idle at submit time are kicked, and
     /// `normal` work goes to a worker when none is.
     pub idle_poll: Option<Duration>,
+    /// Called at the start of every thread the engine spawns (its
+    /// workers), on that thread, before it takes any item: where a VMM
+    /// installs the thread's seccomp filter and CPU affinity. If it fails
+    /// or panics, [`Engine::new`](crate::Engine::new) fails; see
+    /// [`ThreadStartHook`].
+    #[serde(skip)]
+    pub on_thread_start: Option<ThreadStartHook>,
 }
 
 impl Default for Config {
@@ -119,6 +128,7 @@ impl Default for Config {
             cpu_cap: None,
             thread_name: "idlework-".to_owned(),
             idle_poll: Some(Duration::from_micros(50)),
+            on_thread_start: None,
         }
     }
 }

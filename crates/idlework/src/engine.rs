@@ -11,7 +11,9 @@ use crate::priority::Priority;
 use crate::shared::{Mode, Shared};
 use crate::stats::{new_histogram, Stats, WaitSummary};
 use crate::sync::{thread, Arc};
+use crate::thread_start::StartFailure;
 use crate::worker;
+use std::sync::mpsc::Receiver;
 
 /// What [`Engine::shutdown`] does with queued items.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,12 +95,46 @@ impl Engine {
             shared,
             done: false,
         };
+        let hooked = engine.shared.config.on_thread_start.is_some();
+        let (report, reports) = std::sync::mpsc::channel();
         for me in 0..engine.shared.workers.len() {
+            let report = hooked.then(|| report.clone());
             // On error, dropping `engine` stops the workers already started.
-            engine.workers.push(worker::spawn(&engine.shared, me)?);
+            engine
+                .workers
+                .push(worker::spawn(&engine.shared, me, report)?);
+        }
+        drop(report);
+        if hooked {
+            engine.check_starts(&reports)?;
         }
         engine.wait_for_workers_asleep();
         Ok(engine)
+    }
+
+    /// Waits for every worker's thread-start hook; the first failure is
+    /// the engine's (dropping it then stops the workers that did start).
+    fn check_starts(
+        &self,
+        reports: &Receiver<(usize, Result<(), StartFailure>)>,
+    ) -> Result<(), Error> {
+        let mut first = None;
+        for _ in 0..self.workers.len() {
+            let Ok((me, outcome)) = reports.recv() else {
+                break; // a worker died before reporting: counted below
+            };
+            let thread = self.shared.workers[me].name.clone();
+            match (outcome, &first) {
+                (Ok(()), _) | (Err(_), Some(_)) => {}
+                (Err(StartFailure::Failed(source)), None) => {
+                    first = Some(Error::ThreadStart { thread, source })
+                }
+                (Err(StartFailure::Panicked), None) => {
+                    first = Some(Error::ThreadStartPanicked { thread })
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// Lets new workers reach their first sleep, so the first submissions

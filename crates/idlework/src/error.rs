@@ -48,6 +48,23 @@ pub enum Error {
     /// A worker thread could not be spawned.
     #[error("cannot spawn worker thread: {0}")]
     Spawn(#[from] std::io::Error),
+    /// The [thread-start hook](crate::Config::on_thread_start) failed on a
+    /// thread; the engine was stopped again.
+    #[error("the thread-start hook failed on thread {thread}")]
+    ThreadStart {
+        /// The thread's name.
+        thread: String,
+        /// What the hook returned.
+        #[source]
+        source: crate::thread_start::HookError,
+    },
+    /// The thread-start hook panicked on a thread; the engine was stopped
+    /// again.
+    #[error("the thread-start hook panicked on thread {thread}")]
+    ThreadStartPanicked {
+        /// The thread's name.
+        thread: String,
+    },
 }
 
 /// A submission the engine did not accept. The item is handed back, never

@@ -89,6 +89,7 @@ mod shared;
 mod sleep;
 mod stats;
 mod sync;
+mod thread_start;
 mod worker;
 
 pub use clock::{Clock, ManualClock};
@@ -100,3 +101,4 @@ pub use item::{Context, Item, Place, Step, Work};
 pub use placement::Submitted;
 pub use priority::{ByPriority, Priority};
 pub use stats::{ExecutorStats, RunnerSummary, Stats, WaitSummary, WorkerStats};
+pub use thread_start::{HookError, ThreadInfo, ThreadRole, ThreadStartFn, ThreadStartHook};

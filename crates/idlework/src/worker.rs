@@ -6,6 +6,7 @@ use crate::shared::{Mode, Shared};
 use crate::sleep::Wake;
 use crate::stats::{RunnerStats, WaitSummary, WorkerStats};
 use crate::sync::{stat::Counter, thread, Arc};
+use crate::thread_start::{run_hook, StartFailure, ThreadInfo, ThreadRole};
 
 /// Items a worker runs before publishing its counters.
 const FLUSH_EVERY: u32 = 64;
@@ -44,13 +45,34 @@ impl WorkerSlot {
     }
 }
 
-/// Starts worker `me`.
-pub(crate) fn spawn(shared: &Arc<Shared>, me: usize) -> std::io::Result<thread::JoinHandle<()>> {
+/// Where a starting worker reports how its thread-start hook went.
+pub(crate) type StartReport = std::sync::mpsc::Sender<(usize, Result<(), StartFailure>)>;
+
+/// Starts worker `me`. With a thread-start hook configured, the thread runs
+/// it first and reports on `started`; it takes items only if it succeeded.
+pub(crate) fn spawn(
+    shared: &Arc<Shared>,
+    me: usize,
+    started: Option<StartReport>,
+) -> std::io::Result<thread::JoinHandle<()>> {
     let name = shared.workers[me].name.clone();
     let shared = Arc::clone(shared);
-    thread::Builder::new()
-        .name(name)
-        .spawn(move || run(&shared, me))
+    thread::Builder::new().name(name.clone()).spawn(move || {
+        let info = ThreadInfo {
+            role: ThreadRole::Worker,
+            index: me,
+            name,
+        };
+        let outcome = run_hook(shared.config.on_thread_start.as_ref(), &info);
+        let ok = outcome.is_ok();
+        if let Some(report) = started {
+            // The engine is waiting in `Engine::new`; it cannot have gone.
+            let _ = report.send((me, outcome));
+        }
+        if ok {
+            run(&shared, me);
+        }
+    })
 }
 
 /// A worker's life: run what it may take, sleep, repeat; exit on shutdown.
