@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::error::{Error, SubmitError};
 use crate::executor::{Executor, IdleHooks};
 use crate::item::Item;
+use crate::lane::Lane;
 use crate::placement::Submitted;
 use crate::priority::Priority;
 use crate::shared::{Mode, Shared};
@@ -165,6 +166,12 @@ impl Engine {
         self.shared.submit(item, true)
     }
 
+    /// A new ordered lane: items submitted to it run one at a time, in
+    /// submission order, on whichever hand takes them (see [`Lane`]).
+    pub fn lane(&self) -> Lane {
+        Lane::new(self.submitter(), self.shared.id)
+    }
+
     /// Registers a vCPU as an idle executor. Keep the returned handle on
     /// the vCPU thread.
     pub fn register_executor(&self, name: impl Into<String>, hooks: impl IdleHooks) -> Executor {
@@ -247,7 +254,7 @@ impl Engine {
                 tracing::error!("an idlework worker panicked");
             }
         }
-        let left = shared.queues.drain();
+        let left = with_lane_backlogs(shared.queues.drain());
         tracing::debug!(left = left.len(), ?how, "engine shut down");
         match how {
             Shutdown::Return => left,
@@ -258,6 +265,21 @@ impl Engine {
             }
         }
     }
+}
+
+/// Shutdown's queued items, each lane's active item followed by that lane's
+/// backlog in order. No item is running now (workers are joined, the gate
+/// is closed), so every lane with a backlog has its active item here.
+fn with_lane_backlogs(left: Vec<Item>) -> Vec<Item> {
+    let mut out = Vec::with_capacity(left.len());
+    for item in left {
+        let lane = item.lane.clone();
+        out.push(item);
+        if let Some(lane) = lane {
+            out.extend(lane.take_backlog());
+        }
+    }
+    out
 }
 
 impl Drop for Engine {

@@ -74,13 +74,16 @@ pub enum SubmitError {
     /// The engine is shutting down or shut down.
     #[error("the engine is shut down")]
     ShutDown(Item),
+    /// The item is in a lane of another engine.
+    #[error("the item's lane belongs to another engine")]
+    ForeignLane(Item),
 }
 
 impl SubmitError {
     /// The rejected item.
     pub fn into_item(self) -> Item {
         match self {
-            SubmitError::ShutDown(item) => item,
+            SubmitError::ShutDown(item) | SubmitError::ForeignLane(item) => item,
         }
     }
 }

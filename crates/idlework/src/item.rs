@@ -1,9 +1,11 @@
 //! Work items: what runs, at which priority, and how it yields.
 
 use crate::clock::Nanos;
+use crate::lane::{Lane, LaneQueue};
 use crate::priority::Priority;
 use serde::Serialize;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a step of work asks for next.
@@ -126,6 +128,8 @@ pub struct Item {
     cost_hint: Option<Duration>,
     /// When the item was last queued (engine clock).
     pub(crate) stamp: Nanos,
+    /// The ordered lane it belongs to, if any.
+    pub(crate) lane: Option<Arc<LaneQueue>>,
 }
 
 impl Item {
@@ -136,6 +140,7 @@ impl Item {
             priority: Priority::Normal,
             cost_hint: None,
             stamp: 0,
+            lane: None,
         }
     }
 
@@ -155,6 +160,14 @@ impl Item {
     /// run on the submitting thread.
     pub fn with_cost_hint(mut self, cost: Duration) -> Self {
         self.cost_hint = Some(cost);
+        self
+    }
+
+    /// Puts the item in `lane`: submitted (through any submitter of the
+    /// lane's engine), it runs only after every item submitted to the lane
+    /// before it has finished. Same as [`Lane::submit`].
+    pub fn in_lane(mut self, lane: &Lane) -> Self {
+        self.lane = Some(Arc::clone(&lane.queue));
         self
     }
 
@@ -189,6 +202,7 @@ impl fmt::Debug for Item {
         f.debug_struct("Item")
             .field("priority", &self.priority)
             .field("cost_hint", &self.cost_hint)
+            .field("in_lane", &self.lane.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -45,6 +45,16 @@ impl Shared {
         let Some(_pass) = self.gate.enter() else {
             return Err(SubmitError::ShutDown(item));
         };
+        if let Some(lane) = item.lane.clone() {
+            if lane.engine != self.id {
+                return Err(SubmitError::ForeignLane(item));
+            }
+            item.stamp = self.clock.now();
+            match lane.admit(item) {
+                Some(active) => item = active,
+                None => return Ok(Submitted::Queued), // behind the lane's active item
+            }
+        }
         if self.config.policy == Policy::Inline {
             self.run_inline(item, true);
             return Ok(Submitted::Inline);
@@ -85,12 +95,19 @@ impl Shared {
                 self.config.inline_threshold
             },
         };
-        let p = item.priority();
         let mut tally = Tally::default();
         let rest = loop {
-            match account(&mut tally, p, step(item, &cx)) {
-                Some(yielded) if to_completion => item = yielded,
-                rest => break rest,
+            let p = item.priority();
+            let (outcome, next) = step(item, &cx);
+            match (account(&mut tally, p, outcome), next) {
+                (Some(yielded), _) if to_completion => item = yielded,
+                // Running to completion here: its lane's next item too.
+                (None, Some(next)) if to_completion => item = next,
+                (None, Some(next)) => {
+                    self.enqueue_next_in_lane(next, self.clock.now());
+                    break None;
+                }
+                (rest, _) => break rest,
             }
         };
         tally.busy_ns = self.clock.now().saturating_sub(start);
@@ -177,6 +194,16 @@ impl Shared {
                 self.wake_worker();
             }
         }
+    }
+
+    /// Queues the next item of a lane whose active item just finished,
+    /// keeping its stamp (when it was submitted to the lane), and finds it
+    /// a hand.
+    pub(crate) fn enqueue_next_in_lane(&self, item: Item, now: Nanos) {
+        let p = item.priority();
+        self.queues.push(item);
+        fence(Ordering::SeqCst);
+        self.place(p, now);
     }
 
     /// Finds hands again for whatever is still queued (an executor ran out

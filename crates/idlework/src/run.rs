@@ -21,16 +21,24 @@ pub(crate) enum Outcome {
 }
 
 /// Runs one step of `item`, catching a panic so a bad item cannot take
-/// down a worker or a vCPU thread.
-pub(crate) fn step(mut item: Item, cx: &Context) -> Outcome {
-    match catch_unwind(AssertUnwindSafe(|| item.step(cx))) {
+/// down a worker or a vCPU thread. Also returns the next item of its lane
+/// if it finished (done or panicked) and the lane has one waiting: the
+/// caller queues or runs it.
+pub(crate) fn step(mut item: Item, cx: &Context) -> (Outcome, Option<Item>) {
+    let lane = item.lane.take();
+    let outcome = match catch_unwind(AssertUnwindSafe(|| item.step(cx))) {
         Ok(Step::Done) => Outcome::Done,
-        Ok(Step::Yield) => Outcome::Yielded(item),
+        Ok(Step::Yield) => {
+            // It keeps its place: its lane stays behind it.
+            item.lane = lane;
+            return (Outcome::Yielded(item), None);
+        }
         Err(_) => {
             tracing::warn!(priority = ?item.priority(), place = ?cx.place, "work item panicked");
             Outcome::Panicked
         }
-    }
+    };
+    (outcome, lane.and_then(|l| l.finish()))
 }
 
 /// Records a step's outcome in `tally`; returns the item if it yielded.
@@ -96,10 +104,13 @@ impl<'a> Session<'a> {
             place: self.place,
             slice,
         };
-        let outcome = step(item, &cx);
+        let (outcome, next) = step(item, &cx);
         let end = self.shared.clock.now();
         self.tally.busy_ns += end.saturating_sub(self.now);
         self.now = end;
+        if let Some(next) = next {
+            self.shared.enqueue_next_in_lane(next, end);
+        }
         match account(&mut self.tally, p, outcome) {
             Some(item) => {
                 self.shared.enqueue(item, end);

@@ -43,6 +43,8 @@ enum Take {
 
 /// Everything the engine's threads share.
 pub(crate) struct Shared {
+    /// Tells engines apart (lanes check they feed their own).
+    pub(crate) id: u64,
     pub(crate) config: Config,
     pub(crate) clock: Clock,
     pub(crate) queues: Queues,
@@ -67,7 +69,9 @@ impl Shared {
         let workers = (0..config.max_workers)
             .map(|i| WorkerSlot::new(format!("{}{i}", config.thread_name)))
             .collect();
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Shared {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             clock,
             queues: Queues::default(),
             sleep: Sleep::new(config.max_workers),

@@ -68,9 +68,14 @@ impl Done {
     }
 
     fn runs(&self) -> Vec<usize> {
-        let mut r = self.0 .0.lock().unwrap().clone();
+        let mut r = self.in_order();
         r.sort_unstable();
         r
+    }
+
+    /// Ids in the order they finished.
+    fn in_order(&self) -> Vec<usize> {
+        self.0 .0.lock().unwrap().clone()
     }
 }
 
@@ -385,5 +390,52 @@ fn an_executor_that_withdraws_its_announcement_loses_no_claim() {
         drop(vcpu_thread.join().unwrap());
         assert!(engine.shutdown(Shutdown::Drain).is_empty());
         assert_eq!(done.runs(), vec![0]);
+    });
+}
+
+#[test]
+fn lane_items_run_one_at_a_time_in_order_on_whichever_hand() {
+    // A worker and an executor race for a lane's two items.
+    check(|| {
+        let engine = Engine::new(config(Policy::Idle)).unwrap();
+        let mut exec = engine.register_executor("vcpu0", Vcpu::new(false));
+        let vcpu_thread = thread::spawn(move || {
+            exec.run_idle(HOUR);
+            exec
+        });
+        let lane = engine.lane();
+        let done = Done::default();
+        let running = Arc::new(AtomicBool::new(false));
+        for id in 0..2 {
+            let (d, r) = (done.clone(), Arc::clone(&running));
+            lane.submit(Item::from_fn(move || {
+                assert!(!r.swap(true, Ordering::SeqCst), "two lane items at once");
+                d.record(id);
+                r.store(false, Ordering::SeqCst);
+            }))
+            .unwrap();
+        }
+        done.wait_for(2);
+        drop(vcpu_thread.join().unwrap());
+        assert!(engine.shutdown(Shutdown::Drain).is_empty());
+        assert_eq!(done.in_order(), vec![0, 1]);
+    });
+}
+
+#[test]
+fn a_lane_item_submitted_as_the_active_one_finishes_is_not_stranded() {
+    // The submitter may find the lane busy and leave its item in the
+    // backlog; the hand finishing the active item must then queue it.
+    check(|| {
+        let engine = Engine::new(config(Policy::Workers)).unwrap();
+        let lane = engine.lane();
+        let done = Done::default();
+        lane.submit(done.item(0)).unwrap();
+        let (l, d) = (lane.clone(), done.clone());
+        let t = thread::spawn(move || l.submit(d.item(1)).map(|_| ()).unwrap());
+        t.join().unwrap();
+        done.wait_for(2);
+        assert!(engine.shutdown(Shutdown::Drain).is_empty());
+        assert_eq!(done.in_order(), vec![0, 1]);
     });
 }
