@@ -21,6 +21,11 @@
 //! work starts at once. Items can do part of their work and
 //! [`Step::Yield`]. The [`Policy`] in the [`Config`] selects the strategy
 //! (`workers`, `inline`, `idle`) on one code path, so they can be compared.
+//! Items that must stay in order (a network TX queue) go through a [`Lane`]:
+//! one at a time, in submission order, on whichever hand takes them. The
+//! embedder confines the engine's own threads (seccomp, affinity) with
+//! [`Config::on_thread_start`]. Where each item goes is tabled in the
+//! `placement` module's docs (and the README).
 //!
 //! ```
 //! use idlework::{Config, Engine, IdleHooks, Item, Place, Priority, Shutdown};

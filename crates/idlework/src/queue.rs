@@ -13,38 +13,51 @@
 use crate::clock::Nanos;
 use crate::item::Item;
 use crate::priority::{ByPriority, Priority};
-use crate::sync::{lock, AtomicUsize, Mutex, Ordering::SeqCst};
+use crate::sync::{AtomicUsize, FairMutex, Ordering::Release, Ordering::SeqCst};
 use std::collections::VecDeque;
 // The oldest stamp decides only when a deadline fires, never whether a
 // wake-up happens: a plain std atomic even under loom.
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A locked FIFO whose length and oldest stamp are readable without the lock.
-#[derive(Default)]
 struct Fifo {
-    items: Mutex<VecDeque<Item>>,
+    /// parking_lot's mutex (no poisoning to check; a loom mutex under loom).
+    items: FairMutex<VecDeque<Item>>,
     /// `items.len()`, written under the lock. Part of the sleep/wake
-    /// protocol: a submitter's push is seen through it after a fence.
+    /// protocol: every push is followed by the pusher's SeqCst fence (see
+    /// `Shared::enqueue`), and every reader that must not miss a push looks
+    /// after its own SeqCst fence, so a release store is enough (on x86 a
+    /// plain move, where a SeqCst store is an `xchg`).
     len: AtomicUsize,
     /// The front item's stamp while `len > 0`, written under the lock.
     front: AtomicU64,
 }
 
+impl Default for Fifo {
+    fn default() -> Self {
+        Fifo {
+            items: FairMutex::new(VecDeque::new()),
+            len: AtomicUsize::new(0),
+            front: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Fifo {
     fn push(&self, item: Item) {
-        let mut q = lock(&self.items);
+        let mut q = self.items.lock();
         if q.is_empty() {
             self.front.store(item.stamp, Ordering::Relaxed);
         }
         q.push_back(item);
-        self.len.store(q.len(), SeqCst);
+        self.len.store(q.len(), Release);
     }
 
     fn pop_if(&self, due: impl FnOnce(Nanos) -> bool) -> Option<Item> {
         if self.len() == 0 {
             return None;
         }
-        let mut q = lock(&self.items);
+        let mut q = self.items.lock();
         if !due(q.front()?.stamp) {
             return None;
         }
@@ -52,7 +65,8 @@ impl Fifo {
         if let Some(next) = q.front() {
             self.front.store(next.stamp, Ordering::Relaxed);
         }
-        self.len.store(q.len(), SeqCst);
+        // A pop only ever makes a reader look for work that is gone.
+        self.len.store(q.len(), Release);
         item
     }
 
