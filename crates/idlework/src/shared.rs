@@ -222,10 +222,13 @@ impl Shared {
     /// base poll interval. New work is a reason to look again soon.
     pub(crate) fn look_for_idle_soon(&self) {
         if self.poll_backoff.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+            // Its current sleep may be a backed-off one: look now.
             self.poll_backoff
                 .store(0, std::sync::atomic::Ordering::Relaxed);
+            self.sleep.nudge_timekeeper();
+        } else {
+            self.sleep.ensure_polling();
         }
-        self.sleep.ensure_polling();
     }
 }
 

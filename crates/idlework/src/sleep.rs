@@ -129,9 +129,14 @@ impl Sleep {
     /// its current sleep is not bounded by the idle poll. The caller must
     /// have queued work and fenced.
     pub(crate) fn ensure_polling(&self) {
-        if self.polling.load(Ordering::SeqCst) {
-            return;
+        if !self.polling.load(Ordering::SeqCst) {
+            self.nudge_timekeeper();
         }
+    }
+
+    /// Makes the timekeeper, if one sleeps, recompute its sleep (and look
+    /// for idle executors) now.
+    pub(crate) fn nudge_timekeeper(&self) {
         let st = lock(&self.state);
         if let Some(k) = st.timekeeper {
             self.cvars[k].notify_one();
