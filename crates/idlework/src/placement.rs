@@ -22,7 +22,7 @@ use crate::config::Policy;
 use crate::error::SubmitError;
 use crate::item::{Context, Item, Place};
 use crate::priority::Priority;
-use crate::run::{account, step};
+use crate::run::{account, next_in_lane, step};
 use crate::shared::Shared;
 use crate::sleep::Watch;
 use crate::stats::Tally;
@@ -98,8 +98,8 @@ impl Shared {
         let mut tally = Tally::default();
         let rest = loop {
             let p = item.priority();
-            let (outcome, next) = step(item, &cx);
-            match (account(&mut tally, p, outcome), next) {
+            let (outcome, lane) = step(item, &cx);
+            match (account(&mut tally, p, outcome), next_in_lane(lane)) {
                 (Some(yielded), _) if to_completion => item = yielded,
                 // Running to completion here: its lane's next item too.
                 (None, Some(next)) if to_completion => item = next,

@@ -3,11 +3,13 @@
 
 use crate::clock::Nanos;
 use crate::item::{Context, Item, Place, Step};
+use crate::lane::LaneQueue;
 use crate::shared::Shared;
 use crate::stats::{RunnerStats, Tally};
 use crate::sync::{bump, FairGuard};
 use hdrhistogram::Histogram;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How a step ended.
@@ -21,10 +23,9 @@ pub(crate) enum Outcome {
 }
 
 /// Runs one step of `item`, catching a panic so a bad item cannot take
-/// down a worker or a vCPU thread. Also returns the next item of its lane
-/// if it finished (done or panicked) and the lane has one waiting: the
-/// caller queues or runs it.
-pub(crate) fn step(mut item: Item, cx: &Context) -> (Outcome, Option<Item>) {
+/// down a worker or a vCPU thread. Also returns its lane if it finished
+/// (done or panicked): the caller hands the lane on ([`next_in_lane`]).
+pub(crate) fn step(mut item: Item, cx: &Context) -> (Outcome, Option<Arc<LaneQueue>>) {
     let lane = item.lane.take();
     let outcome = match catch_unwind(AssertUnwindSafe(|| item.step(cx))) {
         Ok(Step::Done) => Outcome::Done,
@@ -38,7 +39,13 @@ pub(crate) fn step(mut item: Item, cx: &Context) -> (Outcome, Option<Item>) {
             Outcome::Panicked
         }
     };
-    (outcome, lane.and_then(|l| l.finish()))
+    (outcome, lane)
+}
+
+/// The item of `lane` to queue or run next, now that its active one
+/// finished.
+pub(crate) fn next_in_lane(lane: Option<Arc<LaneQueue>>) -> Option<Item> {
+    lane.and_then(|l| l.finish())
 }
 
 /// Records a step's outcome in `tally`; returns the item if it yielded.
@@ -104,11 +111,11 @@ impl<'a> Session<'a> {
             place: self.place,
             slice,
         };
-        let (outcome, next) = step(item, &cx);
+        let (outcome, lane) = step(item, &cx);
         let end = self.shared.clock.now();
         self.tally.busy_ns += end.saturating_sub(self.now);
         self.now = end;
-        if let Some(next) = next {
+        if let Some(next) = next_in_lane(lane) {
             self.shared.enqueue_next_in_lane(next, end);
         }
         match account(&mut self.tally, p, outcome) {
