@@ -23,7 +23,8 @@
 //!   threads;
 //! * peak number of this VM's threads running at once (vCPUs not blocked
 //!   in idle, plus workers running an item);
-//! * where items ran, and kicks sent/useful.
+//! * where items ran, and kicks sent/useful;
+//! * pickup latency (claim of an announced-idle vCPU → first item start).
 
 use hdrhistogram::Histogram;
 use idlework::{
@@ -282,6 +283,8 @@ struct Outcome {
     vcpu_cpu: Duration,
     worker_cpu: Duration,
     stats: Stats,
+    /// Claim (or halt) → first item start, over the run's executors.
+    pickup: Histogram<u64>,
     peak: usize,
 }
 
@@ -309,6 +312,7 @@ fn run(sc: Scenario, policy: Policy, items: usize, secs: Duration) -> Outcome {
     });
     let worker_cpu = threads_cpu("iw-");
     let stats = engine.stats();
+    let pickup = engine.pickup_histogram();
     let left = engine.shutdown(Shutdown::Drain);
     assert!(left.is_empty());
     let latency = shared.latency.lock().unwrap().clone();
@@ -319,6 +323,7 @@ fn run(sc: Scenario, policy: Policy, items: usize, secs: Duration) -> Outcome {
         latency,
         worker_cpu,
         stats,
+        pickup,
         peak: shared.running.peak.load(Ordering::SeqCst),
     }
 }
@@ -338,6 +343,7 @@ struct Summary {
     peak: usize,
     ran: [u64; 3],
     kicks: (u64, u64),
+    pickup: Histogram<u64>,
 }
 
 impl Summary {
@@ -352,6 +358,7 @@ impl Summary {
             peak: 0,
             ran: [0; 3],
             kicks: (0, 0),
+            pickup: Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap(),
         }
     }
 
@@ -361,6 +368,7 @@ impl Summary {
             .push(o.progress as f64 / solo_progress.max(1) as f64);
         self.done += o.done;
         self.latency.add(&o.latency).unwrap();
+        self.pickup.add(&o.pickup).unwrap();
         self.vcpu_cpu += o.vcpu_cpu;
         let work_ns = s.inline.busy_ns + s.executors.iter().map(|e| e.run.busy_ns).sum::<u64>();
         self.work += Duration::from_nanos(work_ns);
@@ -432,9 +440,10 @@ fn main() {
     println!();
     println!(
         "| scenario | policy | progress vs solo | items/run | lat p50 us | p99 us | p99.9 us | \
-         vCPU CPU ms (work) | worker CPU ms | peak threads | ran inline/exec/worker | kicks sent/useful |"
+         vCPU CPU ms (work) | worker CPU ms | peak threads | ran inline/exec/worker | kicks sent/useful | \
+         pickup p50/p99 us |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for sc in SCENARIOS {
         let mut solo = Summary::new();
         let mut per_policy: Vec<Summary> = Policy::ALL.iter().map(|_| Summary::new()).collect();
@@ -448,7 +457,7 @@ fn main() {
         let r = u64::from(rounds);
         let per = |d: Duration| (d / rounds).as_millis();
         println!(
-            "| {} (V={} X={}us Y={}us K={} C={}us) | solo | 1.00 | 0 | - | - | - | {} (0) | {} | {} | - | - |",
+            "| {} (V={} X={}us Y={}us K={} C={}us) | solo | 1.00 | 0 | - | - | - | {} (0) | {} | {} | - | - | - |",
             sc.name,
             sc.vcpus,
             sc.busy.as_micros(),
@@ -460,8 +469,17 @@ fn main() {
             solo.peak
         );
         for (policy, mut o) in Policy::ALL.into_iter().zip(per_policy) {
+            let pickup = if o.pickup.is_empty() {
+                "-".to_owned()
+            } else {
+                format!(
+                    "{}/{}",
+                    us(o.pickup.value_at_quantile(0.5)),
+                    us(o.pickup.value_at_quantile(0.99))
+                )
+            };
             println!(
-                "| {} | {} | {:.2} | {} | {} | {} | {} | {} ({}) | {} | {} | {}/{}/{} | {}/{} |",
+                "| {} | {} | {:.2} | {} | {} | {} | {} | {} ({}) | {} | {} | {}/{}/{} | {}/{} | {} |",
                 sc.name,
                 policy.name(),
                 o.median_ratio(),
@@ -477,7 +495,8 @@ fn main() {
                 o.ran[1] / r,
                 o.ran[2] / r,
                 o.kicks.0 / r,
-                o.kicks.1 / r
+                o.kicks.1 / r,
+                pickup
             );
         }
     }
