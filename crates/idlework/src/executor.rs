@@ -456,14 +456,16 @@ impl Executor {
         }
         self.slot.calls.add(1);
         let kicked = prev == KICKED || prev == FORCED;
-        // A claim says when the guest was known idle with work queued; a
-        // forced kick is not idle time.
+        // A claim says when the guest was known idle with work queued (or
+        // the caller's halt, if earlier); a forced kick is not idle time.
         let since = match prev {
-            KICKED => Some(
-                self.slot
+            KICKED => {
+                let claimed = self
+                    .slot
                     .claimed_at
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            ),
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                Some(idle_since.map_or(claimed, |t| t.min(claimed)))
+            }
             _ => idle_since,
         };
         let (items, busy) = if shared.idle_policy() {
