@@ -267,6 +267,12 @@ impl LocalApic {
         Some(v)
     }
 
+    /// Undoes [`acknowledge`](Self::acknowledge) of `vector` (its injection failed).
+    pub fn unacknowledge(&mut self, vector: u8) {
+        self.isr.clear(vector);
+        self.irr.set(vector);
+    }
+
     /// Whether any interrupt is requested at all (deliverable or not).
     pub fn has_requests(&self) -> bool {
         self.irr.highest().is_some()
@@ -466,8 +472,8 @@ impl LocalApic {
 
     /// Advances the timer to `now`: an expired one-shot stops, a periodic one
     /// reloads (periods missed meanwhile are coalesced into one interrupt), and
-    /// an unmasked expiry requests the timer vector. Returns the deadline that
-    /// passed, if one did.
+    /// an unmasked expiry requests the timer vector. Returns the deadline of
+    /// the interrupt it requested, if it did.
     pub fn advance_timer(&mut self, now: u64) -> Option<u64> {
         let deadline = self.timer.deadline.filter(|&d| d <= now)?;
         let period = self.timer.period();
@@ -477,9 +483,10 @@ impl LocalApic {
         } else {
             None
         };
-        if self.lvt_timer & LVT_MASKED == 0 {
-            self.accept(self.lvt_timer as u8, Trigger::Edge);
+        if self.lvt_timer & LVT_MASKED != 0 {
+            return None;
         }
+        self.accept(self.lvt_timer as u8, Trigger::Edge);
         Some(deadline)
     }
 
