@@ -80,6 +80,8 @@ impl Vcpu {
         s.idle_runs += 1;
         s.idle_items += report.items;
         s.idle_busy_ns += report.busy.as_nanos() as u64;
+        s.halt_runs += 1;
+        s.halt_items += report.items;
         if clamped {
             s.idle_runs_clamped += 1;
         }

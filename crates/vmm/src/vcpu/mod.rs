@@ -381,6 +381,11 @@ pub struct VcpuStats {
     /// User irqchip: the latest a timer interrupt was raised after its
     /// deadline (the VMM noticed it late), ns.
     pub timer_late_max_ns: u64,
+    /// User irqchip: work runs in a guest halt that found work (a subset of
+    /// `idle_runs`).
+    pub halt_runs: u64,
+    /// User irqchip: items those runs finished.
+    pub halt_items: u64,
     /// User irqchip: work runs in a halt whose budget was cut short so that
     /// they end by the LAPIC timer's deadline.
     pub idle_runs_clamped: u64,
