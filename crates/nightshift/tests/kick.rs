@@ -15,6 +15,7 @@ use vmm::{Vm, VmConfig};
 on_both_irqchips!(
     kicking_a_halted_vcpu_does_not_wake_its_guest,
     paused_vcpus_do_not_run_until_resumed,
+    pausing_a_halted_vcpu_does_not_wake_its_guest,
 );
 
 fn irqchip_kind(name: &str) -> vmm::irqchip::IrqChipKind {
@@ -98,4 +99,48 @@ fn paused_vcpus_do_not_run_until_resumed(irqchip: &str) {
     }
     let report = running.wait();
     assert_eq!(report.exit_code, 0, "{}", report.exit);
+}
+
+fn pausing_a_halted_vcpu_does_not_wake_its_guest(irqchip: &str) {
+    use vmm::vcpu::{Request, VcpuState};
+
+    let dir = tempfile::tempdir().unwrap();
+    let serial = dir.path().join("serial.log");
+    let config = VmConfig {
+        vcpus: 1,
+        cmdline: "workload=idle ms=200 tick_us=20000".into(),
+        serial_file: Some(serial.clone()),
+        irqchip: irqchip_kind(irqchip),
+        ..VmConfig::default()
+    };
+    let elf = testguest_elf();
+    let vm = Vm::new(config, KernelImage::File(&elf), Instant::now()).unwrap();
+    let running = vm.start().unwrap();
+    // Pause and resume the vCPU while its guest sleeps between ticks.
+    let mut pauses = 0;
+    while !running.has_ended() {
+        for v in running.vcpus() {
+            v.post(Request::Pause);
+            let start = Instant::now();
+            while v.state() != VcpuState::Paused && !running.has_ended() {
+                assert!(start.elapsed() < Duration::from_secs(20), "never paused");
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            pauses += 1;
+            v.post(Request::Resume);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let report = running.wait();
+    assert_eq!(report.exit_code, 0, "{}", report.exit);
+    assert!(pauses > 0);
+    let out = std::fs::read_to_string(&serial).unwrap();
+    let results = result_lines(&out);
+    assert_eq!(results.len(), 1, "{out}");
+    // Each HLT returned once per timer tick: no pause woke the guest.
+    assert_eq!(
+        results[0]["wakeups"], results[0]["ticks"],
+        "{:?}",
+        results[0]
+    );
 }

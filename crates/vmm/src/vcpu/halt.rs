@@ -24,16 +24,27 @@ use std::time::{Duration, Instant};
 use super::{Place, Vcpu, VcpuControl};
 
 impl Vcpu {
-    /// Handles a guest HLT (user irqchip): works or waits until the halt ends.
+    /// Handles a guest HLT (user irqchip): works or waits until the halt
+    /// ends. A request (pause, stop) interrupts the halt without ending it:
+    /// [`Vcpu::halted`] stays set and the run loop comes back here instead of
+    /// entering the guest, which would wake it without an interrupt.
     pub(super) fn idle_in_userspace(&mut self, control: &VcpuControl) {
-        let interruptible = self.fd.get_kvm_run().if_flag != 0;
+        let interruptible = match self.halted {
+            Some(interruptible) => interruptible,
+            None => {
+                self.stats.hlt_exits += 1;
+                self.fd.get_kvm_run().if_flag != 0
+            }
+        };
+        self.halted = Some(interruptible);
         let started = Instant::now();
-        self.stats.hlt_exits += 1;
         control.set_place(Place::Halted);
         loop {
             let seen = control.generation();
             if control.has_request() {
-                break;
+                control.set_place(Place::Outside);
+                self.stats.halted_ns += started.elapsed().as_nanos() as u64;
+                return;
             }
             let Some(irq) = self.irq.as_mut() else { break };
             let status = irq.halt_status(interruptible, &mut self.stats);
@@ -46,6 +57,7 @@ impl Vcpu {
             }
             control.wait_for_wake(seen, until);
         }
+        self.halted = None;
         control.set_place(Place::Outside);
         self.stats.halted_ns += started.elapsed().as_nanos() as u64;
     }

@@ -445,6 +445,9 @@ pub struct Vcpu {
     self_kick_delay: Duration,
     /// This vCPU's part of the userspace irqchip.
     irq: Option<UserIrq>,
+    /// The guest is in a HLT the thread left for a request (user irqchip):
+    /// whether it halted with interrupts enabled.
+    halted: Option<bool>,
 }
 
 enum Outcome {
@@ -477,6 +480,7 @@ impl Vcpu {
             idle_timer: None,
             self_kick_delay: Duration::ZERO,
             irq,
+            halted: None,
         }
     }
 
@@ -657,6 +661,10 @@ impl Vcpu {
                 Some(Request::Pause) => return self.leave(control, VcpuState::Paused),
                 Some(Request::Stop) => return self.leave(control, VcpuState::Exited),
                 Some(Request::Resume) | None => {}
+            }
+            if self.halted.is_some() {
+                self.idle_in_userspace(control);
+                continue;
             }
             if let Some(irq) = self.irq.as_mut() {
                 if control.take_work_offer() {
