@@ -489,13 +489,6 @@ impl LocalApic {
         self.accept(self.lvt_timer as u8, Trigger::Edge);
         Some(deadline)
     }
-
-    /// LINT1's NMI wiring is not driven by any device here; LINT0's ExtINT
-    /// would come from the (always masked) 8259. Both are kept for the guest
-    /// to read back.
-    pub fn lint(&self) -> (u32, u32) {
-        (self.lvt_lint0, self.lvt_lint1)
-    }
 }
 
 #[cfg(test)]
