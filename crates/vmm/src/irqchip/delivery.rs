@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use super::ioapic::IoApic;
 use super::lapic::{Effect, LocalApic};
-use super::{DeliveryMode, DestMode, Interrupt, Shorthand};
+use super::{DeliveryMode, Interrupt, Shorthand};
 use crate::bus::BusDevice;
 
 /// How the irqchip tells a vCPU thread that something is pending for it.
@@ -248,13 +248,6 @@ impl UserIrqChip {
             }
         }
     }
-
-    /// Whether a destination `(dest, mode)` names vCPU `cpu`.
-    #[cfg(test)]
-    fn addresses(&self, cpu: u8, dest: u8, mode: DestMode) -> bool {
-        self.cpu(cpu)
-            .is_some_and(|c| c.lock().lapic.matches(dest, mode))
-    }
 }
 
 /// The IOAPIC's register window on the MMIO bus.
@@ -354,7 +347,8 @@ mod tests {
         assert_eq!(pending(&chip, 0), None);
         assert_eq!(pending(&chip, 1), Some(0x50));
         assert_eq!(pending(&chip, 2), Some(0x50));
-        assert!(chip.addresses(1, 0b010, DestMode::Logical));
+        let cpu1 = chip.cpu(1).unwrap().lock();
+        assert!(cpu1.lapic.matches(0b010, crate::irqchip::DestMode::Logical));
     }
 
     #[test]
