@@ -126,6 +126,9 @@ pub struct VcpuControl {
     work_wakes: AtomicU64,
     /// Signals sent to hand it engine work (user irqchip, forced work only).
     work_kicks: AtomicU64,
+    /// Wakes and signals for interrupts and IPIs (user irqchip).
+    irq_wakes: AtomicU64,
+    irq_kicks: AtomicU64,
 }
 
 /// How [`VcpuControl::tell`] reached the thread.
@@ -152,6 +155,8 @@ impl VcpuControl {
             plain_wakes: AtomicU64::new(0),
             work_wakes: AtomicU64::new(0),
             work_kicks: AtomicU64::new(0),
+            irq_wakes: AtomicU64::new(0),
+            irq_kicks: AtomicU64::new(0),
         }
     }
 
@@ -320,7 +325,11 @@ impl VcpuSignals for VcpuControl {
 
 impl VcpuWaker for VcpuControl {
     fn wake(&self) {
-        self.tell(true);
+        match self.tell(true) {
+            Told::Woken => self.irq_wakes.fetch_add(1, Ordering::Relaxed),
+            Told::Kicked => self.irq_kicks.fetch_add(1, Ordering::Relaxed),
+            Told::Nothing => 0,
+        };
     }
 }
 
@@ -366,6 +375,12 @@ pub struct VcpuStats {
     /// User irqchip: of `signal_kicks`, those that handed it engine work
     /// (only overdue work forced on a busy vCPU under `cpu_cap` 0).
     pub work_kicks: u64,
+    /// User irqchip: of `plain_wakes`, those for an interrupt or IPI (one
+    /// made on this vCPU's own thread needs none).
+    pub irq_wakes: u64,
+    /// User irqchip: of `signal_kicks`, those for an interrupt or IPI while
+    /// the guest ran.
+    pub irq_kicks: u64,
     /// User irqchip: guest HLTs that exited to this thread.
     pub hlt_exits: u64,
     /// User irqchip: time spent halted in userspace (working or waiting), ns.
@@ -553,6 +568,8 @@ impl Vcpu {
         self.stats.plain_wakes = control.plain_wakes.load(Ordering::Relaxed);
         self.stats.work_wakes = control.work_wakes.load(Ordering::Relaxed);
         self.stats.work_kicks = control.work_kicks.load(Ordering::Relaxed);
+        self.stats.irq_wakes = control.irq_wakes.load(Ordering::Relaxed);
+        self.stats.irq_kicks = control.irq_kicks.load(Ordering::Relaxed);
         control.kicker.thread_exiting();
         OWN_CONTROL.with(|c| c.set(0));
         drop(binding);
