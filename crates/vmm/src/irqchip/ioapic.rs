@@ -17,6 +17,12 @@ pub const IOAPIC_PINS: usize = 24;
 /// Size of the register window.
 pub const IOAPIC_SIZE: u64 = 0x1000;
 
+// Every line the VM hands out (COM1, then one per disk) is a pin here.
+const _: () = assert!(
+    crate::vm::FIRST_VIRTIO_GSI + crate::config::MAX_DISKS as u32 <= IOAPIC_PINS as u32
+        && crate::devices::COM1_GSI < IOAPIC_PINS as u32
+);
+
 const IOREGSEL: u64 = 0x00;
 const IOWIN: u64 = 0x10;
 /// The EOI register of version 0x20 IOAPICs; harmless to offer on 0x11.
