@@ -202,8 +202,12 @@ impl VcpuControl {
         }
     }
 
+    /// Publishes where the thread is; it looks at its news only after this
+    /// (the fence orders the store before those loads, as `tell` orders the
+    /// news before its load of `place`).
     fn set_place(&self, place: Place) {
         self.place.store(place as u8, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
     }
 
     fn on_own_thread(&self) -> bool {
@@ -869,5 +873,82 @@ pub fn pin_thread(tid: libc::pid_t, cpus: &CpuList) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::kvm_run;
+    use std::sync::mpsc;
+
+    /// A helper thread stands in for the vCPU thread: it publishes where it
+    /// is when asked and reports whether a kick reached it.
+    #[test]
+    fn news_reaches_a_thread_the_cheapest_way_for_where_it_is() {
+        kick::install_handler().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<Place>();
+        let (done_tx, done_rx) = mpsc::channel::<u8>();
+        let t = std::thread::spawn(move || {
+            let mut run = Box::new(kvm_run::default());
+            let _binding = ThreadBinding::bind(&mut *run);
+            let control = Arc::new(VcpuControl::new(Kicker::for_current_thread()));
+            OWN_CONTROL.with(|c| c.set(Arc::as_ptr(&control) as usize));
+            tx.send(control.clone()).unwrap();
+            while let Ok(place) = go_rx.recv() {
+                control.set_place(place);
+                // News from the thread itself needs no wake.
+                assert_eq!(control.tell(true), Told::Nothing);
+                // SAFETY: plain read of our own struct, written by the handler.
+                let kicked = unsafe { std::ptr::addr_of!(run.immediate_exit).read_volatile() };
+                done_tx.send(kicked).unwrap();
+            }
+            control.kicker.thread_exiting();
+        });
+        let control = rx.recv().unwrap();
+        let at = |place| {
+            go_tx.send(place).unwrap();
+            done_rx.recv().unwrap()
+        };
+
+        at(Place::Halted);
+        assert_eq!(control.tell(true), Told::Woken);
+        control.offer_work(false);
+        assert_eq!(control.work_wakes.load(Ordering::Relaxed), 1);
+        assert_eq!(control.plain_wakes.load(Ordering::Relaxed), 2);
+        assert!(control.take_work_offer());
+        assert!(!control.take_work_offer());
+
+        at(Place::Outside);
+        assert_eq!(
+            control.tell(true),
+            Told::Nothing,
+            "it looks before entering"
+        );
+
+        at(Place::InGuest);
+        // Work is never handed over by a signal unless the engine may force it.
+        control.offer_work(false);
+        assert_eq!(control.work_kicks.load(Ordering::Relaxed), 0);
+        assert_eq!(control.signal_kicks.load(Ordering::Relaxed), 0);
+        assert_eq!(control.tell(true), Told::Kicked);
+        assert_eq!(control.signal_kicks.load(Ordering::Relaxed), 1);
+        // The signal landed on the vCPU thread: its next KVM_RUN returns at once.
+        assert_eq!(at(Place::InGuest), 1);
+        drop(go_tx);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_wait_ends_at_a_wake_newer_than_the_one_it_saw_or_its_deadline() {
+        let control = VcpuControl::new(Kicker::for_current_thread());
+        let seen = control.generation();
+        control.bump();
+        // Already woken since `seen`: returns at once.
+        control.wait_for_wake(seen, None);
+        let seen = control.generation();
+        control.wait_for_wake(seen, Some(Instant::now() + Duration::from_millis(1)));
+        control.kicker.thread_exiting();
     }
 }
