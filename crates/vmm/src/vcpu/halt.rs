@@ -12,10 +12,10 @@
 //!    at most the last item's overrun, never by a whole budget.
 //! 3. Otherwise it waits (a condvar, no signal) until a wake or the timer
 //!    deadline. Whoever has news for it (a device completion, an IPI, the
-//!    engine with work) wakes it with [`VcpuControl::notify`]; news made on
+//!    engine with work) wakes it (`VcpuControl::tell`); news made on
 //!    this very thread (a completion of work it ran in step 2) needs no wake.
 //!
-//! The halt is published ([`Place::Halted`]) before the first look at the
+//! The halt is published (`Place::Halted`) before the first look at the
 //! queue and the APIC, and every waker makes its news visible before it reads
 //! that, so no wake is lost between a look and the wait.
 
