@@ -39,7 +39,9 @@ pub struct CpuState {
     pub lapic: LocalApic,
     /// An NMI waits to be injected.
     pub nmi: bool,
-    /// An INIT arrived: the CPU resets and waits for a STARTUP.
+    /// An INIT arrived that the vCPU thread has not seen yet (the APIC is
+    /// already reset and the CPU waits for STARTUP; the thread must leave the
+    /// guest and reset its registers on the STARTUP).
     pub init: bool,
     /// The CPU waits for a STARTUP (APs from creation, any CPU after INIT).
     pub waiting_for_sipi: bool,
@@ -227,13 +229,20 @@ impl UserIrqChip {
                 true
             }
             DeliveryMode::Init => {
+                // The CPU waits for STARTUP from now on, whether or not its
+                // thread has seen the INIT yet: a STARTUP sent right after
+                // (as every SMP boot does) must not be lost.
+                st.lapic.reset();
+                st.nmi = false;
+                st.sipi = None;
+                st.waiting_for_sipi = true;
                 st.init = true;
                 true
             }
             DeliveryMode::Startup => {
                 // A STARTUP only starts a CPU that waits for one (the test
                 // guest and Linux send a second one, which a started CPU ignores).
-                if st.waiting_for_sipi && !st.init && st.sipi.is_none() {
+                if st.waiting_for_sipi && st.sipi.is_none() {
                     st.sipi = Some(m.vector);
                     true
                 } else {
@@ -366,14 +375,14 @@ mod tests {
     #[test]
     fn init_then_startup_starts_a_waiting_cpu_once() {
         let (chip, wakers) = chip(2);
+        write(&chip, 1, 0x80, 0x20);
         ipi(&chip, 0, 1, 0x4500); // INIT
-        assert!(chip.cpu(1).unwrap().lock().init);
-        // The vCPU thread handles INIT: reset, wait for STARTUP.
         {
-            let mut st = chip.cpu(1).unwrap().lock();
-            st.init = false;
-            st.waiting_for_sipi = true;
+            let st = chip.cpu(1).unwrap().lock();
+            assert!(st.init && st.waiting_for_sipi);
+            assert_eq!(st.lapic.tpr(), 0, "INIT resets the APIC");
         }
+        // STARTUP right away, before the vCPU thread has seen the INIT.
         ipi(&chip, 0, 1, 0x4608);
         ipi(&chip, 0, 1, 0x4609);
         assert_eq!(chip.cpu(1).unwrap().lock().sipi, Some(8));

@@ -211,16 +211,10 @@ impl UserIrq {
     }
 }
 
-/// An INIT resets the APIC (the ID stays) and makes the CPU wait for STARTUP.
+/// Whether an INIT arrived since the thread last looked (the irqchip has
+/// already reset the APIC and made the CPU wait for STARTUP).
 fn take_init(st: &mut CpuState) -> bool {
-    if !std::mem::take(&mut st.init) {
-        return false;
-    }
-    st.lapic.reset();
-    st.nmi = false;
-    st.sipi = None;
-    st.waiting_for_sipi = true;
-    true
+    std::mem::take(&mut st.init)
 }
 
 /// Advances the APIC timer and counts an interrupt it raised.
