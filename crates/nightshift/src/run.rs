@@ -74,6 +74,11 @@ pub struct RunArgs {
     /// KVM halt polling per halt, ns (0 = off) [default: the host's].
     #[arg(long)]
     pub halt_poll_ns: Option<u32>,
+    /// Who emulates the interrupt controllers: kernel (KVM's in-kernel
+    /// irqchip) or user (nightshift's; guest HLTs exit to the vCPU thread,
+    /// which then runs device work at once) [default: kernel].
+    #[arg(long)]
+    pub irqchip: Option<vmm::irqchip::IrqChipKind>,
     /// Write a JSON report (exit reason, boot timings, memory, exit counters) here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -119,6 +124,7 @@ impl RunArgs {
         w.self_kick_us = self.self_kick_us.unwrap_or(w.self_kick_us);
         w.notify = self.notify.or(w.notify);
         c.halt_poll_ns = self.halt_poll_ns.or(c.halt_poll_ns);
+        c.irqchip = self.irqchip.unwrap_or(c.irqchip);
         Ok(c)
     }
 }

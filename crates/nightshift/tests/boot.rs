@@ -1,15 +1,25 @@
 //! Booting the built-in test guest: what `nightshift run` must show (issue: VM core).
 //!
 //! Each test starts the real binary on /dev/kvm and checks what the guest
-//! printed and how the VMM exited. Nothing here depends on timing.
+//! printed and how the VMM exited. Nothing here depends on timing. The VM
+//! tests run under both irqchips (`name::kernel`, `name::user`).
 
 mod common;
 
-use common::{nightshift, result_lines, Run};
+use common::{nightshift, nightshift_on, result_lines, Run};
 
-#[test]
-fn default_run_prints_banner_and_a_result_per_vcpu() {
-    let run = nightshift(&[]);
+on_both_irqchips!(
+    default_run_prints_banner_and_a_result_per_vcpu,
+    one_vcpu_boots,
+    guest_exit_status_becomes_the_vmm_exit_status,
+    timer_interrupts_wake_the_guest_from_hlt,
+    a_bad_instruction_ends_the_vm_with_a_named_cause,
+    a_triple_fault_ends_the_vm_with_a_named_cause,
+    a_json_config_file_sets_the_vm_up,
+);
+
+fn default_run_prints_banner_and_a_result_per_vcpu(irqchip: &str) {
+    let run = nightshift_on(irqchip, &[]);
     run.assert_code(0);
     assert!(
         run.stdout.contains("nightshift-testguest"),
@@ -27,25 +37,25 @@ fn default_run_prints_banner_and_a_result_per_vcpu() {
     assert!(run.stdout.contains("done status=0"));
 }
 
-#[test]
-fn one_vcpu_boots() {
-    let run = nightshift(&["--vcpus", "1", "--cmdline", "workload=compute ms=10"]);
+fn one_vcpu_boots(irqchip: &str) {
+    let run = nightshift_on(
+        irqchip,
+        &["--vcpus", "1", "--cmdline", "workload=compute ms=10"],
+    );
     run.assert_code(0);
     let results = result_lines(&run.stdout);
     assert_eq!(results.len(), 1, "{}", run.stdout);
     assert_eq!(results[0]["cpu"], "0");
 }
 
-#[test]
-fn guest_exit_status_becomes_the_vmm_exit_status() {
-    let run = nightshift(&["--cmdline", "workload=exit status=3"]);
+fn guest_exit_status_becomes_the_vmm_exit_status(irqchip: &str) {
+    let run = nightshift_on(irqchip, &["--cmdline", "workload=exit status=3"]);
     run.assert_code(3);
     assert!(run.stdout.contains("nightshift-testguest"));
 }
 
-#[test]
-fn timer_interrupts_wake_the_guest_from_hlt() {
-    let run = nightshift(&["--cmdline", "workload=idle ms=20 tick_us=1000"]);
+fn timer_interrupts_wake_the_guest_from_hlt(irqchip: &str) {
+    let run = nightshift_on(irqchip, &["--cmdline", "workload=idle ms=20 tick_us=1000"]);
     run.assert_code(0);
     let results = result_lines(&run.stdout);
     assert_eq!(results.len(), 2, "{}", run.stdout);
@@ -53,22 +63,31 @@ fn timer_interrupts_wake_the_guest_from_hlt() {
         let ticks: u64 = r["ticks"].parse().unwrap();
         assert!(ticks > 0, "no timer ticks while idle: {r:?}");
     }
-    // The vCPUs really slept in the kernel: KVM counted halts for each.
+    // The vCPUs really halted: KVM (kernel) or the vCPU threads (user)
+    // counted halts for each, and under the user irqchip every tick was an
+    // interrupt the VMM injected.
     let report = run.report();
+    assert_eq!(report["irqchip"], irqchip);
     for v in report["vcpus"].as_array().unwrap() {
         assert!(v["halt_exits"].as_u64().unwrap() > 0, "{v}");
+        if irqchip == "user" {
+            assert!(v["hlt_exits"].as_u64().unwrap() > 0, "{v}");
+            assert!(v["timer_irqs"].as_u64().unwrap() > 0, "{v}");
+            assert!(
+                v["injected"].as_u64().unwrap() >= v["timer_irqs"].as_u64().unwrap(),
+                "{v}"
+            );
+        }
     }
 }
 
-#[test]
-fn a_bad_instruction_ends_the_vm_with_a_named_cause() {
-    let run = nightshift(&["--cmdline", "workload=ud"]);
+fn a_bad_instruction_ends_the_vm_with_a_named_cause(irqchip: &str) {
+    let run = nightshift_on(irqchip, &["--cmdline", "workload=ud"]);
     assert_failed_with_cause(&run);
 }
 
-#[test]
-fn a_triple_fault_ends_the_vm_with_a_named_cause() {
-    let run = nightshift(&["--cmdline", "workload=triplefault"]);
+fn a_triple_fault_ends_the_vm_with_a_named_cause(irqchip: &str) {
+    let run = nightshift_on(irqchip, &["--cmdline", "workload=triplefault"]);
     assert_failed_with_cause(&run);
     assert!(run.stderr.contains("triple fault"), "{}", run.stderr);
 }
@@ -117,8 +136,7 @@ fn a_non_elf_kernel_is_a_one_line_error() {
     );
 }
 
-#[test]
-fn a_json_config_file_sets_the_vm_up() {
+fn a_json_config_file_sets_the_vm_up(irqchip: &str) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("vm.json");
     let serial = dir.path().join("serial.log");
@@ -127,10 +145,12 @@ fn a_json_config_file_sets_the_vm_up() {
         "mem_mib": 64,
         "cmdline": "workload=exit status=5",
         "serial_file": serial,
+        "irqchip": irqchip,
     });
     std::fs::write(&config, json.to_string()).unwrap();
     let run = nightshift(&["--config", config.to_str().unwrap()]);
     run.assert_code(5);
     let copy = std::fs::read_to_string(&serial).unwrap();
     assert!(copy.contains("nightshift-testguest"), "serial file: {copy}");
+    assert_eq!(run.report()["irqchip"], irqchip);
 }

@@ -38,6 +38,9 @@ pub struct VmConfig {
     pub work: WorkConfig,
     /// KVM halt polling, ns per halt (`None`: the host's default; 0: off).
     pub halt_poll_ns: Option<u32>,
+    /// Who emulates the interrupt controllers: `kernel` (KVM) or `user`
+    /// (nightshift; guest HLTs exit to the vCPU thread, see `irqchip`).
+    pub irqchip: crate::irqchip::IrqChipKind,
 }
 
 /// One virtio-blk disk.
@@ -209,6 +212,7 @@ impl Default for VmConfig {
             disks: Vec::new(),
             work: WorkConfig::default(),
             halt_poll_ns: None,
+            irqchip: crate::irqchip::IrqChipKind::Kernel,
         }
     }
 }
@@ -390,13 +394,15 @@ mod tests {
     #[test]
     fn json_config_round_trips() {
         let json = r#"{"kernel":"k.elf","cmdline":"workload=idle","vcpus":1,"pin":{"0":"1"},
-                       "disks":[{"path":"d.img","read_only":true}],"work":{"policy":"workers"}}"#;
+                       "disks":[{"path":"d.img","read_only":true}],"work":{"policy":"workers"},
+                       "irqchip":"user"}"#;
         let c: VmConfig = serde_json::from_str(json).unwrap();
         assert_eq!(c.vcpus, 1);
         assert_eq!(c.mem_mib, 256);
         assert_eq!(c.pin[&0].cpus(), &[1]);
         assert_eq!(c.work.policy, idlework::Policy::Workers);
         assert!(c.disks[0].read_only);
+        assert_eq!(c.irqchip, crate::irqchip::IrqChipKind::User);
         let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
         assert!(serde_json::from_str::<VmConfig>(r#"{"vcpu":1}"#).is_err());

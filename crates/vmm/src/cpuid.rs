@@ -7,6 +7,12 @@
 //! an emulated no-op loop instead of halting, and its idle time would be
 //! invisible to the VMM. With `expose_mwait` the guest may choose MWAIT idle;
 //! its cost is then exactly that.
+//!
+//! Under the userspace irqchip the guest sees only what `irqchip` emulates:
+//! an xAPIC (no x2APIC, no TSC-deadline timer mode) and none of KVM's
+//! paravirtual features that need KVM's own local APIC (PV EOI, PV unhalt,
+//! PV IPIs and sched-yield, async page faults by interrupt, poll control,
+//! the IOAPIC's extended destination ID).
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
@@ -17,6 +23,15 @@ pub const TIMING_LEAF: u32 = 0x4000_0010;
 pub const APIC_BUS_KHZ: u32 = 1_000_000;
 
 const LEAF1_ECX_MONITOR: u32 = 1 << 3;
+const LEAF1_ECX_X2APIC: u32 = 1 << 21;
+const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+/// KVM_CPUID_FEATURES.
+const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
+/// KVM PV features that need the in-kernel local APIC: PV_EOI (6),
+/// PV_UNHALT (7), PV_SEND_IPI (11), POLL_CONTROL (12), PV_SCHED_YIELD (13),
+/// ASYNC_PF_INT (14), MSI_EXT_DEST_ID (15).
+const KVM_FEATURES_NEED_KERNEL_APIC: u32 =
+    (1 << 6) | (1 << 7) | (1 << 11) | (1 << 12) | (1 << 13) | (1 << 14) | (1 << 15);
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 const MWAIT_LEAF: u32 = 0x5;
@@ -36,6 +51,8 @@ pub struct CpuidParams {
     pub tsc_khz: Option<u32>,
     /// Leave MONITOR/MWAIT visible.
     pub expose_mwait: bool,
+    /// The VMM emulates the APICs (`--irqchip user`): show only what it does.
+    pub user_irqchip: bool,
 }
 
 /// Adjusts KVM's supported CPUID for one vCPU.
@@ -56,7 +73,11 @@ pub fn filter_cpuid(cpuid: &mut CpuId, p: &CpuidParams) {
                 if vcpus > 1 {
                     e.edx |= LEAF1_EDX_HTT;
                 }
+                if p.user_irqchip {
+                    e.ecx &= !(LEAF1_ECX_X2APIC | LEAF1_ECX_TSC_DEADLINE);
+                }
             }
+            KVM_FEATURES_LEAF if p.user_irqchip => e.eax &= !KVM_FEATURES_NEED_KERNEL_APIC,
             MWAIT_LEAF if !p.expose_mwait => {
                 (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
             }
@@ -132,6 +153,7 @@ mod tests {
             vcpus: 4,
             tsc_khz: Some(2_000_000),
             expose_mwait: false,
+            user_irqchip: false,
         };
         filter_cpuid(&mut c, &p);
         let l1 = leaf(&c, 1, 0);
@@ -146,6 +168,49 @@ mod tests {
     }
 
     #[test]
+    fn the_user_irqchip_hides_what_it_does_not_emulate() {
+        let x2apic_and_deadline = LEAF1_ECX_X2APIC | LEAF1_ECX_TSC_DEADLINE;
+        let pv = (1 << 3) | KVM_FEATURES_NEED_KERNEL_APIC; // 3: PV_TLB_FLUSH stays
+        let entries = |ecx, eax| {
+            CpuId::from_entries(&[
+                kvm_cpuid_entry2 {
+                    function: 1,
+                    ecx,
+                    edx: 1 << 9,
+                    ..Default::default()
+                },
+                kvm_cpuid_entry2 {
+                    function: KVM_FEATURES_LEAF,
+                    eax,
+                    ..Default::default()
+                },
+            ])
+            .unwrap()
+        };
+        for user in [false, true] {
+            let mut c = entries(x2apic_and_deadline, pv);
+            let p = CpuidParams {
+                vcpu: 0,
+                vcpus: 1,
+                tsc_khz: None,
+                expose_mwait: false,
+                user_irqchip: user,
+            };
+            filter_cpuid(&mut c, &p);
+            let l1 = leaf(&c, 1, 0);
+            assert_eq!(l1.edx & (1 << 9), 1 << 9, "the xAPIC stays");
+            let kvm = leaf(&c, KVM_FEATURES_LEAF, 0).eax;
+            if user {
+                assert_eq!(l1.ecx & x2apic_and_deadline, 0);
+                assert_eq!(kvm, 1 << 3);
+            } else {
+                assert_eq!(l1.ecx & x2apic_and_deadline, x2apic_and_deadline);
+                assert_eq!(kvm, pv);
+            }
+        }
+    }
+
+    #[test]
     fn mwait_can_be_exposed() {
         let mut c = sample();
         let p = CpuidParams {
@@ -153,6 +218,7 @@ mod tests {
             vcpus: 1,
             tsc_khz: None,
             expose_mwait: true,
+            user_irqchip: false,
         };
         filter_cpuid(&mut c, &p);
         assert_ne!(leaf(&c, 1, 0).ecx & LEAF1_ECX_MONITOR, 0);

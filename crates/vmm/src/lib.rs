@@ -14,6 +14,7 @@ pub mod cpuid;
 pub mod devices;
 pub mod exit;
 pub mod idle;
+pub mod irqchip;
 pub mod memory;
 pub mod rss;
 pub mod vcpu;

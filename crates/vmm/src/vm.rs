@@ -22,8 +22,12 @@ use crate::devices::{
     DEBUG_PORT_LEN,
 };
 use crate::exit::{ExitReason, ExitSignal};
+use crate::irqchip::delivery::IoApicMmio;
+use crate::irqchip::ioapic::IOAPIC_SIZE;
+use crate::irqchip::pic::{Elcr, Pic8259, ELCR_BASE, ELCR_LEN, PIC_LEN, PIC_MASTER, PIC_SLAVE};
+use crate::irqchip::{IrqChipKind, IrqLine, UserIrqChip};
 use crate::memory::{
-    self, GuestMemory, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, VIRTIO_MMIO_SIZE,
+    self, GuestMemory, IOAPIC_START, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, VIRTIO_MMIO_SIZE,
     VIRTIO_MMIO_START,
 };
 use crate::rss::RssReport;
@@ -75,6 +79,8 @@ pub struct RunReport {
     /// Why it ended.
     #[serde(serialize_with = "display")]
     pub exit: ExitReason,
+    /// Who emulated the interrupt controllers.
+    pub irqchip: IrqChipKind,
     /// The process exit status that goes with it.
     pub exit_code: i32,
     /// VMM start → guest's first instruction (ns), if the guest reported it.
@@ -109,6 +115,8 @@ pub struct Vm {
     vm_fd: VmFd,
     mem: Arc<GuestMemory>,
     vcpu_fds: Vec<VcpuFd>,
+    /// The userspace irqchip (`--irqchip user`), or None for KVM's.
+    irqchip: Option<Arc<UserIrqChip>>,
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     exit: Arc<ExitSignal>,
@@ -145,9 +153,7 @@ impl Vm {
         vm_fd
             .set_tss_address(KVM_TSS_ADDRESS)
             .map_err(kvm_err("setting the TSS address"))?;
-        vm_fd
-            .create_irq_chip()
-            .map_err(kvm_err("creating the in-kernel irqchip"))?;
+        let irqchip = create_irqchip(&vm_fd, &config)?;
         if let Some(ns) = config.halt_poll_ns {
             let cap = kvm_enable_cap {
                 cap: KVM_CAP_HALT_POLL,
@@ -161,12 +167,21 @@ impl Vm {
 
         let exit = Arc::new(ExitSignal::default());
         let milestones = Arc::new(BootMilestones::new(started));
-        let pio = Arc::new(legacy_devices(&vm_fd, &config, &exit, &milestones)?);
+        let pio = Arc::new(legacy_devices(
+            &vm_fd,
+            &config,
+            &exit,
+            &milestones,
+            irqchip.as_ref(),
+        )?);
         confine_helper_threads(&config);
         let engine = Arc::new(Engine::new(engine_config(&config.work)).map_err(|e| {
             VmError::Host("starting the device-work engine", std::io::Error::other(e))
         })?);
         let mut mmio = Bus::new();
+        if let Some(chip) = &irqchip {
+            place_ioapic(&mut mmio, chip)?;
+        }
         let mut notifier = NotifierBuilder::default();
         let mut cmdline = config.cmdline.clone();
         let mut disks = Vec::new();
@@ -180,7 +195,8 @@ impl Vm {
                 passes: disk.scrub_passes.unwrap_or(0),
                 counters: Arc::default(),
             });
-            let transport = slot.attach(&vm_fd, &mem, &mut mmio, Box::new(block))?;
+            let line = irq_line(&vm_fd, irqchip.as_ref(), slot.gsi)?;
+            let transport = slot.attach(&mem, &mut mmio, Box::new(block), line)?;
             // With an ioeventfd KVM completes the notify write in the kernel and
             // the notifier thread submits; otherwise it exits to the vCPU thread.
             if config.work.notify_path() == NotifyPath::Ioeventfd {
@@ -202,6 +218,7 @@ impl Vm {
             vm_fd,
             mem,
             vcpu_fds,
+            irqchip,
             pio,
             mmio,
             exit,
@@ -259,8 +276,13 @@ impl Vm {
                 exit: self.exit.clone(),
                 pin: self.config.pin.get(&index).cloned(),
                 engine: Some(self.engine.clone()),
-                self_kick: Some(Duration::from_micros(self.config.work.self_kick_us))
-                    .filter(|d| !d.is_zero() && self.config.work.policy == Policy::Idle),
+                // Under the user irqchip the halt itself reaches this thread.
+                self_kick: Some(Duration::from_micros(self.config.work.self_kick_us)).filter(|d| {
+                    !d.is_zero()
+                        && self.config.work.policy == Policy::Idle
+                        && self.irqchip.is_none()
+                }),
+                irqchip: self.irqchip.clone(),
             };
             match Vcpu::new(index, fd, ctx).start() {
                 Ok(h) => vcpus.push(h),
@@ -321,6 +343,7 @@ impl RunningVm {
         RunReport {
             exit_code: exit.exit_code(),
             exit,
+            irqchip: vm.config.irqchip,
             first_instruction_ns: vm.milestones.first_instruction_ns(),
             banner_ns: vm.milestones.banner_ns(),
             end_ns: vm.started.elapsed().as_nanos() as u64,
@@ -408,20 +431,15 @@ impl VirtioSlot {
         }
     }
 
-    /// Puts `device` behind a transport on the MMIO bus with its irqfd.
+    /// Puts `device` behind a transport on the MMIO bus, interrupting on `line`.
     fn attach(
         &self,
-        vm_fd: &VmFd,
         mem: &Arc<GuestMemory>,
         mmio: &mut Bus,
         device: Box<dyn crate::virtio::VirtioDevice>,
+        line: IrqLine,
     ) -> Result<Arc<Mutex<MmioTransport>>, VmError> {
-        let irqfd = EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(|e| VmError::Host("creating an eventfd", e))?;
-        vm_fd
-            .register_irqfd(&irqfd, self.gsi)
-            .map_err(kvm_err("registering a virtio irqfd"))?;
-        let interrupt = Arc::new(VirtioInterrupt::new(irqfd));
+        let interrupt = Arc::new(VirtioInterrupt::on_line(line));
         let transport = Arc::new(Mutex::new(MmioTransport::new(
             device,
             mem.clone(),
@@ -460,19 +478,69 @@ fn register_memory(vm_fd: &VmFd, mem: &GuestMemory) -> Result<(), VmError> {
     Ok(())
 }
 
-/// COM1 (with its irqfd) and the debug ports, on a new port I/O bus.
+/// The in-kernel irqchip (`kernel`), or the VMM's own (`user`: no
+/// `KVM_CREATE_IRQCHIP`, so guest HLTs exit to userspace).
+fn create_irqchip(vm_fd: &VmFd, config: &VmConfig) -> Result<Option<Arc<UserIrqChip>>, VmError> {
+    match config.irqchip {
+        IrqChipKind::Kernel => {
+            vm_fd
+                .create_irq_chip()
+                .map_err(kvm_err("creating the in-kernel irqchip"))?;
+            Ok(None)
+        }
+        IrqChipKind::User => Ok(Some(Arc::new(UserIrqChip::new(config.vcpus)))),
+    }
+}
+
+/// A device's interrupt line for `gsi`: an irqfd bound to KVM's IOAPIC, or
+/// a pin of the userspace one.
+fn irq_line(vm_fd: &VmFd, chip: Option<&Arc<UserIrqChip>>, gsi: u32) -> Result<IrqLine, VmError> {
+    if let Some(chip) = chip {
+        return Ok(IrqLine::Pin {
+            chip: chip.clone(),
+            gsi,
+        });
+    }
+    let irqfd =
+        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Host("creating an eventfd", e))?;
+    vm_fd
+        .register_irqfd(&irqfd, gsi)
+        .map_err(kvm_err("registering an irqfd"))?;
+    Ok(IrqLine::Irqfd(irqfd))
+}
+
+/// The userspace IOAPIC's registers, where the MADT announces them.
+fn place_ioapic(mmio: &mut Bus, chip: &Arc<UserIrqChip>) -> Result<(), VmError> {
+    let ioapic = Arc::new(Mutex::new(IoApicMmio(chip.clone())));
+    mmio.insert(ioapic, IOAPIC_START, IOAPIC_SIZE)
+        .map_err(|e| VmError::Host("placing the IOAPIC", std::io::Error::other(e)))
+}
+
+/// The 8259 pair and ELCR a guest may probe (user irqchip; KVM has its own).
+fn place_pics(pio: &mut Bus) -> Result<(), VmError> {
+    let master = Arc::new(Mutex::new(Pic8259::default()));
+    let slave = Arc::new(Mutex::new(Pic8259::default()));
+    let elcr = Arc::new(Mutex::new(Elcr::default()));
+    pio.insert(master, PIC_MASTER, PIC_LEN)
+        .and_then(|_| pio.insert(slave, PIC_SLAVE, PIC_LEN))
+        .and_then(|_| pio.insert(elcr, ELCR_BASE, ELCR_LEN))
+        .map_err(|e| VmError::Host("placing the 8259s", std::io::Error::other(e)))
+}
+
+/// COM1 (with its interrupt line), the debug ports and, under the user
+/// irqchip, the 8259s, on a new port I/O bus.
 fn legacy_devices(
     vm_fd: &VmFd,
     config: &VmConfig,
     exit: &Arc<ExitSignal>,
     milestones: &Arc<BootMilestones>,
+    irqchip: Option<&Arc<UserIrqChip>>,
 ) -> Result<Bus, VmError> {
     let mut pio = Bus::new();
-    let irq =
-        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Host("creating an eventfd", e))?;
-    vm_fd
-        .register_irqfd(&irq, COM1_GSI)
-        .map_err(kvm_err("registering the serial irqfd"))?;
+    let irq = irq_line(vm_fd, irqchip, COM1_GSI)?;
+    if irqchip.is_some() {
+        place_pics(&mut pio)?;
+    }
     let console = Console::new(config.serial_file.as_deref())
         .map_err(|e| VmError::Host("opening the serial file", e))?;
     let serial = Arc::new(Mutex::new(Serial::new(irq, console)));
@@ -485,7 +553,8 @@ fn legacy_devices(
 }
 
 /// Creates and configures every vCPU; vCPU 0 gets the PVH entry state, the
-/// others wait for INIT/SIPI in the in-kernel local APIC.
+/// others wait for INIT/SIPI (in the in-kernel local APIC, or in their
+/// threads under the user irqchip).
 fn create_vcpus(
     kvm: &Kvm,
     vm_fd: &VmFd,
@@ -508,14 +577,17 @@ fn create_vcpus(
             vcpus: config.vcpus,
             tsc_khz: fd.get_tsc_khz().ok(),
             expose_mwait: config.expose_mwait,
+            user_irqchip: config.irqchip == IrqChipKind::User,
         };
         filter_cpuid(&mut cpuid, &params);
         fd.set_cpuid2(&cpuid).map_err(kvm_err("setting CPUID"))?;
 
-        let mut lapic = fd.get_lapic().map_err(kvm_err("reading the local APIC"))?;
-        regs::setup_lint(&mut lapic);
-        fd.set_lapic(&lapic)
-            .map_err(kvm_err("setting the local APIC"))?;
+        if config.irqchip == IrqChipKind::Kernel {
+            let mut lapic = fd.get_lapic().map_err(kvm_err("reading the local APIC"))?;
+            regs::setup_lint(&mut lapic);
+            fd.set_lapic(&lapic)
+                .map_err(kvm_err("setting the local APIC"))?;
+        }
 
         if index == 0 {
             let mut sregs = fd.get_sregs().map_err(kvm_err("reading sregs"))?;

@@ -77,3 +77,33 @@ pub fn result_lines(stdout: &str) -> Vec<HashMap<String, String>> {
 pub fn testguest_elf() -> PathBuf {
     PathBuf::from(env!("NIGHTSHIFT_TESTGUEST_ELF"))
 }
+
+/// The interrupt-controller choices every VM test runs under.
+pub const IRQCHIPS: [&str; 2] = ["kernel", "user"];
+
+/// Runs `nightshift run --irqchip IRQCHIP ARGS --report <tmp>`.
+pub fn nightshift_on(irqchip: &str, args: &[&str]) -> Run {
+    let mut all = vec!["--irqchip", irqchip];
+    all.extend_from_slice(args);
+    nightshift(&all)
+}
+
+/// Makes each `fn name(irqchip: &str)` two tests, `name::kernel` and
+/// `name::user`, one per irqchip (separate tests: each failure says which).
+#[macro_export]
+macro_rules! on_both_irqchips {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn kernel() {
+                    super::$name("kernel")
+                }
+                #[test]
+                fn user() {
+                    super::$name("user")
+                }
+            }
+        )+
+    };
+}

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use vm_superio::serial::NoEvents;
 use vm_superio::Trigger;
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::irqchip::IrqLine;
 
 /// COM1's I/O port base.
 pub const COM1_BASE: u64 = 0x3f8;
@@ -17,13 +17,13 @@ pub const COM1_LEN: u64 = 8;
 /// COM1's interrupt line (ISA IRQ 4 → IOAPIC GSI 4).
 pub const COM1_GSI: u32 = 4;
 
-/// Raises the UART's interrupt through an irqfd.
-pub struct IrqTrigger(pub EventFd);
+/// Raises the UART's interrupt on its line (an irqfd or a userspace IOAPIC pin).
+pub struct IrqTrigger(pub IrqLine);
 
 impl Trigger for IrqTrigger {
     type E = io::Error;
     fn trigger(&self) -> io::Result<()> {
-        self.0.write(1)
+        self.0.trigger()
     }
 }
 
@@ -68,7 +68,7 @@ pub struct Serial<W: Write + Send> {
 
 impl<W: Write + Send> Serial<W> {
     /// A UART that writes to `out` and interrupts through `irq`.
-    pub fn new(irq: EventFd, out: W) -> Self {
+    pub fn new(irq: IrqLine, out: W) -> Self {
         Serial {
             uart: vm_superio::Serial::new(IrqTrigger(irq), out),
         }
@@ -115,7 +115,8 @@ mod tests {
 
     #[test]
     fn bytes_written_to_thr_reach_the_output() {
-        let mut s = Serial::new(EventFd::new(0).unwrap(), Vec::new());
+        let irq = IrqLine::Irqfd(vmm_sys_util::eventfd::EventFd::new(0).unwrap());
+        let mut s = Serial::new(irq, Vec::new());
         for b in b"hi\n" {
             s.write(0, &[*b]);
         }

@@ -7,6 +7,10 @@
 //! thread arms this timer and re-enters the guest. When it fires, `KVM_RUN`
 //! returns `EINTR` on this thread: if the guest has halted meanwhile, the
 //! thread runs the work; if not, it re-arms and goes back in.
+//!
+//! Under the userspace irqchip the same kind of timer carries each vCPU's
+//! local APIC timer deadline (`user_irq`): it takes a running guest out of
+//! `KVM_RUN` to be given its tick.
 
 use std::io;
 use std::time::Duration;
@@ -46,6 +50,11 @@ impl IdleTimer {
     /// A zero `after` would disarm the timer, so it is raised to 1 ns.
     pub fn arm(&self, after: Duration) {
         self.set(after.max(Duration::from_nanos(1)));
+    }
+
+    /// Stops a pending expiry.
+    pub fn disarm(&self) {
+        self.set(Duration::ZERO);
     }
 
     fn set(&self, after: Duration) {

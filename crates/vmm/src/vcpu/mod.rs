@@ -11,20 +11,32 @@
 //! ```
 //!
 //! Requests (pause, resume, stop) are posted to [`VcpuControl`] and the thread
-//! is kicked out of `KVM_RUN` (see [`kick`]); the thread looks at requests
-//! every time `KVM_RUN` returns. Port and MMIO exits go to the buses. A
-//! shutdown or KVM internal error ends this vCPU and reports the VM's
-//! [`ExitReason`]; the VM's owner then stops the other vCPUs.
+//! is kicked out of `KVM_RUN` (see [`kick`]) or woken from a userspace wait;
+//! the thread looks at requests every time `KVM_RUN` returns. Port and MMIO
+//! exits go to the buses. A shutdown or KVM internal error ends this vCPU and
+//! reports the VM's [`ExitReason`]; the VM's owner then stops the other vCPUs.
+//!
+//! Under the userspace irqchip ([`crate::irqchip`]) the Running state has two
+//! more places the thread can be: waiting for its STARTUP IPI (APs, and any
+//! CPU after INIT), and halted in userspace after a guest HLT, where it is an
+//! idle executor ([`halt`]). Before each entry it injects what its local APIC
+//! has for it ([`user_irq`]). [`VcpuControl`] publishes which of these the
+//! thread is in, so that whoever has news for it picks the cheapest way to
+//! tell it: nothing (its own thread), a plain wake (waiting in userspace), or
+//! a signal kick (inside `KVM_RUN`).
 
+pub mod halt;
 pub mod idle_timer;
 pub mod kick;
 pub mod kvm_stats;
 pub mod regs;
+pub mod user_irq;
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     kvm_regs, kvm_sregs, KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
@@ -35,10 +47,13 @@ use serde::Serialize;
 use crate::bus::Bus;
 use crate::config::CpuList;
 use crate::exit::{ExitReason, ExitSignal};
-use crate::idle::VcpuIdleHooks;
+use crate::idle::{BlockingStat, KernelIdleHooks, UserIdleHooks, VcpuSignals};
+use crate::irqchip::{UserIrqChip, VcpuWaker};
+use crate::memory::LAPIC_START;
 use idle_timer::IdleTimer;
 use kick::{Kicker, ThreadBinding};
-use kvm_stats::KvmStats;
+use kvm_stats::{KvmStats, StatReader};
+use user_irq::{Entry, UserIrq};
 
 /// The states of the run loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +81,26 @@ pub enum Request {
 
 const NO_REQUEST: u8 = 0;
 
+/// Where the vCPU thread is, for those who have news for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Place {
+    /// Handling an exit, or anything else outside the guest: it looks at
+    /// its requests and interrupts before it enters again.
+    Outside = 0,
+    /// About to enter or inside `KVM_RUN`: only a signal reaches it.
+    InGuest = 1,
+    /// Waiting in userspace after a guest HLT (an idle executor).
+    Halted = 2,
+    /// Waiting in userspace for a STARTUP IPI (not idle: no guest yet).
+    Parked = 3,
+}
+
+thread_local! {
+    /// The [`VcpuControl`] of the vCPU this thread runs (its address), or 0.
+    static OWN_CONTROL: Cell<usize> = const { Cell::new(0) };
+}
+
 /// The longest a vCPU waits between looks at its own guest for queued work.
 const MAX_SELF_KICK_DELAY: Duration = Duration::from_millis(1);
 
@@ -75,9 +110,36 @@ pub struct VcpuControl {
     request: AtomicU8,
     /// The thread's current [`VcpuState`], published at each transition.
     state: AtomicU8,
-    /// Wakes a paused vCPU; the mutex holds nothing, the request is the state.
-    wake: (Mutex<()>, Condvar),
+    /// Where the thread is ([`Place`]).
+    place: AtomicU8,
+    /// The engine asked this executor to run work (user irqchip).
+    work_offered: AtomicBool,
+    /// Wakes a thread waiting in userspace (paused, halted, parked): a
+    /// generation count, bumped by every wake, so none is lost.
+    wake: (Mutex<u64>, Condvar),
     kicker: Kicker,
+    /// Signals sent to this thread (kicks out of `KVM_RUN`).
+    signal_kicks: AtomicU64,
+    /// Plain wakes of this thread from a userspace wait.
+    plain_wakes: AtomicU64,
+    /// Of those, to hand it engine work (user irqchip).
+    work_wakes: AtomicU64,
+    /// Signals sent to hand it engine work (user irqchip, forced work only).
+    work_kicks: AtomicU64,
+    /// Wakes and signals for interrupts and IPIs (user irqchip).
+    irq_wakes: AtomicU64,
+    irq_kicks: AtomicU64,
+}
+
+/// How [`VcpuControl::tell`] reached the thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Told {
+    /// It looks by itself before it enters or waits.
+    Nothing,
+    /// A plain wake of its userspace wait.
+    Woken,
+    /// A signal out of `KVM_RUN`.
+    Kicked,
 }
 
 impl VcpuControl {
@@ -85,23 +147,32 @@ impl VcpuControl {
         VcpuControl {
             request: AtomicU8::new(NO_REQUEST),
             state: AtomicU8::new(VcpuState::Running as u8),
-            wake: (Mutex::new(()), Condvar::new()),
+            place: AtomicU8::new(Place::Outside as u8),
+            work_offered: AtomicBool::new(false),
+            wake: (Mutex::new(0), Condvar::new()),
             kicker,
+            signal_kicks: AtomicU64::new(0),
+            plain_wakes: AtomicU64::new(0),
+            work_wakes: AtomicU64::new(0),
+            work_kicks: AtomicU64::new(0),
+            irq_wakes: AtomicU64::new(0),
+            irq_kicks: AtomicU64::new(0),
         }
     }
 
-    /// Posts `request` and kicks the vCPU so it sees it promptly. A pending
-    /// Stop is never replaced.
+    /// Posts `request` and makes the vCPU see it promptly (a wake if it
+    /// waits in userspace, else a kick). A pending Stop is never replaced.
     pub fn post(&self, request: Request) {
         let _ = self
             .request
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
                 (cur != Request::Stop as u8).then_some(request as u8)
             });
-        let _guard = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
-        self.wake.1.notify_all();
-        drop(_guard);
-        self.kicker.kick();
+        self.bump();
+        fence(Ordering::SeqCst);
+        if !matches!(self.place(), Place::Halted | Place::Parked) {
+            self.kick();
+        }
     }
 
     /// The state the vCPU thread is in (as of its last transition).
@@ -115,7 +186,102 @@ impl VcpuControl {
 
     /// Kicks the vCPU out of `KVM_RUN` without a request.
     pub fn kick(&self) -> bool {
-        self.kicker.kick()
+        let sent = self.kicker.kick();
+        if sent {
+            self.signal_kicks.fetch_add(1, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    fn place(&self) -> Place {
+        match self.place.load(Ordering::SeqCst) {
+            1 => Place::InGuest,
+            2 => Place::Halted,
+            3 => Place::Parked,
+            _ => Place::Outside,
+        }
+    }
+
+    /// Publishes where the thread is; it looks at its news only after this
+    /// (the fence orders the store before those loads, as `tell` orders the
+    /// news before its load of `place`).
+    fn set_place(&self, place: Place) {
+        self.place.store(place as u8, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    fn on_own_thread(&self) -> bool {
+        OWN_CONTROL.with(Cell::get) == self as *const Self as usize
+    }
+
+    /// Something is pending for this vCPU (an interrupt, work): tell its
+    /// thread the cheapest way that reaches it where it is; a thread in the
+    /// guest only if `may_signal`.
+    fn tell(&self, may_signal: bool) -> Told {
+        if self.on_own_thread() {
+            // It looks before its next entry or wait.
+            return Told::Nothing;
+        }
+        // The caller's news (under its own lock) before the load of `place`;
+        // the thread stores `place` before it looks at the news.
+        fence(Ordering::SeqCst);
+        match self.place() {
+            Place::Halted | Place::Parked => {
+                self.bump();
+                self.plain_wakes.fetch_add(1, Ordering::Relaxed);
+                Told::Woken
+            }
+            Place::InGuest if may_signal && self.kick() => Told::Kicked,
+            Place::InGuest | Place::Outside => Told::Nothing,
+        }
+    }
+
+    fn bump(&self) {
+        let mut generation = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+        *generation += 1;
+        self.wake.1.notify_all();
+    }
+
+    /// The wake generation; pass it to [`Self::wait_for_wake`] after looking
+    /// at everything that could end the wait.
+    fn generation(&self) -> u64 {
+        *self.wake.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until a wake newer than `seen`, or `until`.
+    fn wait_for_wake(&self, seen: u64, until: Option<Instant>) {
+        let mut generation = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
+        while *generation == seen {
+            match until {
+                None => {
+                    generation = self
+                        .wake
+                        .1
+                        .wait(generation)
+                        .unwrap_or_else(|p| p.into_inner())
+                }
+                Some(t) => {
+                    let Some(left) = t.checked_duration_since(Instant::now()) else {
+                        return;
+                    };
+                    generation = self
+                        .wake
+                        .1
+                        .wait_timeout(generation, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// Whether a request is posted (without taking it).
+    fn has_request(&self) -> bool {
+        self.request.load(Ordering::Acquire) != NO_REQUEST
+    }
+
+    fn take_work_offer(&self) -> bool {
+        self.work_offered.load(Ordering::SeqCst) && self.work_offered.swap(false, Ordering::SeqCst)
     }
 
     fn take(&self) -> Option<Request> {
@@ -132,13 +298,44 @@ impl VcpuControl {
     }
 
     fn wait_for_request(&self) -> Request {
-        let mut guard = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
         loop {
+            let seen = self.generation();
             if let Some(r) = self.take() {
                 return r;
             }
-            guard = self.wake.1.wait(guard).unwrap_or_else(|p| p.into_inner());
+            self.wait_for_wake(seen, None);
         }
+    }
+}
+
+impl VcpuSignals for VcpuControl {
+    fn kick(&self) -> bool {
+        VcpuControl::kick(self)
+    }
+
+    fn offer_work(&self, preempt: bool) {
+        self.work_offered.store(true, Ordering::SeqCst);
+        match self.tell(preempt) {
+            Told::Woken => self.work_wakes.fetch_add(1, Ordering::Relaxed),
+            Told::Kicked => self.work_kicks.fetch_add(1, Ordering::Relaxed),
+            Told::Nothing => 0,
+        };
+    }
+}
+
+impl VcpuWaker for VcpuControl {
+    fn wake(&self) {
+        match self.tell(true) {
+            Told::Woken => self.irq_wakes.fetch_add(1, Ordering::Relaxed),
+            Told::Kicked => self.irq_kicks.fetch_add(1, Ordering::Relaxed),
+            Told::Nothing => 0,
+        };
+    }
+}
+
+impl BlockingStat for StatReader {
+    fn blocking(&self) -> bool {
+        self.read().is_ok_and(|v| v != 0)
     }
 }
 
@@ -165,8 +362,51 @@ pub struct VcpuStats {
     pub declined_kicks: u64,
     /// Guest HLTs KVM handled (KVM's `halt_exits`).
     pub halt_exits: u64,
-    /// Time the vCPU slept in HLT, ns (KVM's `halt_wait_ns`).
+    /// Time the vCPU slept in HLT, ns (KVM's `halt_wait_ns`; under the user
+    /// irqchip, the same as `halted_ns`).
     pub halt_wait_ns: u64,
+    /// Signals sent to this thread (kicks out of `KVM_RUN`: engine kicks
+    /// under the kernel irqchip, interrupts for a vCPU in the guest, requests).
+    pub signal_kicks: u64,
+    /// Plain wakes of this thread waiting in userspace (user irqchip).
+    pub plain_wakes: u64,
+    /// User irqchip: of `plain_wakes`, those that handed it engine work.
+    pub work_wakes: u64,
+    /// User irqchip: of `signal_kicks`, those that handed it engine work
+    /// (only overdue work forced on a busy vCPU under `cpu_cap` 0).
+    pub work_kicks: u64,
+    /// User irqchip: of `plain_wakes`, those for an interrupt or IPI (one
+    /// made on this vCPU's own thread needs none).
+    pub irq_wakes: u64,
+    /// User irqchip: of `signal_kicks`, those for an interrupt or IPI while
+    /// the guest ran.
+    pub irq_kicks: u64,
+    /// User irqchip: guest HLTs that exited to this thread.
+    pub hlt_exits: u64,
+    /// User irqchip: time spent halted in userspace (working or waiting), ns.
+    pub halted_ns: u64,
+    /// User irqchip: interrupts injected with `KVM_INTERRUPT`.
+    pub injected: u64,
+    /// User irqchip: NMIs injected.
+    pub nmis: u64,
+    /// User irqchip: `KVM_EXIT_IRQ_WINDOW_OPEN` exits.
+    pub irq_window_exits: u64,
+    /// User irqchip: LAPIC timer interrupts raised.
+    pub timer_irqs: u64,
+    /// User irqchip: the latest a timer interrupt was raised after its
+    /// deadline (the VMM noticed it late), ns.
+    pub timer_late_max_ns: u64,
+    /// User irqchip: work runs in a guest halt that found work (a subset of
+    /// `idle_runs`).
+    pub halt_runs: u64,
+    /// User irqchip: items those runs finished.
+    pub halt_items: u64,
+    /// User irqchip: work runs in a halt whose budget was cut short so that
+    /// they end by the LAPIC timer's deadline.
+    pub idle_runs_clamped: u64,
+    /// User irqchip: the furthest a work run in a halt ended past the timer
+    /// deadline (the last item's overrun), ns.
+    pub timer_overrun_max_ns: u64,
 }
 
 /// Everything a vCPU thread needs besides its fd.
@@ -185,6 +425,8 @@ pub struct VcpuContext {
     /// kicks this thread; if the guest has halted by then, the thread runs
     /// the work). `None`: rely on the engine noticing the halt.
     pub self_kick: Option<Duration>,
+    /// The VM's userspace irqchip, if it has one (`--irqchip user`).
+    pub irqchip: Option<Arc<UserIrqChip>>,
 }
 
 /// A vCPU thread as the VM sees it.
@@ -216,6 +458,11 @@ pub struct Vcpu {
     idle_timer: Option<IdleTimer>,
     /// The current self-kick delay (doubles while the guest keeps running).
     self_kick_delay: Duration,
+    /// This vCPU's part of the userspace irqchip.
+    irq: Option<UserIrq>,
+    /// The guest is in a HLT the thread left for a request (user irqchip):
+    /// whether it halted with interrupts enabled.
+    halted: Option<bool>,
 }
 
 enum Outcome {
@@ -223,6 +470,8 @@ enum Outcome {
     /// An MMIO write was handled: it may have queued device work.
     Wrote,
     Interrupted,
+    /// The guest executed HLT (user irqchip only).
+    Halted,
     End(ExitReason),
 }
 
@@ -233,6 +482,10 @@ impl Vcpu {
             vcpu: index,
             ..Default::default()
         };
+        let irq = ctx
+            .irqchip
+            .as_ref()
+            .and_then(|chip| UserIrq::new(chip.clone(), index));
         Vcpu {
             index,
             fd,
@@ -241,6 +494,8 @@ impl Vcpu {
             executor: None,
             idle_timer: None,
             self_kick_delay: Duration::ZERO,
+            irq,
+            halted: None,
         }
     }
 
@@ -268,12 +523,14 @@ impl Vcpu {
                 tracing::warn!("vcpu{}: cannot pin to CPUs {cpus}: {e}", self.index);
             }
         }
+        OWN_CONTROL.with(|c| c.set(Arc::as_ptr(&control) as usize));
         let kvm_stats = KvmStats::open(&self.fd)
             .inspect_err(|e| tracing::warn!("vcpu{}: no KVM statistics: {e}", self.index))
             .ok();
-        self.executor = kvm_stats
-            .as_ref()
-            .and_then(|s| self.register_executor(s, &control));
+        if let Some(irq) = self.irq.as_mut() {
+            irq.start_on_thread(control.clone());
+        }
+        self.executor = self.register_executor(kvm_stats.as_ref(), &control);
         if self.executor.is_some() && self.ctx.self_kick.is_some() {
             self.idle_timer = IdleTimer::for_current_thread()
                 .inspect_err(|e| tracing::warn!("vcpu{}: no idle timer: {e}", self.index))
@@ -299,24 +556,50 @@ impl Vcpu {
             .store(VcpuState::Exited as u8, Ordering::Release);
         // Unregister first: the engine must not kick a thread that is leaving.
         drop(self.executor.take());
-        if let Some(s) = &kvm_stats {
+        if self.irq.is_some() {
+            // KVM never sees these HLTs: ours are the halts.
+            self.stats.halt_exits = self.stats.hlt_exits;
+            self.stats.halt_wait_ns = self.stats.halted_ns;
+        } else if let Some(s) = &kvm_stats {
             self.stats.halt_exits = s.read("halt_exits").unwrap_or(0);
             self.stats.halt_wait_ns = s.read("halt_wait_ns").unwrap_or(0);
         }
+        self.stats.signal_kicks = control.signal_kicks.load(Ordering::Relaxed);
+        self.stats.plain_wakes = control.plain_wakes.load(Ordering::Relaxed);
+        self.stats.work_wakes = control.work_wakes.load(Ordering::Relaxed);
+        self.stats.work_kicks = control.work_kicks.load(Ordering::Relaxed);
+        self.stats.irq_wakes = control.irq_wakes.load(Ordering::Relaxed);
+        self.stats.irq_kicks = control.irq_kicks.load(Ordering::Relaxed);
         control.kicker.thread_exiting();
+        OWN_CONTROL.with(|c| c.set(0));
         drop(binding);
         self.stats
     }
 
-    /// Becomes an idle executor of the VM's engine, if there is one.
+    /// Becomes an idle executor of the VM's engine, if there is one: seen
+    /// idle through KVM's `blocking` statistic (kernel irqchip) or its own
+    /// userspace halt (user irqchip).
     fn register_executor(
         &self,
-        stats: &KvmStats,
+        stats: Option<&KvmStats>,
         control: &Arc<VcpuControl>,
     ) -> Option<idlework::Executor> {
         let engine = self.ctx.engine.as_ref()?;
-        match VcpuIdleHooks::new(stats, control.clone()) {
-            Ok(hooks) => Some(engine.register_executor(format!("vcpu{}", self.index), hooks)),
+        let name = format!("vcpu{}", self.index);
+        if self.irq.is_some() {
+            let config = engine.config();
+            let may_force = config.cpu_cap == Some(0);
+            let hooks = UserIdleHooks::new(control.clone(), may_force);
+            return Some(engine.register_executor(name, hooks));
+        }
+        let blocking = stats
+            .ok_or_else(|| "no KVM statistics".to_string())
+            .and_then(|s| s.reader("blocking").map_err(|e| e.to_string()));
+        match blocking {
+            Ok(blocking) => {
+                let hooks = KernelIdleHooks::new(blocking, control.clone());
+                Some(engine.register_executor(name, hooks))
+            }
             Err(e) => {
                 tracing::warn!(
                     "vcpu{}: guest idle is invisible ({e}); device work goes to workers",
@@ -336,10 +619,13 @@ impl Vcpu {
             return;
         };
         // On our own thread KVM_GET_MP_STATE does not wait for the vCPU mutex.
-        let halted = self
-            .fd
-            .get_mp_state()
-            .is_ok_and(|s| s.mp_state == KVM_MP_STATE_HALTED);
+        // Under the user irqchip a halted guest never is in KVM_RUN: one that
+        // was interrupted there is running.
+        let halted = self.irq.is_none()
+            && self
+                .fd
+                .get_mp_state()
+                .is_ok_and(|s| s.mp_state == KVM_MP_STATE_HALTED);
         // A forced kick brings overdue work the CPU cap leaves no worker for.
         let take = halted || executor.forced();
         let budget = if take {
@@ -347,10 +633,10 @@ impl Vcpu {
         } else {
             Duration::ZERO
         };
-        if !take {
+        let report = executor.run_idle(budget);
+        if !take && report.kicked {
             self.stats.declined_kicks += 1;
         }
-        let report = executor.run_idle(budget);
         if report.items > 0 {
             self.stats.idle_runs += 1;
             self.stats.idle_items += report.items;
@@ -382,25 +668,56 @@ impl Vcpu {
     /// Runs the guest until a request arrives or the vCPU must end.
     fn run_until_request(&mut self, control: &VcpuControl) -> VcpuState {
         loop {
+            if self.irq.is_some() {
+                // From here on, news for this vCPU comes with a kick; what
+                // came before is looked at below (requests, work, interrupts).
+                self.fd.set_kvm_immediate_exit(0);
+                control.set_place(Place::InGuest);
+            }
             match control.take() {
-                Some(Request::Pause) => return VcpuState::Paused,
-                Some(Request::Stop) => return VcpuState::Exited,
+                Some(Request::Pause) => return self.leave(control, VcpuState::Paused),
+                Some(Request::Stop) => return self.leave(control, VcpuState::Exited),
                 Some(Request::Resume) | None => {}
             }
-            match self.run_once() {
+            if self.halted.is_some() {
+                self.idle_in_userspace(control);
+                continue;
+            }
+            if let Some(irq) = self.irq.as_mut() {
+                if control.take_work_offer() {
+                    control.set_place(Place::Outside);
+                    self.run_idle_work();
+                    continue;
+                }
+                if irq.before_entry(&mut self.fd, &mut self.stats) == Entry::WaitForSipi {
+                    self.wait_for_sipi(control);
+                    continue;
+                }
+            }
+            let outcome = self.run_once();
+            control.set_place(Place::Outside);
+            match outcome {
                 Outcome::Continue => {}
                 Outcome::Wrote => self.come_back_for_work(None),
                 Outcome::Interrupted => {
                     self.stats.interrupted += 1;
                     self.fd.set_kvm_immediate_exit(0);
-                    self.run_idle_work();
+                    if self.irq.is_none() {
+                        self.run_idle_work();
+                    }
                 }
+                Outcome::Halted => self.idle_in_userspace(control),
                 Outcome::End(reason) => {
                     self.ctx.exit.report(reason);
                     return VcpuState::Exited;
                 }
             }
         }
+    }
+
+    fn leave(&self, control: &VcpuControl, next: VcpuState) -> VcpuState {
+        control.set_place(Place::Outside);
+        next
     }
 
     /// One `KVM_RUN` and the handling of its exit.
@@ -420,15 +737,35 @@ impl Vcpu {
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
                 self.stats.mmio_exits += 1;
-                self.ctx.mmio.read(addr, data);
+                match &self.irq {
+                    Some(irq) if in_lapic_page(addr) => irq.lapic_read(addr - LAPIC_START, data),
+                    _ => {
+                        self.ctx.mmio.read(addr, data);
+                    }
+                }
                 Outcome::Continue
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 self.stats.mmio_exits += 1;
-                self.ctx.mmio.write(addr, data);
-                Outcome::Wrote
+                match &self.irq {
+                    Some(irq) if in_lapic_page(addr) => {
+                        irq.lapic_write(addr - LAPIC_START, data);
+                        Outcome::Continue
+                    }
+                    _ => {
+                        self.ctx.mmio.write(addr, data);
+                        Outcome::Wrote
+                    }
+                }
             }
             Ok(VcpuExit::Intr) => Outcome::Interrupted,
+            Ok(VcpuExit::Hlt) if self.irq.is_some() => Outcome::Halted,
+            Ok(VcpuExit::IrqWindowOpen) if self.irq.is_some() => {
+                self.stats.irq_window_exits += 1;
+                Outcome::Continue
+            }
+            // The TPR is read back from kvm_run.cr8 before every entry.
+            Ok(VcpuExit::SetTpr) if self.irq.is_some() => Outcome::Continue,
             Ok(VcpuExit::Shutdown) => Outcome::End(ExitReason::Shutdown {
                 vcpu: index,
                 regs: self.describe_registers(),
@@ -498,6 +835,11 @@ impl Vcpu {
     }
 }
 
+/// Whether `addr` is in the local APIC page (each vCPU sees its own there).
+fn in_lapic_page(addr: u64) -> bool {
+    (LAPIC_START..LAPIC_START + crate::irqchip::lapic::LAPIC_SIZE).contains(&addr)
+}
+
 fn internal_error_name(suberror: u32) -> &'static str {
     match suberror {
         1 => "emulation failure",
@@ -527,5 +869,82 @@ pub fn pin_thread(tid: libc::pid_t, cpus: &CpuList) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvm_bindings::kvm_run;
+    use std::sync::mpsc;
+
+    /// A helper thread stands in for the vCPU thread: it publishes where it
+    /// is when asked and reports whether a kick reached it.
+    #[test]
+    fn news_reaches_a_thread_the_cheapest_way_for_where_it_is() {
+        kick::install_handler().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<Place>();
+        let (done_tx, done_rx) = mpsc::channel::<u8>();
+        let t = std::thread::spawn(move || {
+            let mut run = Box::new(kvm_run::default());
+            let _binding = ThreadBinding::bind(&mut *run);
+            let control = Arc::new(VcpuControl::new(Kicker::for_current_thread()));
+            OWN_CONTROL.with(|c| c.set(Arc::as_ptr(&control) as usize));
+            tx.send(control.clone()).unwrap();
+            while let Ok(place) = go_rx.recv() {
+                control.set_place(place);
+                // News from the thread itself needs no wake.
+                assert_eq!(control.tell(true), Told::Nothing);
+                // SAFETY: plain read of our own struct, written by the handler.
+                let kicked = unsafe { std::ptr::addr_of!(run.immediate_exit).read_volatile() };
+                done_tx.send(kicked).unwrap();
+            }
+            control.kicker.thread_exiting();
+        });
+        let control = rx.recv().unwrap();
+        let at = |place| {
+            go_tx.send(place).unwrap();
+            done_rx.recv().unwrap()
+        };
+
+        at(Place::Halted);
+        assert_eq!(control.tell(true), Told::Woken);
+        control.offer_work(false);
+        assert_eq!(control.work_wakes.load(Ordering::Relaxed), 1);
+        assert_eq!(control.plain_wakes.load(Ordering::Relaxed), 2);
+        assert!(control.take_work_offer());
+        assert!(!control.take_work_offer());
+
+        at(Place::Outside);
+        assert_eq!(
+            control.tell(true),
+            Told::Nothing,
+            "it looks before entering"
+        );
+
+        at(Place::InGuest);
+        // Work is never handed over by a signal unless the engine may force it.
+        control.offer_work(false);
+        assert_eq!(control.work_kicks.load(Ordering::Relaxed), 0);
+        assert_eq!(control.signal_kicks.load(Ordering::Relaxed), 0);
+        assert_eq!(control.tell(true), Told::Kicked);
+        assert_eq!(control.signal_kicks.load(Ordering::Relaxed), 1);
+        // The signal landed on the vCPU thread: its next KVM_RUN returns at once.
+        assert_eq!(at(Place::InGuest), 1);
+        drop(go_tx);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_wait_ends_at_a_wake_newer_than_the_one_it_saw_or_its_deadline() {
+        let control = VcpuControl::new(Kicker::for_current_thread());
+        let seen = control.generation();
+        control.bump();
+        // Already woken since `seen`: returns at once.
+        control.wait_for_wake(seen, None);
+        let seen = control.generation();
+        control.wait_for_wake(seen, Some(Instant::now() + Duration::from_millis(1)));
+        control.kicker.thread_exiting();
     }
 }

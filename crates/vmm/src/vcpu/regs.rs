@@ -94,6 +94,55 @@ pub fn pvh_regs(entry: GuestAddress, start_info: GuestAddress) -> kvm_regs {
     }
 }
 
+/// A real-mode segment with `selector` and `base` (limit 64 KiB).
+fn real_mode_segment(selector: u16, base: u64, type_: u8) -> kvm_segment {
+    kvm_segment {
+        base,
+        limit: 0xffff,
+        selector,
+        type_,
+        present: 1,
+        s: 1,
+        ..Default::default()
+    }
+}
+
+/// The state a STARTUP IPI with `vector` gives a CPU waiting after INIT
+/// (SDM vol. 3, 9.1.1 and 10.4.4.1): real mode, CS = `vector << 8` with base
+/// `vector << 12`, IP 0, everything else as after reset. Under the user
+/// irqchip the VMM does this itself; KVM's in-kernel APIC does it otherwise.
+pub fn setup_sipi_sregs(sregs: &mut kvm_sregs, vector: u8) {
+    let page = u16::from(vector) << 8;
+    sregs.cs = real_mode_segment(page, u64::from(page) << 4, 0xb);
+    let data = real_mode_segment(0, 0, 0x3);
+    (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
+    sregs.tr = kvm_segment {
+        s: 0,
+        ..real_mode_segment(0, 0, 0xb)
+    };
+    sregs.ldt = kvm_segment {
+        s: 0,
+        ..real_mode_segment(0, 0, 0x2)
+    };
+    sregs.gdt.base = 0;
+    sregs.gdt.limit = 0xffff;
+    sregs.idt.base = 0;
+    sregs.idt.limit = 0xffff;
+    sregs.cr0 = 0x6000_0010;
+    sregs.cr2 = 0;
+    sregs.cr3 = 0;
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+}
+
+/// General registers after INIT/STARTUP: all zero but the reserved flag.
+pub fn sipi_regs() -> kvm_regs {
+    kvm_regs {
+        rflags: RFLAGS_RESERVED,
+        ..Default::default()
+    }
+}
+
 const APIC_LVT0: usize = 0x350;
 const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
@@ -140,6 +189,19 @@ mod tests {
         assert_eq!(sregs.cr0 & X86_CR0_PE, 1);
         let gdt1: u64 = mem.read_obj(GuestAddress(BOOT_GDT_START.0 + 8)).unwrap();
         assert_eq!(gdt1, 0x00cf_9b00_0000_ffff);
+    }
+
+    #[test]
+    fn a_sipi_starts_real_mode_at_its_page() {
+        let mut sregs = kvm_sregs {
+            cr0: 0x8000_0011,
+            efer: 0x500,
+            ..Default::default()
+        };
+        setup_sipi_sregs(&mut sregs, 0x08);
+        assert_eq!((sregs.cs.selector, sregs.cs.base), (0x800, 0x8000));
+        assert_eq!((sregs.cr0 & 1, sregs.efer), (0, 0));
+        assert_eq!(sipi_regs().rip, 0);
     }
 
     #[test]

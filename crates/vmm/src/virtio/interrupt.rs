@@ -1,5 +1,7 @@
-//! A virtio-mmio device's interrupt: the InterruptStatus bits and the irqfd
-//! that raises the device's IOAPIC line. It also carries the device's "I need
+//! A virtio-mmio device's interrupt: the InterruptStatus bits and the line
+//! that raises the device's IOAPIC pin, whichever irqchip the VM has (an
+//! irqfd into KVM's IOAPIC, or a pin of the userspace one: see
+//! [`IrqLine`]). It also carries the device's "I need
 //! a reset" flag (DEVICE_NEEDS_RESET), which the transport shows in Status:
 //! it is the one piece of state the device and its transport share.
 
@@ -8,21 +10,28 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::irqchip::IrqLine;
+
 /// Interrupt status shared by the transport (guest reads and acks) and the
-/// device's completion path (sets bits, fires the irqfd).
+/// device's completion path (sets bits, raises the line).
 #[derive(Debug)]
 pub struct VirtioInterrupt {
     status: AtomicU32,
-    irqfd: EventFd,
+    line: IrqLine,
     needs_reset: AtomicBool,
 }
 
 impl VirtioInterrupt {
     /// An interrupt that fires `irqfd` (registered with KVM for the device's GSI).
     pub fn new(irqfd: EventFd) -> Self {
+        Self::on_line(IrqLine::Irqfd(irqfd))
+    }
+
+    /// An interrupt raised on `line`.
+    pub fn on_line(line: IrqLine) -> Self {
         VirtioInterrupt {
             status: AtomicU32::new(0),
-            irqfd,
+            line,
             needs_reset: AtomicBool::new(false),
         }
     }
@@ -52,7 +61,7 @@ impl VirtioInterrupt {
 
     fn signal(&self, bit: u32) {
         self.status.fetch_or(bit, Ordering::AcqRel);
-        if let Err(e) = self.irqfd.write(1) {
+        if let Err(e) = self.line.trigger() {
             tracing::warn!("virtio: raising interrupt: {e}");
         }
     }
@@ -73,8 +82,11 @@ impl VirtioInterrupt {
         self.needs_reset.store(false, Ordering::Release);
     }
 
-    /// The irqfd (tests read it to see interrupts).
-    pub fn irqfd(&self) -> &EventFd {
-        &self.irqfd
+    /// The irqfd, if the line is one (tests read it to see interrupts).
+    pub fn irqfd(&self) -> Option<&EventFd> {
+        match &self.line {
+            IrqLine::Irqfd(fd) => Some(fd),
+            IrqLine::Pin { .. } => None,
+        }
     }
 }

@@ -574,7 +574,7 @@ mod tests {
         t.interrupt.signal_needs_reset(); // once is enough: one config interrupt
         assert_eq!(r(&mut t, reg::STATUS), 0xf | VIRTIO_CONFIG_S_NEEDS_RESET);
         assert_eq!(r(&mut t, reg::INTERRUPT_STATUS), VIRTIO_MMIO_INT_CONFIG);
-        assert_eq!(t.interrupt.irqfd().read().unwrap(), 1);
+        assert_eq!(t.interrupt.irqfd().unwrap().read().unwrap(), 1);
         // Notifies are dropped (not a protocol error: the driver may not know yet).
         w(&mut t, reg::QUEUE_NOTIFY, 0);
         assert!(log.lock().unwrap().notified.is_empty());
