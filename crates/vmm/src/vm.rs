@@ -15,28 +15,25 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootError, KernelImage};
 use crate::bus::Bus;
-use crate::config::{ConfigError, DiskConfig, NotifyPath, VmConfig, WorkConfig};
+use crate::config::{ConfigError, DiskConfig, VmConfig, WorkConfig};
 use crate::cpuid::{filter_cpuid, CpuidParams};
+use crate::device_manager::{DeviceError, DeviceManager, DeviceReport, Devices, Slot};
 use crate::devices::{
     BootMilestones, Console, DebugPort, Serial, COM1_BASE, COM1_GSI, COM1_LEN, DEBUG_PORT_BASE,
     DEBUG_PORT_LEN,
 };
 use crate::exit::{ExitReason, ExitSignal};
-use crate::memory::{
-    self, GuestMemory, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, VIRTIO_MMIO_SIZE,
-    VIRTIO_MMIO_START,
-};
+use crate::memory::{self, GuestMemory, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::rss::RssReport;
 use crate::vcpu::{regs, Request, Vcpu, VcpuContext, VcpuControl, VcpuHandle, VcpuStats};
 use crate::virtio::block::{
     Block, BlockCounters, BlockStats, Disk, Scrub, ScrubCounters, ScrubStats, Transform,
 };
-use crate::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::virtio::net::{Net, NetError};
 use crate::virtio::notifier::{Notifier, NotifierBuilder};
-use crate::virtio::VirtioInterrupt;
+use crate::virtio::rng::Rng;
 
-/// First GSI for virtio devices (after the ISA ones the guest may expect).
-pub const FIRST_VIRTIO_GSI: u32 = 5;
+pub use crate::device_manager::FIRST_VIRTIO_GSI;
 /// Key of the benchmark disk transform: a cost model, not data protection.
 const XTS_KEY: [u8; 64] = [0x5a; 64];
 
@@ -60,6 +57,12 @@ pub enum VmError {
     /// The kernel or boot structures could not be set up.
     #[error(transparent)]
     Boot(#[from] BootError),
+    /// A virtio device could not be placed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A net device could not be set up.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// A host resource (thread, eventfd, file) could not be had.
     #[error("{0}: {1}")]
     Host(&'static str, std::io::Error),
@@ -89,6 +92,8 @@ pub struct RunReport {
     pub work: idlework::Stats,
     /// Per-disk request counters.
     pub disks: Vec<BlockStats>,
+    /// Every virtio device: its slot and counters.
+    pub devices: Vec<DeviceReport>,
     /// Per-disk background scrub progress when the guest ended (disks without
     /// a scrub report zeros).
     pub scrubs: Vec<ScrubStats>,
@@ -114,7 +119,8 @@ pub struct Vm {
     exit: Arc<ExitSignal>,
     milestones: Arc<BootMilestones>,
     engine: Arc<Engine>,
-    notifier: NotifierBuilder,
+    notifier: Option<NotifierBuilder>,
+    devices: Devices,
     disks: Vec<Arc<BlockCounters>>,
     scrubs: Vec<PendingScrub>,
     scrub_stop: Arc<AtomicBool>,
@@ -166,13 +172,11 @@ impl Vm {
         let engine = Arc::new(Engine::new(engine_config(&config.work)).map_err(|e| {
             VmError::Host("starting the device-work engine", std::io::Error::other(e))
         })?);
-        let mut mmio = Bus::new();
-        let mut notifier = NotifierBuilder::default();
-        let mut cmdline = config.cmdline.clone();
+        let mut devices = DeviceManager::new(&vm_fd, mem.clone(), config.work.notify_path())
+            .map_err(|e| VmError::Host("creating the notifier", e))?;
         let mut disks = Vec::new();
         let mut scrubs = Vec::new();
         for (i, disk) in config.disks.iter().enumerate() {
-            let slot = VirtioSlot::new(i);
             let block = open_disk(disk, i, &engine)?;
             disks.push(block.counters());
             scrubs.push(PendingScrub {
@@ -180,16 +184,19 @@ impl Vm {
                 passes: disk.scrub_passes.unwrap_or(0),
                 counters: Arc::default(),
             });
-            let transport = slot.attach(&vm_fd, &mem, &mut mmio, Box::new(block))?;
-            // With an ioeventfd KVM completes the notify write in the kernel and
-            // the notifier thread submits; otherwise it exits to the vCPU thread.
-            if config.work.notify_path() == NotifyPath::Ioeventfd {
-                notifier
-                    .add(&vm_fd, slot.base + QUEUE_NOTIFY_OFFSET, 0, transport)
-                    .map_err(|e| VmError::Host("registering an ioeventfd", e))?;
-            }
-            cmdline.push_str(&slot.cmdline());
+            devices.add(format!("disk{i}"), block.counters(), Box::new(block))?;
         }
+        for (i, net) in config.nets.iter().enumerate() {
+            let net = Net::open(net, i, engine.submitter(), devices.host_events())?;
+            devices.add(format!("net{i}"), net.counters(), Box::new(net))?;
+        }
+        if config.rng {
+            let rng = Rng::new(engine.submitter());
+            devices.add("rng".into(), rng.counters(), Box::new(rng))?;
+        }
+        let (mmio, notifier, devices) = devices.finish();
+        let mut cmdline = config.cmdline.clone();
+        cmdline.push_str(&devices.cmdline());
         let mmio = Arc::new(mmio);
 
         let entry = boot::load_kernel(&mem, kernel)?;
@@ -207,7 +214,8 @@ impl Vm {
             exit,
             milestones,
             engine,
-            notifier,
+            notifier: Some(notifier),
+            devices,
             disks,
             scrubs,
             scrub_stop: Arc::default(),
@@ -217,6 +225,11 @@ impl Vm {
     /// Guest memory.
     pub fn memory(&self) -> &Arc<GuestMemory> {
         &self.mem
+    }
+
+    /// Where every virtio device lives, in order (for ACPI DSDT entries).
+    pub fn virtio_slots(&self) -> Vec<Slot> {
+        self.devices.slots()
     }
 
     /// The KVM VM fd (for devices that need irqfds and ioeventfds).
@@ -231,7 +244,15 @@ impl Vm {
 
     /// Starts the vCPUs and the notifier; the VM runs until it ends.
     pub fn start(mut self) -> Result<RunningVm, VmError> {
-        let notifier = std::mem::take(&mut self.notifier)
+        let notifier = self
+            .notifier
+            .take()
+            .ok_or_else(|| {
+                VmError::Host(
+                    "starting the notifier thread",
+                    std::io::ErrorKind::AlreadyExists.into(),
+                )
+            })?
             .start()
             .map_err(|e| VmError::Host("starting the notifier thread", e))?;
         let inline = self.config.work.policy == Policy::Inline;
@@ -327,6 +348,7 @@ impl RunningVm {
             rss: RssReport::measure(&memory::host_ranges(&vm.mem)).ok(),
             work,
             disks: vm.disks.iter().map(|d| d.snapshot()).collect(),
+            devices: vm.devices.report(),
             scrubs,
             vcpus,
             unhandled_io: vm.pio.unhandled_accesses() + vm.mmio.unhandled_accesses(),
@@ -392,50 +414,6 @@ fn open_disk(d: &DiskConfig, index: usize, engine: &Engine) -> Result<Block, VmE
         &format!("nightshift-disk{index}"),
         engine.submitter(),
     ))
-}
-
-/// Where virtio-mmio device `i` lives: its MMIO window and interrupt line.
-struct VirtioSlot {
-    base: u64,
-    gsi: u32,
-}
-
-impl VirtioSlot {
-    fn new(i: usize) -> Self {
-        VirtioSlot {
-            base: VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE,
-            gsi: FIRST_VIRTIO_GSI + i as u32,
-        }
-    }
-
-    /// Puts `device` behind a transport on the MMIO bus with its irqfd.
-    fn attach(
-        &self,
-        vm_fd: &VmFd,
-        mem: &Arc<GuestMemory>,
-        mmio: &mut Bus,
-        device: Box<dyn crate::virtio::VirtioDevice>,
-    ) -> Result<Arc<Mutex<MmioTransport>>, VmError> {
-        let irqfd = EventFd::new(libc::EFD_NONBLOCK)
-            .map_err(|e| VmError::Host("creating an eventfd", e))?;
-        vm_fd
-            .register_irqfd(&irqfd, self.gsi)
-            .map_err(kvm_err("registering a virtio irqfd"))?;
-        let interrupt = Arc::new(VirtioInterrupt::new(irqfd));
-        let transport = Arc::new(Mutex::new(MmioTransport::new(
-            device,
-            mem.clone(),
-            interrupt,
-        )));
-        mmio.insert(transport.clone(), self.base, VIRTIO_MMIO_SIZE)
-            .map_err(|e| VmError::Host("placing a virtio device", std::io::Error::other(e)))?;
-        Ok(transport)
-    }
-
-    /// How Linux (and the test guest) learn of the device.
-    fn cmdline(&self) -> String {
-        format!(" virtio_mmio.device=4K@{:#x}:{}", self.base, self.gsi)
-    }
 }
 
 /// Tells KVM about every RAM region.

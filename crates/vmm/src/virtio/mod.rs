@@ -12,9 +12,13 @@
 //!    chain in the used ring and raises the interrupt ([`interrupt`]).
 
 pub mod block;
+pub mod chain;
+pub mod drain;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod notifier;
+pub mod rng;
 
 use std::sync::Arc;
 
