@@ -19,4 +19,6 @@ pub use device::{default_mac, Net, NetCounters, NetError, MAX_FRAME};
 pub use tap::{Tap, TapError};
 
 #[cfg(test)]
+mod netns_tests;
+#[cfg(test)]
 mod tests;

@@ -101,31 +101,12 @@ impl Rig {
 
     /// Waits (on the interrupt, bounded by [`PATIENCE`]) for `n` RX used entries.
     pub fn wait_rx(&mut self, n: usize) -> Vec<(u16, u32)> {
-        let epoll = Epoll::new().unwrap();
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                std::os::fd::AsRawFd::as_raw_fd(self.irq.irqfd()),
-                EpollEvent::new(EventSet::IN, 0),
-            )
-            .unwrap();
-        let start = Instant::now();
-        let mut used = Vec::new();
-        loop {
-            used.extend(self.rx.used_entries());
-            if used.len() >= n {
-                return used;
-            }
-            assert!(
-                start.elapsed() < PATIENCE,
-                "only {} of {n} RX frames arrived; counters {:?}",
-                used.len(),
-                self.counters.snapshot()
-            );
-            let mut ev = [EpollEvent::default()];
-            let _ = epoll.wait(100, &mut ev);
-            let _ = self.irq.irqfd().read();
-        }
+        wait_used(&mut self.rx, &self.irq, n, &self.counters)
+    }
+
+    /// Waits for `n` TX used entries.
+    pub fn wait_tx(&mut self, n: usize) -> Vec<(u16, u32)> {
+        wait_used(&mut self.tx, &self.irq, n, &self.counters)
     }
 
     pub fn count(&self, name: &str) -> u64 {
@@ -137,6 +118,41 @@ impl Rig {
 impl Drop for Rig {
     fn drop(&mut self) {
         self.net.reset();
+    }
+}
+
+/// Waits (on the interrupt, bounded by [`PATIENCE`]) for `n` used entries of `queue`.
+fn wait_used(
+    queue: &mut Driver,
+    irq: &VirtioInterrupt,
+    n: usize,
+    counters: &NetCounters,
+) -> Vec<(u16, u32)> {
+    let epoll = Epoll::new().unwrap();
+    let irqfd = std::os::fd::AsRawFd::as_raw_fd(irq.irqfd());
+    epoll
+        .ctl(
+            ControlOperation::Add,
+            irqfd,
+            EpollEvent::new(EventSet::IN, 0),
+        )
+        .unwrap();
+    let start = Instant::now();
+    let mut used = Vec::new();
+    loop {
+        used.extend(queue.used_entries());
+        if used.len() >= n {
+            return used;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "only {} of {n} used entries arrived; counters {:?}",
+            used.len(),
+            counters.snapshot()
+        );
+        let mut ev = [EpollEvent::default()];
+        let _ = epoll.wait(100, &mut ev);
+        let _ = irq.irqfd().read();
     }
 }
 
