@@ -107,6 +107,12 @@ where
     })
 }
 
+/// Whether the `n`th guest error of a kind is logged: the first few, then
+/// at powers of two, so a guest cannot flood the log (its counter says all).
+pub fn worth_logging(n: u64) -> bool {
+    n <= 8 || n.is_power_of_two()
+}
+
 impl Buffers {
     /// Copies the buffers' bytes into `out` (which holds at least `self.len`).
     pub fn read_into(&self, mem: &Mem, out: &mut [u8]) -> Result<(), vm_memory::GuestMemoryError> {

@@ -56,6 +56,11 @@ impl NetCounters {
         c.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Counts one more and returns the new count.
+    pub(super) fn bump(c: &AtomicU64) -> u64 {
+        c.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// The counters by name.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -88,8 +93,19 @@ struct Shared {
 
 impl Shared {
     fn kick_rx(&self) {
-        if let Some(a) = &*lock(&self.active) {
-            a.rx.kick(&self.work);
+        if let Some(rx) = self.drainer(RX_QUEUE) {
+            rx.kick(&self.work);
+        }
+    }
+
+    /// Queue `queue`'s drainer, if active (not holding the lock while it runs).
+    fn drainer(&self, queue: u16) -> Option<Arc<Drainer>> {
+        let active = lock(&self.active);
+        let a = active.as_ref()?;
+        match queue {
+            RX_QUEUE => Some(a.rx.clone()),
+            TX_QUEUE => Some(a.tx.clone()),
+            _ => None,
         }
     }
 }
@@ -233,13 +249,9 @@ impl VirtioDevice for Net {
     }
 
     fn queue_notify(&mut self, queue: u16) {
-        if let Some(a) = &*lock(&self.shared.active) {
-            match queue {
-                // New RX buffers: resume reading the tap.
-                RX_QUEUE => a.rx.kick(&self.shared.work),
-                TX_QUEUE => a.tx.kick(&self.shared.work),
-                _ => {}
-            }
+        // An RX notify means new buffers: reading the tap resumes.
+        if let Some(d) = self.shared.drainer(queue) {
+            d.kick(&self.shared.work);
         }
     }
 

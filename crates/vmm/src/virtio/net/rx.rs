@@ -90,8 +90,10 @@ impl RxQueue {
                 let why = bad
                     .err()
                     .map_or("shorter than a vnet header".into(), |e| e.to_string());
-                tracing::warn!("virtio-net: bad RX chain (head {head}): {why}");
-                NetCounters::add(&self.counters.rx_bad_chains, 1);
+                let n = NetCounters::bump(&self.counters.rx_bad_chains);
+                if chain::worth_logging(n) {
+                    tracing::warn!("virtio-net: bad RX chain (head {head}, {n} so far): {why}");
+                }
                 return self.used(q, head, 0);
             }
         };

@@ -101,8 +101,10 @@ impl QueueWork for TxQueue {
                     let why = bad
                         .err()
                         .map_or("shorter than an Ethernet frame".into(), |e| e.to_string());
-                    tracing::warn!("virtio-net: bad TX chain (head {head}): {why}");
-                    NetCounters::add(&self.counters.tx_bad_chains, 1);
+                    let n = NetCounters::bump(&self.counters.tx_bad_chains);
+                    if chain::worth_logging(n) {
+                        tracing::warn!("virtio-net: bad TX chain (head {head}, {n} so far): {why}");
+                    }
                 }
             }
             if !complete(&mut q, &self.mem, &self.interrupt, head, 0) {

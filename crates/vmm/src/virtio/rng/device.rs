@@ -133,8 +133,10 @@ impl QueueWork for RequestQueue {
             let len = match chain::buffers(chain, Direction::DeviceWrites, u64::MAX) {
                 Ok(bufs) => self.fill(&bufs),
                 Err(e) => {
-                    self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("virtio-rng: bad chain (head {head}): {e}");
+                    let n = self.counters.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+                    if chain::worth_logging(n) {
+                        tracing::warn!("virtio-rng: bad chain (head {head}, {n} so far): {e}");
+                    }
                     0
                 }
             };
