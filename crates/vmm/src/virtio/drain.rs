@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use idlework::{Context, Item, Step, Submitter};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
 use super::VirtioInterrupt;
 use crate::memory::GuestMemory;
@@ -192,6 +192,37 @@ pub fn complete(
             false
         }
     }
+}
+
+/// The next available chain. When the ring is empty the driver is asked to
+/// notify again (with EVENT_IDX: `avail_event` is set to where we are), and a
+/// chain that slipped in meanwhile is taken. An unusable ring makes the device
+/// ask for a reset. `device` names the device in the log.
+pub fn next_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemory,
+    interrupt: &VirtioInterrupt,
+    device: &str,
+) -> Option<DescriptorChain<&'m GuestMemory>> {
+    for _ in 0..2 {
+        match queue.iter(mem) {
+            Ok(mut avail) => {
+                if let Some(chain) = avail.next() {
+                    return Some(chain);
+                }
+            }
+            Err(e) => {
+                // E.g. the avail index moved by more than the queue size.
+                tracing::warn!("{device}: available ring unusable: {e}");
+                interrupt.signal_needs_reset();
+                return None;
+            }
+        }
+        if !queue.enable_notification(mem).unwrap_or(false) {
+            return None;
+        }
+    }
+    None
 }
 
 /// Interrupts the driver if it wants to hear about used buffers.

@@ -7,6 +7,7 @@ use idlework::Submitter;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::QueueT;
 
 use super::rx::RxQueue;
@@ -201,7 +202,10 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_STATUS)
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_NET_F_MAC)
+            | (1 << VIRTIO_NET_F_STATUS)
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -221,6 +225,11 @@ impl VirtioDevice for Net {
     fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), String> {
         if ctx.queues.len() != 2 || !ctx.queues.iter().all(|q| q.ready()) {
             return Err("virtio-net needs its RX and TX queues ready".into());
+        }
+        // With EVENT_IDX the driver says when it wants interrupts, and we when notifies.
+        let event_idx = ctx.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        for q in &mut ctx.queues {
+            q.set_event_idx(event_idx);
         }
         let tx_queue = ctx.queues.pop().ok_or("no TX queue")?;
         let rx_queue = ctx.queues.pop().ok_or("no RX queue")?;

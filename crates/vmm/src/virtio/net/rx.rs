@@ -19,7 +19,7 @@ use super::device::{rx_header, NetCounters, MAX_FRAME};
 use super::tap::{Tap, VNET_HDR_LEN};
 use crate::memory::GuestMemory;
 use crate::virtio::chain::{self, Direction};
-use crate::virtio::drain::{complete, lock, notify_used, Drained, QueueWork};
+use crate::virtio::drain::{complete, lock, next_chain, notify_used, Drained, QueueWork};
 use crate::virtio::notifier::HostWatch;
 use crate::virtio::VirtioInterrupt;
 
@@ -70,14 +70,7 @@ impl RxQueue {
 
     /// Fills the next guest buffer with the next frame, if both exist.
     fn one(&self, q: &mut Queue, frame: &mut [u8]) -> Outcome {
-        let chain = match q.iter(self.mem.as_ref()) {
-            Ok(mut avail) => avail.next(),
-            Err(e) => {
-                tracing::warn!("virtio-net: RX available ring unusable: {e}");
-                self.interrupt.signal_needs_reset();
-                return Outcome::Stop;
-            }
-        };
+        let chain = next_chain(q, &self.mem, &self.interrupt, "virtio-net RX");
         let Some(chain) = chain else {
             // No buffers: the tap is left unwatched until the guest posts some.
             NetCounters::add(&self.counters.rx_no_buffers, 1);

@@ -37,6 +37,11 @@ pub(super) struct Rig {
 impl Rig {
     /// A device on `tap`, activated, its work run by `policy`.
     pub fn new(tap: Tap, policy: idlework::Policy) -> Rig {
+        Rig::with_features(tap, policy, 1 << VIRTIO_F_VERSION_1)
+    }
+
+    /// The same, the driver accepting `features` (of those offered).
+    pub fn with_features(tap: Tap, policy: idlework::Policy, features: u64) -> Rig {
         let engine = idlework::Engine::new(idlework::Config {
             policy,
             max_workers: 1,
@@ -56,7 +61,7 @@ impl Rig {
             mem,
             queues: vec![rx.queue(), tx.queue()],
             interrupt: irq.clone(),
-            features: net.features() & (1 << VIRTIO_F_VERSION_1),
+            features: net.features() & features,
         })
         .unwrap();
         Rig {
@@ -349,4 +354,21 @@ fn reset_stops_rx_and_a_new_activation_resumes() {
     let heads = rig.post_rx(1, 0x10_0000, 1526);
     assert_eq!(rig.wait_rx(1), vec![(heads[0], 92)]);
     assert_eq!(rig.rx.read(0x10_0000 + 12, 80), f);
+}
+
+#[test]
+fn with_event_idx_the_device_asks_for_the_next_notify_where_it_stopped() {
+    use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+    let (tap, host) = pair();
+    let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX);
+    let mut rig = Rig::with_features(tap, idlework::Policy::Inline, features);
+    for i in 0..3u64 {
+        rig.send(&frame(60, i as u8), 0x10_0000 + i * 0x1000, 20);
+        host_recv(&host);
+    }
+    // avail_event (after the used ring's entries) is where the next notify is wanted.
+    let used = TX_BASE + 16 * u64::from(QUEUE_SIZE) + 6 + 2 * u64::from(QUEUE_SIZE);
+    let avail_event = used.next_multiple_of(4) + 4 + 8 * u64::from(QUEUE_SIZE);
+    assert_eq!(rig.tx.read(avail_event, 2), 3u16.to_le_bytes());
+    assert_eq!(rig.tx.used_entries().len(), 3);
 }

@@ -9,13 +9,13 @@
 use std::sync::{Arc, Mutex};
 
 use idlework::Context;
-use virtio_queue::{Queue, QueueOwnedT};
+use virtio_queue::Queue;
 
 use super::device::{NetCounters, MAX_FRAME};
 use super::tap::{Tap, VNET_HDR_LEN};
 use crate::memory::GuestMemory;
 use crate::virtio::chain::{self, Direction};
-use crate::virtio::drain::{complete, lock, notify_used, Drained, QueueWork};
+use crate::virtio::drain::{complete, lock, next_chain, notify_used, Drained, QueueWork};
 use crate::virtio::VirtioInterrupt;
 
 /// Frames per step before yielding.
@@ -81,14 +81,7 @@ impl QueueWork for TxQueue {
         let mut used = 0;
         let mut result = Drained::More;
         for _ in 0..BATCH {
-            let chain = match q.iter(self.mem.as_ref()) {
-                Ok(mut avail) => avail.next(),
-                Err(e) => {
-                    tracing::warn!("virtio-net: TX available ring unusable: {e}");
-                    self.interrupt.signal_needs_reset();
-                    None
-                }
-            };
+            let chain = next_chain(&mut q, &self.mem, &self.interrupt, "virtio-net TX");
             let Some(chain) = chain else {
                 result = Drained::All;
                 break;

@@ -11,11 +11,11 @@ use std::sync::{Arc, Mutex};
 use idlework::{Context, Submitter};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 
 use crate::memory::GuestMemory;
 use crate::virtio::chain::{self, Direction};
-use crate::virtio::drain::{complete, lock, notify_used, Drained, Drainer, QueueWork};
+use crate::virtio::drain::{complete, lock, next_chain, notify_used, Drained, Drainer, QueueWork};
 use crate::virtio::{ActivateContext, VirtioDevice, VirtioInterrupt};
 
 /// Queue size offered to the driver.
@@ -120,14 +120,7 @@ impl QueueWork for RequestQueue {
         let mut q = lock(&self.queue);
         let mut used = 0;
         for _ in 0..BATCH {
-            let chain = match q.iter(self.mem.as_ref()) {
-                Ok(mut avail) => avail.next(),
-                Err(e) => {
-                    tracing::warn!("virtio-rng: available ring unusable: {e}");
-                    self.interrupt.signal_needs_reset();
-                    None
-                }
-            };
+            let chain = next_chain(&mut q, &self.mem, &self.interrupt, "virtio-rng");
             let Some(chain) = chain else { break };
             let head = chain.head_index();
             let len = match chain::buffers(chain, Direction::DeviceWrites, u64::MAX) {
