@@ -36,7 +36,8 @@ pub struct NetCounters {
     pub rx_bytes: AtomicU64,
     /// Frames read from the tap and dropped: larger than the guest's RX buffer.
     pub rx_dropped_too_small: AtomicU64,
-    /// Reads from the tap shorter than a vnet header, or failed (not WouldBlock).
+    /// Reads from the tap that failed (not WouldBlock), or were shorter than a
+    /// vnet header or longer than [`MAX_FRAME`] (dropped).
     pub rx_tap_errors: AtomicU64,
     /// RX chains that were not usable buffers (returned with nothing written).
     pub rx_bad_chains: AtomicU64,

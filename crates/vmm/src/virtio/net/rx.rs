@@ -64,7 +64,9 @@ impl RxQueue {
             tap,
             watch,
             counters,
-            frame: Mutex::new(vec![0; VNET_HDR_LEN + MAX_FRAME]),
+            // One byte more than the largest frame: a longer one (the tap's MTU
+            // set above 64 KiB) shows as a full read and is dropped, not cut.
+            frame: Mutex::new(vec![0; VNET_HDR_LEN + MAX_FRAME + 1]),
         }
     }
 
@@ -91,9 +93,12 @@ impl RxQueue {
             }
         };
         let n = match self.tap.read_frame(frame) {
-            Ok(n) if n >= VNET_HDR_LEN => n,
+            Ok(n) if (VNET_HDR_LEN..=VNET_HDR_LEN + MAX_FRAME).contains(&n) => n,
             Ok(n) => {
-                tracing::debug!("virtio-net: {n}-byte read from tap {}", self.tap.name());
+                tracing::debug!(
+                    "virtio-net: {n}-byte read from tap {}: dropped",
+                    self.tap.name()
+                );
                 NetCounters::add(&self.counters.rx_tap_errors, 1);
                 q.go_to_previous_position();
                 return Outcome::Retry;
