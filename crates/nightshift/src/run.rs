@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use vmm::boot::KernelImage;
-use vmm::config::{parse_pin, CpuList, DiskConfig};
+use vmm::config::{parse_pin, CpuList, DiskConfig, NetConfig};
 use vmm::{Vm, VmConfig};
 
 /// The built-in test guest (crates/testguest), built by build.rs.
@@ -43,6 +43,12 @@ pub struct RunArgs {
     /// A virtio-blk disk: `PATH[,ro][,xts=PASSES][,scrub=PASSES]`. Repeatable.
     #[arg(long)]
     pub disk: Vec<DiskConfig>,
+    /// A virtio-net device on a host tap: `tap=NAME[,mac=MAC]`. Repeatable.
+    #[arg(long)]
+    pub net: Vec<NetConfig>,
+    /// A virtio-rng device fed by the host's getrandom.
+    #[arg(long)]
+    pub rng: bool,
     /// Where device work runs: workers (device threads only, as today's VMMs),
     /// inline (on the vCPU thread at the notify exit) or idle (idle vCPUs first)
     /// [default: idle].
@@ -114,6 +120,8 @@ impl RunArgs {
         }
         c.expose_mwait |= self.expose_mwait;
         c.disks.extend(self.disk.iter().cloned());
+        c.nets.extend(self.net.iter().cloned());
+        c.rng |= self.rng;
         let w = &mut c.work;
         w.policy = self.policy.unwrap_or(w.policy);
         w.workers = self.workers.unwrap_or(w.workers);

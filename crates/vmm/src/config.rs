@@ -13,6 +13,8 @@ use crate::memory::MIN_MEM_SIZE;
 pub const MAX_VCPUS: u8 = 254;
 /// Most disks: one IOAPIC line each, GSIs 5 to 23.
 pub const MAX_DISKS: usize = 19;
+/// Most virtio devices of all kinds (disks, nets, rng): one IOAPIC line each.
+pub const MAX_VIRTIO_DEVICES: usize = 19;
 
 /// Everything needed to build and boot one VM.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -34,6 +36,10 @@ pub struct VmConfig {
     pub expose_mwait: bool,
     /// virtio-blk disks, in the order the guest sees them.
     pub disks: Vec<DiskConfig>,
+    /// virtio-net devices on taps, after the disks.
+    pub nets: Vec<NetConfig>,
+    /// A virtio-rng device (after the nets), fed by the host's getrandom.
+    pub rng: bool,
     /// Where device work runs.
     pub work: WorkConfig,
     /// KVM halt polling, ns per halt (`None`: the host's default; 0: off).
@@ -100,6 +106,93 @@ impl FromStr for DiskConfig {
             }
         }
         Ok(disk)
+    }
+}
+
+/// One virtio-net device on a host tap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The tap interface (opened, or created if this process may).
+    pub tap: String,
+    /// The guest's MAC address; `None`: 52:54:00:12:34:56 plus the device's index.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+}
+
+impl FromStr for NetConfig {
+    type Err = String;
+
+    /// `tap=NAME[,mac=MAC]`, e.g. `tap=tap0,mac=52:54:00:00:00:01`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut tap = None;
+        let mut mac = None;
+        for opt in s.split(',') {
+            match opt.split_once('=') {
+                Some(("tap", name)) if !name.is_empty() => tap = Some(name.to_string()),
+                Some(("mac", m)) => mac = Some(m.parse()?),
+                _ => {
+                    return Err(format!(
+                        "unknown net option {opt:?} (expected tap=NAME or mac=MAC)"
+                    ))
+                }
+            }
+        }
+        Ok(NetConfig {
+            tap: tap.ok_or("a net device needs tap=NAME")?,
+            mac,
+        })
+    }
+}
+
+/// A MAC address, written `52:54:00:12:34:56`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl FromStr for MacAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let err =
+            || format!("bad MAC address {s:?}: expected six hex bytes, e.g. 52:54:00:12:34:56");
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in &mut mac {
+            let p = parts.next().filter(|p| p.len() == 2).ok_or_else(err)?;
+            *b = u8::from_str_radix(p, 16).map_err(|_| err())?;
+        }
+        if parts.next().is_some() {
+            return Err(err());
+        }
+        if mac[0] & 1 != 0 {
+            return Err(format!("MAC address {s:?} is a multicast address"));
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(m: MacAddr) -> String {
+        m.to_string()
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -210,6 +303,8 @@ impl Default for VmConfig {
             serial_file: None,
             expose_mwait: false,
             disks: Vec::new(),
+            nets: Vec::new(),
+            rng: false,
             work: WorkConfig::default(),
             halt_poll_ns: None,
             irqchip: crate::irqchip::IrqChipKind::Kernel,
@@ -229,6 +324,9 @@ pub enum ConfigError {
     /// More disks than interrupt lines for them.
     #[error("at most {MAX_DISKS} disks, not {0}")]
     Disks(usize),
+    /// More virtio devices than interrupt lines for them.
+    #[error("at most {MAX_VIRTIO_DEVICES} virtio devices (disks, nets, rng), not {0}")]
+    Devices(usize),
     /// A pin entry names a vCPU the VM does not have.
     #[error("--pin names vCPU {0}, but the VM has only {1} vCPUs")]
     PinVcpu(u8, u8),
@@ -253,6 +351,10 @@ impl VmConfig {
         }
         if self.disks.len() > MAX_DISKS {
             return Err(ConfigError::Disks(self.disks.len()));
+        }
+        let devices = self.disks.len() + self.nets.len() + usize::from(self.rng);
+        if devices > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::Devices(devices));
         }
         Ok(())
     }
@@ -389,6 +491,34 @@ mod tests {
         for bad in ["", ",ro", "a.img,rw", "a.img,xts=0", "a.img,xts=x"] {
             assert!(bad.parse::<DiskConfig>().is_err(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn net_flag_parses() {
+        let n: NetConfig = "tap=tap0,mac=52:54:00:0a:0B:0c".parse().unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac.unwrap().to_string(), "52:54:00:0a:0b:0c");
+        assert_eq!("tap=t1".parse::<NetConfig>().unwrap().mac, None);
+        for bad in [
+            "",
+            "tap=",
+            "mac=52:54:00:00:00:01",
+            "tap=t,mac=52:54:00:00:00",
+            "tap=t,mac=01:00:00:00:00:00",
+            "tap=t,x=1",
+        ] {
+            assert!(bad.parse::<NetConfig>().is_err(), "{bad:?} parsed");
+        }
+        let json =
+            r#"{"nets":[{"tap":"tap0","mac":"52:54:00:00:00:07"},{"tap":"tap1"}],"rng":true}"#;
+        let c: VmConfig = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            (c.nets.len(), c.rng, c.nets[0].mac.unwrap().0[5]),
+            (2, true, 7)
+        );
+        let mut c = c;
+        c.disks = vec!["d.img".parse().unwrap(); 17];
+        assert_eq!(c.validate(), Err(ConfigError::Devices(20)));
     }
 
     #[test]

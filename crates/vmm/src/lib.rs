@@ -11,6 +11,7 @@ pub mod boot;
 pub mod bus;
 pub mod config;
 pub mod cpuid;
+pub mod device_manager;
 pub mod devices;
 pub mod exit;
 pub mod idle;

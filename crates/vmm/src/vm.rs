@@ -11,12 +11,12 @@ use kvm_bindings::{
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::Serialize;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::{self, BootError, KernelImage};
 use crate::bus::Bus;
-use crate::config::{ConfigError, DiskConfig, NotifyPath, VmConfig, WorkConfig};
+use crate::config::{ConfigError, DiskConfig, VmConfig, WorkConfig};
 use crate::cpuid::{filter_cpuid, CpuidParams};
+use crate::device_manager::{DeviceError, DeviceManager, DeviceReport, Devices, Slot};
 use crate::devices::{
     BootMilestones, Console, DebugPort, Serial, COM1_BASE, COM1_GSI, COM1_LEN, DEBUG_PORT_BASE,
     DEBUG_PORT_LEN,
@@ -26,21 +26,17 @@ use crate::irqchip::delivery::IoApicMmio;
 use crate::irqchip::ioapic::IOAPIC_SIZE;
 use crate::irqchip::pic::{Elcr, Pic8259, ELCR_BASE, ELCR_LEN, PIC_LEN, PIC_MASTER, PIC_SLAVE};
 use crate::irqchip::{IrqChipKind, IrqLine, UserIrqChip};
-use crate::memory::{
-    self, GuestMemory, IOAPIC_START, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, VIRTIO_MMIO_SIZE,
-    VIRTIO_MMIO_START,
-};
+use crate::memory::{self, GuestMemory, IOAPIC_START, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::rss::RssReport;
 use crate::vcpu::{regs, Request, Vcpu, VcpuContext, VcpuControl, VcpuHandle, VcpuStats};
 use crate::virtio::block::{
     Block, BlockCounters, BlockStats, Disk, Scrub, ScrubCounters, ScrubStats, Transform,
 };
-use crate::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::virtio::net::{Net, NetError};
 use crate::virtio::notifier::{Notifier, NotifierBuilder};
-use crate::virtio::VirtioInterrupt;
+use crate::virtio::rng::Rng;
 
-/// First GSI for virtio devices (after the ISA ones the guest may expect).
-pub const FIRST_VIRTIO_GSI: u32 = 5;
+pub use crate::device_manager::FIRST_VIRTIO_GSI;
 /// Key of the benchmark disk transform: a cost model, not data protection.
 const XTS_KEY: [u8; 64] = [0x5a; 64];
 
@@ -64,6 +60,12 @@ pub enum VmError {
     /// The kernel or boot structures could not be set up.
     #[error(transparent)]
     Boot(#[from] BootError),
+    /// A virtio device could not be placed.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A net device could not be set up.
+    #[error(transparent)]
+    Net(#[from] NetError),
     /// A host resource (thread, eventfd, file) could not be had.
     #[error("{0}: {1}")]
     Host(&'static str, std::io::Error),
@@ -95,6 +97,8 @@ pub struct RunReport {
     pub work: idlework::Stats,
     /// Per-disk request counters.
     pub disks: Vec<BlockStats>,
+    /// Every virtio device: its slot and counters.
+    pub devices: Vec<DeviceReport>,
     /// Per-disk background scrub progress when the guest ended (disks without
     /// a scrub report zeros).
     pub scrubs: Vec<ScrubStats>,
@@ -122,7 +126,8 @@ pub struct Vm {
     exit: Arc<ExitSignal>,
     milestones: Arc<BootMilestones>,
     engine: Arc<Engine>,
-    notifier: NotifierBuilder,
+    notifier: Option<NotifierBuilder>,
+    devices: Devices,
     disks: Vec<Arc<BlockCounters>>,
     scrubs: Vec<PendingScrub>,
     scrub_stop: Arc<AtomicBool>,
@@ -182,12 +187,17 @@ impl Vm {
         if let Some(chip) = &irqchip {
             place_ioapic(&mut mmio, chip)?;
         }
-        let mut notifier = NotifierBuilder::default();
-        let mut cmdline = config.cmdline.clone();
+        let mut devices = DeviceManager::new(
+            &vm_fd,
+            mem.clone(),
+            config.work.notify_path(),
+            irqchip.clone(),
+            mmio,
+        )
+        .map_err(|e| VmError::Host("creating the notifier", e))?;
         let mut disks = Vec::new();
         let mut scrubs = Vec::new();
         for (i, disk) in config.disks.iter().enumerate() {
-            let slot = VirtioSlot::new(i);
             let block = open_disk(disk, i, &engine)?;
             disks.push(block.counters());
             scrubs.push(PendingScrub {
@@ -195,17 +205,19 @@ impl Vm {
                 passes: disk.scrub_passes.unwrap_or(0),
                 counters: Arc::default(),
             });
-            let line = irq_line(&vm_fd, irqchip.as_ref(), slot.gsi)?;
-            let transport = slot.attach(&mem, &mut mmio, Box::new(block), line)?;
-            // With an ioeventfd KVM completes the notify write in the kernel and
-            // the notifier thread submits; otherwise it exits to the vCPU thread.
-            if config.work.notify_path() == NotifyPath::Ioeventfd {
-                notifier
-                    .add(&vm_fd, slot.base + QUEUE_NOTIFY_OFFSET, 0, transport)
-                    .map_err(|e| VmError::Host("registering an ioeventfd", e))?;
-            }
-            cmdline.push_str(&slot.cmdline());
+            devices.add(format!("disk{i}"), block.counters(), Box::new(block))?;
         }
+        for (i, net) in config.nets.iter().enumerate() {
+            let net = Net::open(net, i, engine.submitter(), devices.host_events())?;
+            devices.add(format!("net{i}"), net.counters(), Box::new(net))?;
+        }
+        if config.rng {
+            let rng = Rng::new(engine.submitter());
+            devices.add("rng".into(), rng.counters(), Box::new(rng))?;
+        }
+        let (mmio, notifier, devices) = devices.finish();
+        let mut cmdline = config.cmdline.clone();
+        cmdline.push_str(&devices.cmdline());
         let mmio = Arc::new(mmio);
 
         let entry = boot::load_kernel(&mem, kernel)?;
@@ -224,7 +236,8 @@ impl Vm {
             exit,
             milestones,
             engine,
-            notifier,
+            notifier: Some(notifier),
+            devices,
             disks,
             scrubs,
             scrub_stop: Arc::default(),
@@ -234,6 +247,11 @@ impl Vm {
     /// Guest memory.
     pub fn memory(&self) -> &Arc<GuestMemory> {
         &self.mem
+    }
+
+    /// Where every virtio device lives, in order (for ACPI DSDT entries).
+    pub fn virtio_slots(&self) -> Vec<Slot> {
+        self.devices.slots()
     }
 
     /// The KVM VM fd (for devices that need irqfds and ioeventfds).
@@ -248,7 +266,15 @@ impl Vm {
 
     /// Starts the vCPUs and the notifier; the VM runs until it ends.
     pub fn start(mut self) -> Result<RunningVm, VmError> {
-        let notifier = std::mem::take(&mut self.notifier)
+        let notifier = self
+            .notifier
+            .take()
+            .ok_or_else(|| {
+                VmError::Host(
+                    "starting the notifier thread",
+                    std::io::ErrorKind::AlreadyExists.into(),
+                )
+            })?
             .start()
             .map_err(|e| VmError::Host("starting the notifier thread", e))?;
         let inline = self.config.work.policy == Policy::Inline;
@@ -342,14 +368,15 @@ impl RunningVm {
         }
         RunReport {
             exit_code: exit.exit_code(),
-            exit,
             irqchip: vm.config.irqchip,
+            exit,
             first_instruction_ns: vm.milestones.first_instruction_ns(),
             banner_ns: vm.milestones.banner_ns(),
             end_ns: vm.started.elapsed().as_nanos() as u64,
             rss: RssReport::measure(&memory::host_ranges(&vm.mem)).ok(),
             work,
             disks: vm.disks.iter().map(|d| d.snapshot()).collect(),
+            devices: vm.devices.report(),
             scrubs,
             vcpus,
             unhandled_io: vm.pio.unhandled_accesses() + vm.mmio.unhandled_accesses(),
@@ -417,45 +444,6 @@ fn open_disk(d: &DiskConfig, index: usize, engine: &Engine) -> Result<Block, VmE
     ))
 }
 
-/// Where virtio-mmio device `i` lives: its MMIO window and interrupt line.
-struct VirtioSlot {
-    base: u64,
-    gsi: u32,
-}
-
-impl VirtioSlot {
-    fn new(i: usize) -> Self {
-        VirtioSlot {
-            base: VIRTIO_MMIO_START + i as u64 * VIRTIO_MMIO_SIZE,
-            gsi: FIRST_VIRTIO_GSI + i as u32,
-        }
-    }
-
-    /// Puts `device` behind a transport on the MMIO bus, interrupting on `line`.
-    fn attach(
-        &self,
-        mem: &Arc<GuestMemory>,
-        mmio: &mut Bus,
-        device: Box<dyn crate::virtio::VirtioDevice>,
-        line: IrqLine,
-    ) -> Result<Arc<Mutex<MmioTransport>>, VmError> {
-        let interrupt = Arc::new(VirtioInterrupt::on_line(line));
-        let transport = Arc::new(Mutex::new(MmioTransport::new(
-            device,
-            mem.clone(),
-            interrupt,
-        )));
-        mmio.insert(transport.clone(), self.base, VIRTIO_MMIO_SIZE)
-            .map_err(|e| VmError::Host("placing a virtio device", std::io::Error::other(e)))?;
-        Ok(transport)
-    }
-
-    /// How Linux (and the test guest) learn of the device.
-    fn cmdline(&self) -> String {
-        format!(" virtio_mmio.device=4K@{:#x}:{}", self.base, self.gsi)
-    }
-}
-
 /// Tells KVM about every RAM region.
 fn register_memory(vm_fd: &VmFd, mem: &GuestMemory) -> Result<(), VmError> {
     for (slot, region) in mem.iter().enumerate() {
@@ -492,23 +480,6 @@ fn create_irqchip(vm_fd: &VmFd, config: &VmConfig) -> Result<Option<Arc<UserIrqC
     }
 }
 
-/// A device's interrupt line for `gsi`: an irqfd bound to KVM's IOAPIC, or
-/// a pin of the userspace one.
-fn irq_line(vm_fd: &VmFd, chip: Option<&Arc<UserIrqChip>>, gsi: u32) -> Result<IrqLine, VmError> {
-    if let Some(chip) = chip {
-        return Ok(IrqLine::Pin {
-            chip: chip.clone(),
-            gsi,
-        });
-    }
-    let irqfd =
-        EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Host("creating an eventfd", e))?;
-    vm_fd
-        .register_irqfd(&irqfd, gsi)
-        .map_err(kvm_err("registering an irqfd"))?;
-    Ok(IrqLine::Irqfd(irqfd))
-}
-
 /// The userspace IOAPIC's registers, where the MADT announces them.
 fn place_ioapic(mmio: &mut Bus, chip: &Arc<UserIrqChip>) -> Result<(), VmError> {
     let ioapic = Arc::new(Mutex::new(IoApicMmio(chip.clone())));
@@ -537,7 +508,8 @@ fn legacy_devices(
     irqchip: Option<&Arc<UserIrqChip>>,
 ) -> Result<Bus, VmError> {
     let mut pio = Bus::new();
-    let irq = irq_line(vm_fd, irqchip, COM1_GSI)?;
+    let irq = IrqLine::for_gsi(vm_fd, irqchip, COM1_GSI)
+        .map_err(|e| VmError::Host("setting up the serial interrupt", e))?;
     if irqchip.is_some() {
         place_pics(&mut pio)?;
     }

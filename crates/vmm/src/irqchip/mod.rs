@@ -178,6 +178,26 @@ pub enum IrqLine {
 }
 
 impl IrqLine {
+    /// The line for `gsi`: a pin of `chip` when the VM has its own
+    /// irqchip, else an irqfd bound to KVM's IOAPIC.
+    pub fn for_gsi(
+        vm_fd: &kvm_ioctls::VmFd,
+        chip: Option<&Arc<UserIrqChip>>,
+        gsi: u32,
+    ) -> std::io::Result<IrqLine> {
+        if let Some(chip) = chip {
+            return Ok(IrqLine::Pin {
+                chip: chip.clone(),
+                gsi,
+            });
+        }
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK)?;
+        vm_fd
+            .register_irqfd(&irqfd, gsi)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))?;
+        Ok(IrqLine::Irqfd(irqfd))
+    }
+
     /// Raises the interrupt once (an edge, as an irqfd write does: a level
     /// redirection entry holds it in remote IRR until the guest's EOI).
     pub fn trigger(&self) -> std::io::Result<()> {

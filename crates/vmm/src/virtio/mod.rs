@@ -10,11 +10,20 @@
 //!    (inline, an idle vCPU, a worker) ([`block::device`]);
 //! 4. the item does the I/O ([`block::backend`]), writes the status, puts the
 //!    chain in the used ring and raises the interrupt ([`interrupt`]).
+//!
+//! Net and rng hand each queue to one drain item at a time ([`drain`]) and
+//! check chains with [`chain`]; net's tap is a host event source on the
+//! notifier's epoll ([`notifier::HostEvents`]). Where devices live is the
+//! [`crate::device_manager`]'s business.
 
 pub mod block;
+pub mod chain;
+pub mod drain;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod notifier;
+pub mod rng;
 
 use std::sync::Arc;
 
@@ -40,7 +49,7 @@ pub struct ActivateContext {
 /// Config-space offsets and sizes come from the guest: implementations check
 /// them and ignore what does not fit.
 pub trait VirtioDevice: Send {
-    /// Virtio device ID (2 = block).
+    /// Virtio device ID (1 = net, 2 = block, 4 = rng).
     fn device_type(&self) -> u32;
     /// Features the device offers.
     fn features(&self) -> u64;

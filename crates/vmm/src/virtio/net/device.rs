@@ -1,0 +1,285 @@
+//! The virtio-net device: features, config space, activation and reset.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use idlework::Submitter;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::QueueT;
+
+use super::rx::RxQueue;
+use super::tap::{Tap, TapError, VNET_HDR_LEN};
+use super::tx::TxQueue;
+use crate::config::NetConfig;
+use crate::virtio::drain::{lock, Drainer};
+use crate::virtio::notifier::{HostEvents, HostWatch};
+use crate::virtio::{ActivateContext, VirtioDevice};
+
+/// Queue size offered for RX and TX.
+pub const QUEUE_SIZE: u16 = 256;
+/// Largest frame (without the vnet header) the device moves either way.
+pub const MAX_FRAME: usize = 64 << 10;
+/// Index of the receive queue.
+pub const RX_QUEUE: u16 = 0;
+/// Index of the transmit queue.
+pub const TX_QUEUE: u16 = 1;
+
+/// What the device did. Every frame not delivered is in one of the drop counters.
+#[derive(Debug, Default)]
+pub struct NetCounters {
+    /// Frames put into guest RX buffers.
+    pub rx_frames: AtomicU64,
+    /// Their bytes (without the vnet header).
+    pub rx_bytes: AtomicU64,
+    /// Frames read from the tap and dropped: larger than the guest's RX buffer.
+    pub rx_dropped_too_small: AtomicU64,
+    /// Reads from the tap that failed (not WouldBlock), or were shorter than a
+    /// vnet header or longer than [`MAX_FRAME`] (dropped).
+    pub rx_tap_errors: AtomicU64,
+    /// RX chains that were not usable buffers (returned with nothing written).
+    pub rx_bad_chains: AtomicU64,
+    /// Times RX stopped reading the tap because the guest had posted no buffers.
+    pub rx_no_buffers: AtomicU64,
+    /// Frames sent to the tap.
+    pub tx_frames: AtomicU64,
+    /// Their bytes (without the vnet header).
+    pub tx_bytes: AtomicU64,
+    /// TX chains that were not a frame (bad buffers, too short, above [`MAX_FRAME`]).
+    pub tx_bad_chains: AtomicU64,
+    /// Frames the tap refused (link down, host out of memory).
+    pub tx_dropped: AtomicU64,
+}
+
+impl NetCounters {
+    pub(super) fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts one more and returns the new count.
+    pub(super) fn bump(c: &AtomicU64) -> u64 {
+        c.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The counters by name.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("rx_frames", g(&self.rx_frames)),
+            ("rx_bytes", g(&self.rx_bytes)),
+            ("rx_dropped_too_small", g(&self.rx_dropped_too_small)),
+            ("rx_tap_errors", g(&self.rx_tap_errors)),
+            ("rx_bad_chains", g(&self.rx_bad_chains)),
+            ("rx_no_buffers", g(&self.rx_no_buffers)),
+            ("tx_frames", g(&self.tx_frames)),
+            ("tx_bytes", g(&self.tx_bytes)),
+            ("tx_bad_chains", g(&self.tx_bad_chains)),
+            ("tx_dropped", g(&self.tx_dropped)),
+        ]
+    }
+}
+
+/// The queues' drainers while the device is active.
+struct Active {
+    rx: Arc<Drainer>,
+    tx: Arc<Drainer>,
+}
+
+/// State the tap's event callback shares with the device.
+struct Shared {
+    active: Mutex<Option<Active>>,
+    work: Submitter,
+}
+
+impl Shared {
+    fn kick_rx(&self) {
+        if let Some(rx) = self.drainer(RX_QUEUE) {
+            rx.kick(&self.work);
+        }
+    }
+
+    /// Queue `queue`'s drainer, if active (not holding the lock while it runs).
+    fn drainer(&self, queue: u16) -> Option<Arc<Drainer>> {
+        let active = lock(&self.active);
+        let a = active.as_ref()?;
+        match queue {
+            RX_QUEUE => Some(a.rx.clone()),
+            TX_QUEUE => Some(a.tx.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Setting up a net device failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The tap could not be opened.
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    /// The tap could not be watched.
+    #[error("watching tap {0}: {1}")]
+    Watch(String, #[source] std::io::Error),
+}
+
+/// The MAC address net device `index` gets when none is configured.
+pub fn default_mac(index: usize) -> [u8; 6] {
+    [
+        0x52,
+        0x54,
+        0x00,
+        0x12,
+        0x34,
+        0x56u8.wrapping_add(index as u8),
+    ]
+}
+
+/// virtio-net on a tap.
+pub struct Net {
+    tap: Arc<Tap>,
+    watch: Arc<HostWatch>,
+    shared: Arc<Shared>,
+    counters: Arc<NetCounters>,
+    config: [u8; 10],
+}
+
+impl Net {
+    /// A device on `tap` with address `mac`, whose work runs through `work`;
+    /// the tap is watched through `host`.
+    pub fn new(
+        tap: Tap,
+        mac: [u8; 6],
+        work: Submitter,
+        host: &mut dyn HostEvents,
+    ) -> std::io::Result<Net> {
+        let tap = Arc::new(tap);
+        let shared = Arc::new(Shared {
+            active: Mutex::new(None),
+            work,
+        });
+        let on_readable = shared.clone();
+        let watch = host.watch(tap.clone(), Box::new(move || on_readable.kick_rx()))?;
+        // Config space: mac[6], status (link up), max_virtqueue_pairs (1).
+        let mut config = [0u8; 10];
+        config[..6].copy_from_slice(&mac);
+        config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        Ok(Net {
+            tap,
+            watch: Arc::new(watch),
+            shared,
+            counters: Arc::default(),
+            config,
+        })
+    }
+
+    /// Opens the tap `config` names for net device `index`.
+    pub fn open(
+        config: &NetConfig,
+        index: usize,
+        work: Submitter,
+        host: &mut dyn HostEvents,
+    ) -> Result<Net, NetError> {
+        let tap = Tap::open(&config.tap)?;
+        let mac = config.mac.map_or_else(|| default_mac(index), |m| m.0);
+        Net::new(tap, mac, work, host).map_err(|e| NetError::Watch(config.tap.clone(), e))
+    }
+
+    /// The device's counters.
+    pub fn counters(&self) -> Arc<NetCounters> {
+        self.counters.clone()
+    }
+
+    /// The tap's interface name.
+    pub fn tap_name(&self) -> &str {
+        self.tap.name()
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | (1 << VIRTIO_NET_F_MAC)
+            | (1 << VIRTIO_NET_F_STATUS)
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let src = usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.config.get(o..o.checked_add(data.len())?));
+        match src {
+            Some(src) => data.copy_from_slice(src),
+            None => data.fill(0),
+        }
+    }
+
+    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), String> {
+        if ctx.queues.len() != 2 || !ctx.queues.iter().all(|q| q.ready()) {
+            return Err("virtio-net needs its RX and TX queues ready".into());
+        }
+        // With EVENT_IDX the driver says when it wants interrupts, and we when notifies.
+        let event_idx = ctx.features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        for q in &mut ctx.queues {
+            q.set_event_idx(event_idx);
+        }
+        let tx_queue = ctx.queues.pop().ok_or("no TX queue")?;
+        let rx_queue = ctx.queues.pop().ok_or("no RX queue")?;
+        let rx = RxQueue::new(
+            ctx.mem.clone(),
+            rx_queue,
+            ctx.interrupt.clone(),
+            self.tap.clone(),
+            self.watch.clone(),
+            self.counters.clone(),
+        );
+        let tx = TxQueue::new(
+            ctx.mem,
+            tx_queue,
+            ctx.interrupt.clone(),
+            self.tap.clone(),
+            self.counters.clone(),
+        );
+        *lock(&self.shared.active) = Some(Active {
+            rx: Drainer::new(Arc::new(rx), ctx.interrupt.clone()),
+            tx: Drainer::new(Arc::new(tx), ctx.interrupt),
+        });
+        // Frames already waiting on the tap are reported at once.
+        self.watch.arm();
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, queue: u16) {
+        // An RX notify means new buffers: reading the tap resumes.
+        if let Some(d) = self.shared.drainer(queue) {
+            d.kick(&self.shared.work);
+        }
+    }
+
+    fn reset(&mut self) {
+        let active = lock(&self.shared.active).take();
+        if let Some(a) = active {
+            a.rx.stop();
+            a.tx.stop();
+        }
+        // No step runs any more, so nothing re-arms the tap after this.
+        self.watch.disarm();
+    }
+}
+
+/// The vnet header the device writes before each received frame: no
+/// offloads, one buffer.
+pub(super) fn rx_header() -> [u8; VNET_HDR_LEN] {
+    let mut h = [0u8; VNET_HDR_LEN];
+    h[10..12].copy_from_slice(&1u16.to_le_bytes()); // num_buffers
+    h
+}

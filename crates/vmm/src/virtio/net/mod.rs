@@ -1,0 +1,24 @@
+//! virtio-net on a tap: one RX and one TX queue (EVENT_IDX offered), frames behind a 12-byte
+//! `virtio_net_hdr_v1`, no offloads (no checksum, TSO or mergeable buffers
+//! are offered; the tap is set to none), a MAC and a link-up status.
+//!
+//! Work runs where the engine's policy puts it: RX (tap → guest buffers) and
+//! TX (guest frames → tap) are each drained by one work item at a time
+//! ([`crate::virtio::drain`]), so TX frames leave in ring order. The tap fd
+//! is a host event source on the notifier thread: readable → the RX item is
+//! kicked. While the guest posts no RX buffers the tap is not read (and not
+//! watched); the guest's RX notify resumes it. Every frame that is not
+//! delivered is counted ([`NetCounters`]).
+
+pub mod device;
+mod rx;
+pub mod tap;
+mod tx;
+
+pub use device::{default_mac, Net, NetCounters, NetError, MAX_FRAME};
+pub use tap::{Tap, TapError};
+
+#[cfg(test)]
+mod netns_tests;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,374 @@
+//! The net device driven by a synthetic driver on test guest memory, with a
+//! datagram socket pair standing in for the tap (one vnet-header frame per
+//! datagram, as a tap with IFF_VNET_HDR reads and writes them).
+
+use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::device::{NetCounters, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
+use super::tap::VNET_HDR_LEN;
+use super::{Net, Tap, MAX_FRAME};
+use crate::virtio::chain::tests::{Driver, W};
+use crate::virtio::notifier::{Notifier, NotifierBuilder};
+use crate::virtio::{ActivateContext, VirtioDevice, VirtioInterrupt};
+
+pub(super) const MAC: [u8; 6] = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+const RX_BASE: u64 = 0;
+const TX_BASE: u64 = 0x8000;
+/// A test's bound on waiting for the device (a failure, not a pass, when hit).
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A net device on an active pair of queues.
+pub(super) struct Rig {
+    pub rx: Driver,
+    pub tx: Driver,
+    pub net: Net,
+    pub irq: Arc<VirtioInterrupt>,
+    pub counters: Arc<NetCounters>,
+    _notifier: Notifier,
+    _engine: idlework::Engine,
+}
+
+impl Rig {
+    /// A device on `tap`, activated, its work run by `policy`.
+    pub fn new(tap: Tap, policy: idlework::Policy) -> Rig {
+        Rig::with_features(tap, policy, 1 << VIRTIO_F_VERSION_1)
+    }
+
+    /// The same, the driver accepting `features` (of those offered).
+    pub fn with_features(tap: Tap, policy: idlework::Policy, features: u64) -> Rig {
+        let engine = idlework::Engine::new(idlework::Config {
+            policy,
+            max_workers: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let mem = Driver::memory();
+        let rx = Driver::new(mem.clone(), RX_BASE, QUEUE_SIZE);
+        let tx = Driver::new(mem.clone(), TX_BASE, QUEUE_SIZE);
+        let mut host = NotifierBuilder::new().unwrap();
+        let mut net = Net::new(tap, MAC, engine.submitter(), &mut host).unwrap();
+        let notifier = host.start().unwrap();
+        let irq = Arc::new(VirtioInterrupt::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        ));
+        net.activate(ActivateContext {
+            mem,
+            queues: vec![rx.queue(), tx.queue()],
+            interrupt: irq.clone(),
+            features: net.features() & features,
+        })
+        .unwrap();
+        Rig {
+            rx,
+            tx,
+            counters: net.counters(),
+            net,
+            irq,
+            _notifier: notifier,
+            _engine: engine,
+        }
+    }
+
+    /// Offers one TX chain: a zero header and `frame`, split at `split`.
+    pub fn send(&mut self, frame: &[u8], at: u64, split: usize) -> u16 {
+        let mut bytes = vec![0u8; VNET_HDR_LEN];
+        bytes.extend_from_slice(frame);
+        self.tx.write(at, &bytes);
+        let split = split.min(bytes.len());
+        let mut bufs = vec![(at, split as u32)];
+        if split < bytes.len() {
+            bufs.push((at + split as u64, (bytes.len() - split) as u32));
+        }
+        let head = self.tx.offer(&bufs, 0);
+        self.net.queue_notify(TX_QUEUE);
+        head
+    }
+
+    /// Posts `n` RX buffers of `len` bytes from `at` and notifies.
+    pub fn post_rx(&mut self, n: usize, at: u64, len: u32) -> Vec<u16> {
+        let heads = (0..n)
+            .map(|i| {
+                self.rx.offer(
+                    &[(at + i as u64 * u64::from(len.next_multiple_of(64)), len)],
+                    W,
+                )
+            })
+            .collect();
+        self.net.queue_notify(RX_QUEUE);
+        heads
+    }
+
+    /// Waits (on the interrupt, bounded by [`PATIENCE`]) for `n` RX used entries.
+    pub fn wait_rx(&mut self, n: usize) -> Vec<(u16, u32)> {
+        wait_used(&mut self.rx, &self.irq, n, &self.counters)
+    }
+
+    /// Waits for `n` TX used entries.
+    pub fn wait_tx(&mut self, n: usize) -> Vec<(u16, u32)> {
+        wait_used(&mut self.tx, &self.irq, n, &self.counters)
+    }
+
+    pub fn count(&self, name: &str) -> u64 {
+        let all = self.counters.snapshot();
+        all.iter().find(|(n, _)| *n == name).unwrap().1
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.net.reset();
+    }
+}
+
+/// Waits (on the interrupt, bounded by [`PATIENCE`]) for `n` used entries of `queue`.
+fn wait_used(
+    queue: &mut Driver,
+    irq: &VirtioInterrupt,
+    n: usize,
+    counters: &NetCounters,
+) -> Vec<(u16, u32)> {
+    let epoll = Epoll::new().unwrap();
+    let irqfd = std::os::fd::AsRawFd::as_raw_fd(irq.irqfd());
+    epoll
+        .ctl(
+            ControlOperation::Add,
+            irqfd,
+            EpollEvent::new(EventSet::IN, 0),
+        )
+        .unwrap();
+    let start = Instant::now();
+    let mut used = Vec::new();
+    loop {
+        used.extend(queue.used_entries());
+        if used.len() >= n {
+            return used;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "only {} of {n} used entries arrived; counters {:?}",
+            used.len(),
+            counters.snapshot()
+        );
+        let mut ev = [EpollEvent::default()];
+        let _ = epoll.wait(100, &mut ev);
+        let _ = irq.irqfd().read();
+    }
+}
+
+/// A tap stand-in and the host's end of it.
+fn pair() -> (Tap, UnixDatagram) {
+    let (dev, host) = UnixDatagram::pair().unwrap();
+    dev.set_nonblocking(true).unwrap();
+    host.set_nonblocking(true).unwrap();
+    (Tap::from_fd(dev.into(), "pair"), host)
+}
+
+fn frame(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn host_recv(host: &UnixDatagram) -> Vec<u8> {
+    let mut buf = vec![0; VNET_HDR_LEN + MAX_FRAME + 16];
+    let n = host.recv(&mut buf).expect("a frame on the tap");
+    buf.truncate(n);
+    buf
+}
+
+fn host_send(host: &UnixDatagram, frame: &[u8]) -> std::io::Result<usize> {
+    let mut bytes = vec![0u8; VNET_HDR_LEN];
+    bytes[0] = 0x2; // DATA_VALID from the host: the device must not pass it on
+    bytes.extend_from_slice(frame);
+    host.send(&bytes)
+}
+
+#[test]
+fn tx_frames_reach_the_tap_in_order_with_an_empty_header() {
+    let (tap, host) = pair();
+    let mut rig = Rig::new(tap, idlework::Policy::Inline);
+    let frames: Vec<Vec<u8>> = [14, 60, 1514, MAX_FRAME]
+        .iter()
+        .map(|&n| frame(n, n as u8))
+        .collect();
+    let mut heads = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        heads.push(rig.send(f, 0x10_0000 + i as u64 * 0x2_0000, 5 + i * 7));
+    }
+    for f in &frames {
+        let got = host_recv(&host);
+        assert_eq!(&got[..VNET_HDR_LEN], &[0; VNET_HDR_LEN]);
+        assert_eq!(&got[VNET_HDR_LEN..], &f[..]);
+    }
+    let used: Vec<u16> = rig.tx.used_entries().into_iter().map(|(h, _)| h).collect();
+    assert_eq!(used, heads);
+    assert_eq!(rig.count("tx_frames"), 4);
+    assert_eq!(
+        rig.count("tx_bytes"),
+        frames.iter().map(|f| f.len() as u64).sum::<u64>()
+    );
+}
+
+#[test]
+fn hostile_tx_chains_are_returned_unsent_and_counted() {
+    let (tap, host) = pair();
+    let mut rig = Rig::new(tap, idlework::Policy::Inline);
+    // Above 64 KiB; a runt; a device-writable buffer; outside memory; a loop.
+    rig.send(&frame(MAX_FRAME + 1, 1), 0x10_0000, 4096);
+    rig.send(&frame(13, 2), 0x40_0000, 100);
+    rig.tx.offer(&[(0x50_0000, 100)], W);
+    rig.tx.offer(&[(0xdead_0000_0000, 100)], 0);
+    rig.tx.offer_raw(
+        &[(200, 0x50_0000, 64, 1, 201), (201, 0x50_1000, 64, 1, 200)],
+        200,
+    );
+    rig.net.queue_notify(TX_QUEUE);
+    let good = frame(100, 9);
+    rig.send(&good, 0x60_0000, 50);
+    assert_eq!(&host_recv(&host)[VNET_HDR_LEN..], &good[..]);
+    assert!(
+        host.recv(&mut [0; 16]).is_err(),
+        "a bad chain reached the tap"
+    );
+    let used = rig.tx.used_entries();
+    assert_eq!(used.len(), 6);
+    assert!(used.iter().all(|&(_, len)| len == 0));
+    assert_eq!((rig.count("tx_bad_chains"), rig.count("tx_frames")), (5, 1));
+    assert!(!rig.irq.needs_reset());
+}
+
+#[test]
+fn rx_frames_fill_guest_buffers() {
+    for policy in [idlework::Policy::Inline, idlework::Policy::Workers] {
+        let (tap, host) = pair();
+        let mut rig = Rig::new(tap, policy);
+        // One buffer split in two descriptors, one whole.
+        let a = rig.rx.offer(&[(0x10_0000, 20), (0x11_0000, 1506)], W);
+        let heads = rig.post_rx(1, 0x20_0000, 1526);
+        let (f1, f2) = (frame(60, 1), frame(1514, 2));
+        host_send(&host, &f1).unwrap();
+        host_send(&host, &f2).unwrap();
+        let used = rig.wait_rx(2);
+        assert_eq!(
+            used,
+            vec![
+                (a, (VNET_HDR_LEN + 60) as u32),
+                (heads[0], (VNET_HDR_LEN + 1514) as u32)
+            ]
+        );
+        let mut got = rig.rx.read(0x10_0000, 20);
+        got.extend(rig.rx.read(0x11_0000, 52));
+        let mut want = super::device::rx_header().to_vec();
+        want.extend_from_slice(&f1);
+        assert_eq!(got, want);
+        assert_eq!(&rig.rx.read(0x20_0000 + 12, 1514), &f2);
+        assert_eq!(rig.count("rx_frames"), 2);
+    }
+}
+
+#[test]
+fn a_frame_too_big_for_the_buffer_is_dropped_and_counted_and_the_buffer_kept() {
+    let (tap, host) = pair();
+    let mut rig = Rig::new(tap, idlework::Policy::Inline);
+    let heads = rig.post_rx(1, 0x10_0000, 100);
+    host_send(&host, &frame(1514, 1)).unwrap();
+    let small = frame(60, 2);
+    host_send(&host, &small).unwrap();
+    assert_eq!(rig.wait_rx(1), vec![(heads[0], (VNET_HDR_LEN + 60) as u32)]);
+    assert_eq!(&rig.rx.read(0x10_0000 + 12, 60), &small);
+    assert_eq!(rig.count("rx_dropped_too_small"), 1);
+}
+
+#[test]
+fn bad_rx_chains_are_returned_empty() {
+    let (tap, host) = pair();
+    let mut rig = Rig::new(tap, idlework::Policy::Inline);
+    let readable = rig.rx.offer(&[(0x10_0000, 1526)], 0);
+    let tiny = rig.rx.offer(&[(0x10_0000, 8)], W);
+    let outside = rig.rx.offer(&[(0xdead_0000_0000, 1526)], W);
+    let good = rig.post_rx(1, 0x20_0000, 1526);
+    host_send(&host, &frame(100, 3)).unwrap();
+    let used = rig.wait_rx(4);
+    assert_eq!(
+        used,
+        vec![(readable, 0), (tiny, 0), (outside, 0), (good[0], 112)]
+    );
+    assert_eq!(rig.count("rx_bad_chains"), 3);
+    assert!(!rig.irq.needs_reset());
+}
+
+#[test]
+fn without_rx_buffers_the_tap_is_not_read_until_the_guest_posts_some() {
+    let (tap, host) = pair();
+    let mut rig = Rig::new(tap, idlework::Policy::Workers);
+    // The host floods until the tap's queue is full (bounded: it refuses more).
+    let mut sent = Vec::new();
+    for i in 0..10_000u32 {
+        let f = frame(64, i as u8);
+        match host_send(&host, &f) {
+            Ok(_) => sent.push(f),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(!sent.is_empty() && sent.len() < 10_000);
+    // Every frame is still there: posting buffers delivers all of them, in order.
+    let n = sent.len().min(usize::from(QUEUE_SIZE));
+    let heads = rig.post_rx(n, 0x10_0000, 1526);
+    let used = rig.wait_rx(n);
+    assert_eq!(used.iter().map(|u| u.0).collect::<Vec<_>>(), heads);
+    for (i, f) in sent.iter().take(n).enumerate() {
+        assert_eq!(&rig.rx.read(0x10_0000 + i as u64 * 1536 + 12, 64), f);
+    }
+    assert_eq!(
+        rig.count("rx_dropped_too_small") + rig.count("rx_tap_errors"),
+        0
+    );
+}
+
+#[test]
+fn reset_stops_rx_and_a_new_activation_resumes() {
+    let (tap, host) = pair();
+    let mut rig = Rig::new(tap, idlework::Policy::Workers);
+    rig.net.reset();
+    let f = frame(80, 5);
+    host_send(&host, &f).unwrap();
+    // Activate again on fresh queues; the waiting frame is delivered.
+    let mem = rig.rx.mem.clone();
+    rig.rx = Driver::new(mem.clone(), RX_BASE, QUEUE_SIZE);
+    rig.tx = Driver::new(mem.clone(), TX_BASE, QUEUE_SIZE);
+    rig.net
+        .activate(ActivateContext {
+            mem,
+            queues: vec![rig.rx.queue(), rig.tx.queue()],
+            interrupt: rig.irq.clone(),
+            features: 1 << VIRTIO_F_VERSION_1,
+        })
+        .unwrap();
+    let heads = rig.post_rx(1, 0x10_0000, 1526);
+    assert_eq!(rig.wait_rx(1), vec![(heads[0], 92)]);
+    assert_eq!(rig.rx.read(0x10_0000 + 12, 80), f);
+}
+
+#[test]
+fn with_event_idx_the_device_asks_for_the_next_notify_where_it_stopped() {
+    use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+    let (tap, host) = pair();
+    let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX);
+    let mut rig = Rig::with_features(tap, idlework::Policy::Inline, features);
+    for i in 0..3u64 {
+        rig.send(&frame(60, i as u8), 0x10_0000 + i * 0x1000, 20);
+        host_recv(&host);
+    }
+    // avail_event (after the used ring's entries) is where the next notify is wanted.
+    let used = TX_BASE + 16 * u64::from(QUEUE_SIZE) + 6 + 2 * u64::from(QUEUE_SIZE);
+    let avail_event = used.next_multiple_of(4) + 4 + 8 * u64::from(QUEUE_SIZE);
+    assert_eq!(rig.tx.read(avail_event, 2), 3u16.to_le_bytes());
+    assert_eq!(rig.tx.used_entries().len(), 3);
+}

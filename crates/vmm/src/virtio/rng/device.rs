@@ -1,0 +1,260 @@
+//! The virtio-rng device: one request queue, drained by one work item at a
+//! time ([`Drainer`]); each chain is filled with bytes from getrandom(2).
+//!
+//! A chain must be device-writable buffers in guest memory; one that is not
+//! is returned with nothing written (and counted). A chain is filled up to
+//! [`MAX_FILL`] bytes, which the spec allows (the used length says how many).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use idlework::{Context, Submitter};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
+use virtio_queue::{Queue, QueueT};
+
+use crate::memory::GuestMemory;
+use crate::virtio::chain::{self, Direction};
+use crate::virtio::drain::{complete, lock, next_chain, notify_used, Drained, Drainer, QueueWork};
+use crate::virtio::{ActivateContext, VirtioDevice, VirtioInterrupt};
+
+/// Queue size offered to the driver.
+pub const QUEUE_SIZE: u16 = 64;
+/// Most bytes given per chain (bounds the work of one request).
+pub const MAX_FILL: u32 = 64 << 10;
+/// Chains handled per work-item step before yielding.
+const BATCH: usize = 16;
+
+/// What the device did.
+#[derive(Debug, Default)]
+pub struct RngCounters {
+    /// Chains filled.
+    pub requests: AtomicU64,
+    /// Random bytes given to the guest.
+    pub bytes: AtomicU64,
+    /// Chains that were not writable buffers in guest memory.
+    pub malformed: AtomicU64,
+    /// getrandom failures (the chain is returned with what was filled).
+    pub host_errors: AtomicU64,
+}
+
+/// virtio-rng.
+pub struct Rng {
+    work: Submitter,
+    counters: Arc<RngCounters>,
+    active: Option<Arc<Drainer>>,
+}
+
+impl Rng {
+    /// An rng whose requests run through `work`.
+    pub fn new(work: Submitter) -> Self {
+        Rng {
+            work,
+            counters: Arc::default(),
+            active: None,
+        }
+    }
+
+    /// The device's counters.
+    pub fn counters(&self) -> Arc<RngCounters> {
+        self.counters.clone()
+    }
+}
+
+/// The request queue while the device is active.
+struct RequestQueue {
+    mem: Arc<GuestMemory>,
+    queue: Mutex<Queue>,
+    interrupt: Arc<VirtioInterrupt>,
+    counters: Arc<RngCounters>,
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_RNG
+    }
+
+    fn features(&self) -> u64 {
+        1 << VIRTIO_F_VERSION_1
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0); // virtio-rng has no config space
+    }
+
+    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), String> {
+        let queue = ctx
+            .queues
+            .pop()
+            .filter(|q| q.ready())
+            .ok_or("request queue not ready")?;
+        let work = Arc::new(RequestQueue {
+            mem: ctx.mem,
+            queue: Mutex::new(queue),
+            interrupt: ctx.interrupt.clone(),
+            counters: self.counters.clone(),
+        });
+        self.active = Some(Drainer::new(work, ctx.interrupt));
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, _queue: u16) {
+        if let Some(d) = &self.active {
+            d.kick(&self.work);
+        }
+    }
+
+    fn reset(&mut self) {
+        if let Some(d) = self.active.take() {
+            d.stop();
+        }
+    }
+}
+
+impl QueueWork for RequestQueue {
+    fn drain(&self, _cx: &Context) -> Drained {
+        let mut q = lock(&self.queue);
+        let mut used = 0;
+        for _ in 0..BATCH {
+            let chain = next_chain(&mut q, &self.mem, &self.interrupt, "virtio-rng");
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let len = match chain::buffers(chain, Direction::DeviceWrites, u64::MAX) {
+                Ok(bufs) => self.fill(&bufs),
+                Err(e) => {
+                    let n = self.counters.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+                    if chain::worth_logging(n) {
+                        tracing::warn!("virtio-rng: bad chain (head {head}, {n} so far): {e}");
+                    }
+                    0
+                }
+            };
+            if !complete(&mut q, &self.mem, &self.interrupt, head, len) {
+                return Drained::All;
+            }
+            used += 1;
+        }
+        if used > 0 {
+            notify_used(&mut q, &self.mem, &self.interrupt);
+        }
+        // A full batch may have left chains behind; a short one drained the ring.
+        if used < BATCH {
+            Drained::All
+        } else {
+            Drained::More
+        }
+    }
+}
+
+impl RequestQueue {
+    /// Fills up to [`MAX_FILL`] bytes of the chain; returns how many.
+    fn fill(&self, bufs: &chain::Buffers) -> u32 {
+        let mut chunk = [0u8; 4096];
+        let mut written = 0u32;
+        for seg in &bufs.segments {
+            let mut off = 0u32;
+            while off < seg.len && written < MAX_FILL {
+                let n = (seg.len - off)
+                    .min(chunk.len() as u32)
+                    .min(MAX_FILL - written);
+                let buf = &mut chunk[..n as usize];
+                if let Err(e) = getrandom::fill(buf) {
+                    self.counters.host_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("virtio-rng: getrandom: {e}");
+                    return written;
+                }
+                let addr = vm_memory::GuestAddress(seg.addr.0 + u64::from(off));
+                if let Err(e) = vm_memory::Bytes::write_slice(self.mem.as_ref(), buf, addr) {
+                    // chain::buffers checked the range; memory cannot shrink.
+                    tracing::warn!("virtio-rng: writing guest memory: {e}");
+                    return written;
+                }
+                off += n;
+                written += n;
+            }
+        }
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes
+            .fetch_add(written.into(), Ordering::Relaxed);
+        written
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::chain::tests::{Driver, W};
+    use vmm_sys_util::eventfd::EventFd;
+
+    fn active(d: &Driver, engine: &idlework::Engine) -> (Rng, Arc<VirtioInterrupt>) {
+        let mut rng = Rng::new(engine.submitter());
+        let irq = Arc::new(VirtioInterrupt::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        ));
+        rng.activate(ActivateContext {
+            mem: d.mem.clone(),
+            queues: vec![d.queue()],
+            interrupt: irq.clone(),
+            features: 1 << VIRTIO_F_VERSION_1,
+        })
+        .unwrap();
+        (rng, irq)
+    }
+
+    fn inline_engine() -> idlework::Engine {
+        idlework::Engine::new(idlework::Config {
+            policy: idlework::Policy::Inline,
+            max_workers: 0,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn buffers_are_filled_with_bytes_that_are_not_constant() {
+        let e = inline_engine();
+        let mut d = Driver::new(Driver::memory(), 0, QUEUE_SIZE);
+        let (mut rng, irq) = active(&d, &e);
+        let a = d.offer(&[(0x10_0000, 64), (0x10_1000, 64)], W);
+        let b = d.offer(&[(0x20_0000, 256)], W);
+        rng.queue_notify(0);
+        assert_eq!(d.used_entries(), vec![(a, 128), (b, 256)]);
+        let bytes = d.read(0x20_0000, 256);
+        assert!(bytes.iter().any(|&x| x != bytes[0]), "constant bytes");
+        assert_ne!(d.read(0x10_0000, 64), d.read(0x10_1000, 64));
+        assert_eq!(irq.irqfd().read().unwrap(), 1);
+        let c = rng.counters();
+        assert_eq!(c.bytes.load(Ordering::Relaxed), 384);
+        rng.reset();
+    }
+
+    #[test]
+    fn hostile_chains_are_returned_empty_and_big_ones_capped() {
+        let e = inline_engine();
+        let mut d = Driver::new(Driver::memory(), 0, QUEUE_SIZE);
+        let (mut rng, irq) = active(&d, &e);
+        let readable = d.offer(&[(0x10_0000, 64)], 0);
+        let outside = d.offer(&[(0xdead_0000_0000, 64)], W);
+        let huge = d.offer(&[(0x20_0000, 1 << 20)], W);
+        rng.queue_notify(0);
+        assert_eq!(
+            d.used_entries(),
+            vec![(readable, 0), (outside, 0), (huge, MAX_FILL)]
+        );
+        assert_eq!(rng.counters().malformed.load(Ordering::Relaxed), 2);
+        assert!(!irq.needs_reset());
+        // More chains than one batch: all are served, in order.
+        let heads: Vec<u16> = (0..40)
+            .map(|i| d.offer(&[(0x30_0000 + i * 64, 8)], W))
+            .collect();
+        rng.queue_notify(0);
+        let used: Vec<u16> = d.used_entries().into_iter().map(|(h, _)| h).collect();
+        assert_eq!(used, heads);
+        rng.reset();
+    }
+}
