@@ -15,6 +15,7 @@ pub mod devices;
 pub mod exit;
 pub mod idle;
 pub mod memory;
+pub mod page_walk;
 pub mod rss;
 pub mod vcpu;
 pub mod virtio;

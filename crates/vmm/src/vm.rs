@@ -10,16 +10,17 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::Serialize;
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::boot::{self, BootError, KernelImage};
+use crate::boot::{self, BootConfig, BootError, BootSummary, EntryState, KernelImage, MmioSlot};
 use crate::bus::Bus;
-use crate::config::{ConfigError, DiskConfig, NotifyPath, VmConfig, WorkConfig};
-use crate::cpuid::{filter_cpuid, CpuidParams};
+use crate::config::{ConfigError, ConsoleIn, DiskConfig, NotifyPath, VmConfig, WorkConfig};
+use crate::cpuid::{filter_cpuid, CpuidParams, HiddenFeatures};
+use crate::devices::console::ConsoleStatsHandle;
 use crate::devices::{
-    BootMilestones, Console, DebugPort, Serial, COM1_BASE, COM1_GSI, COM1_LEN, DEBUG_PORT_BASE,
-    DEBUG_PORT_LEN,
+    power, AcpiPower, BootMilestones, Console, ConsoleInput, ConsoleStats, DebugPort, Serial,
+    COM1_BASE, COM1_GSI, COM1_LEN, DEBUG_PORT_BASE, DEBUG_PORT_LEN, I8042,
 };
 use crate::exit::{ExitReason, ExitSignal};
 use crate::memory::{
@@ -96,6 +97,10 @@ pub struct RunReport {
     pub vcpus: Vec<VcpuStats>,
     /// Guest accesses that hit no device.
     pub unhandled_io: u64,
+    /// How the guest was booted: protocol, memory map, initrd placement.
+    pub boot: BootSummary,
+    /// What became of the guest's console output.
+    pub console: ConsoleStats,
 }
 
 fn display<S: serde::Serializer>(v: &ExitReason, s: S) -> Result<S::Ok, S::Error> {
@@ -118,6 +123,15 @@ pub struct Vm {
     disks: Vec<Arc<BlockCounters>>,
     scrubs: Vec<PendingScrub>,
     scrub_stop: Arc<AtomicBool>,
+    boot: BootSummary,
+    console: LegacyConsole,
+}
+
+/// The serial console's two directions.
+struct LegacyConsole {
+    output: ConsoleStatsHandle,
+    /// Dropped with the VM: stops the reader, restores the terminal.
+    _input: Option<ConsoleInput>,
 }
 
 /// A scrub to start with the VM.
@@ -161,7 +175,8 @@ impl Vm {
 
         let exit = Arc::new(ExitSignal::default());
         let milestones = Arc::new(BootMilestones::new(started));
-        let pio = Arc::new(legacy_devices(&vm_fd, &config, &exit, &milestones)?);
+        let (pio, console) = legacy_devices(&vm_fd, &config, &exit, &milestones)?;
+        let pio = Arc::new(pio);
         confine_helper_threads(&config);
         let engine = Arc::new(Engine::new(engine_config(&config.work)).map_err(|e| {
             VmError::Host("starting the device-work engine", std::io::Error::other(e))
@@ -171,6 +186,7 @@ impl Vm {
         let mut cmdline = config.cmdline.clone();
         let mut disks = Vec::new();
         let mut scrubs = Vec::new();
+        let mut slots = Vec::new();
         for (i, disk) in config.disks.iter().enumerate() {
             let slot = VirtioSlot::new(i);
             let block = open_disk(disk, i, &engine)?;
@@ -189,12 +205,18 @@ impl Vm {
                     .map_err(|e| VmError::Host("registering an ioeventfd", e))?;
             }
             cmdline.push_str(&slot.cmdline());
+            slots.push(slot.acpi());
         }
         let mmio = Arc::new(mmio);
 
-        let entry = boot::load_kernel(&mem, kernel)?;
-        let start_info = boot::write_boot_info(&mem, cmdline.trim_start(), config.vcpus)?;
-        let vcpu_fds = create_vcpus(&kvm, &vm_fd, &mem, &config, entry, start_info)?;
+        let boot_config = BootConfig {
+            cmdline: cmdline.trim_start(),
+            initrd: config.initrd.as_deref(),
+            vcpus: config.vcpus,
+            devices: &slots,
+        };
+        let (entry, boot) = boot::prepare(&mem, kernel, &boot_config)?;
+        let vcpu_fds = create_vcpus(&kvm, &vm_fd, &mem, &config, &entry)?;
 
         Ok(Vm {
             config,
@@ -211,6 +233,8 @@ impl Vm {
             disks,
             scrubs,
             scrub_stop: Arc::default(),
+            boot,
+            console,
         })
     }
 
@@ -304,7 +328,7 @@ impl RunningVm {
             vcpus,
             notifier,
         } = self;
-        let exit = vm.exit.wait();
+        let exit = vm.exit.wait().with_guest_memory(&vm.mem);
         let scrubs = vm.scrubs.iter().map(|s| s.counters.snapshot()).collect();
         vm.scrub_stop.store(true, Ordering::Relaxed);
         for h in &vcpus {
@@ -330,6 +354,8 @@ impl RunningVm {
             scrubs,
             vcpus,
             unhandled_io: vm.pio.unhandled_accesses() + vm.mmio.unhandled_accesses(),
+            boot: vm.boot.clone(),
+            console: vm.console.output.stats(),
         }
     }
 }
@@ -432,6 +458,15 @@ impl VirtioSlot {
         Ok(transport)
     }
 
+    /// The slot as the DSDT describes it.
+    fn acpi(&self) -> MmioSlot {
+        MmioSlot {
+            base: self.base,
+            size: VIRTIO_MMIO_SIZE,
+            gsi: self.gsi,
+        }
+    }
+
     /// How Linux (and the test guest) learn of the device.
     fn cmdline(&self) -> String {
         format!(" virtio_mmio.device=4K@{:#x}:{}", self.base, self.gsi)
@@ -460,39 +495,61 @@ fn register_memory(vm_fd: &VmFd, mem: &GuestMemory) -> Result<(), VmError> {
     Ok(())
 }
 
-/// COM1 (with its irqfd) and the debug ports, on a new port I/O bus.
+/// COM1 (with its irqfd and console), the debug ports and the power-off and
+/// reset registers, on a new port I/O bus.
 fn legacy_devices(
     vm_fd: &VmFd,
     config: &VmConfig,
     exit: &Arc<ExitSignal>,
     milestones: &Arc<BootMilestones>,
-) -> Result<Bus, VmError> {
+) -> Result<(Bus, LegacyConsole), VmError> {
     let mut pio = Bus::new();
     let irq =
         EventFd::new(libc::EFD_NONBLOCK).map_err(|e| VmError::Host("creating an eventfd", e))?;
     vm_fd
         .register_irqfd(&irq, COM1_GSI)
         .map_err(kvm_err("registering the serial irqfd"))?;
-    let console = Console::new(config.serial_file.as_deref())
+    let file = config
+        .serial_file
+        .as_deref()
+        .map(std::fs::File::create)
+        .transpose()
         .map_err(|e| VmError::Host("opening the serial file", e))?;
+    let console = Console::stdout(file, config.serial_file_limit_mib << 20)
+        .map_err(|e| VmError::Host("starting the console writer", e))?;
+    let output = console.stats_handle();
     let serial = Arc::new(Mutex::new(Serial::new(irq, console)));
+    let input = match config.console_input {
+        ConsoleIn::None => None,
+        ConsoleIn::Stdin => Some(
+            ConsoleInput::stdin(serial.clone(), exit.clone())
+                .map_err(|e| VmError::Host("starting console input", e))?,
+        ),
+    };
     let debug = Arc::new(Mutex::new(DebugPort::new(exit.clone(), milestones.clone())));
-    // The two ranges are fixed and disjoint: insertion cannot conflict.
+    let acpi = Arc::new(Mutex::new(AcpiPower::new(exit.clone())));
+    let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
+    // The ranges are fixed and disjoint: insertion cannot conflict.
     pio.insert(serial, COM1_BASE, COM1_LEN)
         .and_then(|_| pio.insert(debug, DEBUG_PORT_BASE, DEBUG_PORT_LEN))
+        .and_then(|_| pio.insert(acpi, power::SLEEP_CONTROL_PORT, power::ACPI_PORTS_LEN))
+        .and_then(|_| pio.insert(i8042, power::I8042_BASE, power::I8042_LEN))
         .map_err(|e| VmError::Host("placing legacy devices", std::io::Error::other(e)))?;
-    Ok(pio)
+    let console = LegacyConsole {
+        output,
+        _input: input,
+    };
+    Ok((pio, console))
 }
 
-/// Creates and configures every vCPU; vCPU 0 gets the PVH entry state, the
-/// others wait for INIT/SIPI in the in-kernel local APIC.
+/// Creates and configures every vCPU; vCPU 0 gets the kernel's entry state,
+/// the others wait for INIT/SIPI in the in-kernel local APIC.
 fn create_vcpus(
     kvm: &Kvm,
     vm_fd: &VmFd,
     mem: &GuestMemory,
     config: &VmConfig,
-    entry: GuestAddress,
-    start_info: GuestAddress,
+    entry: &EntryState,
 ) -> Result<Vec<VcpuFd>, VmError> {
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -508,6 +565,7 @@ fn create_vcpus(
             vcpus: config.vcpus,
             tsc_khz: fd.get_tsc_khz().ok(),
             expose_mwait: config.expose_mwait,
+            hidden: HiddenFeatures::from_list(&config.hide_cpu_features),
         };
         filter_cpuid(&mut cpuid, &params);
         fd.set_cpuid2(&cpuid).map_err(kvm_err("setting CPUID"))?;
@@ -518,12 +576,7 @@ fn create_vcpus(
             .map_err(kvm_err("setting the local APIC"))?;
 
         if index == 0 {
-            let mut sregs = fd.get_sregs().map_err(kvm_err("reading sregs"))?;
-            regs::setup_pvh_sregs(mem, &mut sregs)
-                .map_err(|e| VmError::Boot(BootError::Setup(e.to_string())))?;
-            fd.set_sregs(&sregs).map_err(kvm_err("setting sregs"))?;
-            fd.set_regs(&regs::pvh_regs(entry, start_info))
-                .map_err(kvm_err("setting registers"))?;
+            boot::set_entry_state(&fd, mem, entry)?;
         }
         fds.push(fd);
     }
