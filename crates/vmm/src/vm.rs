@@ -183,7 +183,7 @@ impl Vm {
         })?);
         let mut mmio = Bus::new();
         let mut notifier = NotifierBuilder::default();
-        let mut cmdline = config.cmdline.clone();
+        let mut announcements = String::new();
         let mut disks = Vec::new();
         let mut scrubs = Vec::new();
         let mut slots = Vec::new();
@@ -204,13 +204,14 @@ impl Vm {
                     .add(&vm_fd, slot.base + QUEUE_NOTIFY_OFFSET, 0, transport)
                     .map_err(|e| VmError::Host("registering an ioeventfd", e))?;
             }
-            cmdline.push_str(&slot.cmdline());
+            announcements.push_str(&slot.cmdline());
             slots.push(slot.acpi());
         }
         let mmio = Arc::new(mmio);
 
+        let cmdline = boot::with_kernel_args(&config.cmdline, &announcements);
         let boot_config = BootConfig {
-            cmdline: cmdline.trim_start(),
+            cmdline: &cmdline,
             initrd: config.initrd.as_deref(),
             vcpus: config.vcpus,
             devices: &slots,
@@ -515,7 +516,7 @@ fn legacy_devices(
         .map(std::fs::File::create)
         .transpose()
         .map_err(|e| VmError::Host("opening the serial file", e))?;
-    let console = Console::stdout(file, config.serial_file_limit_mib << 20)
+    let console = Console::stdout(file, config.serial_file_limit_mib << 20, milestones.start())
         .map_err(|e| VmError::Host("starting the console writer", e))?;
     let output = console.stats_handle();
     let serial = Arc::new(Mutex::new(Serial::new(irq, console)));

@@ -265,6 +265,20 @@ fn boot_pvh(
     Ok((entry, "pvh", initrd))
 }
 
+/// `cmdline` with the VMM's own kernel parameters `extra` (each with a
+/// leading space) added: before ` -- ` if there is one, since Linux passes
+/// everything after it to init as arguments.
+pub fn with_kernel_args(cmdline: &str, extra: &str) -> String {
+    let joined = if cmdline.starts_with("-- ") {
+        format!("{extra} {cmdline}")
+    } else if let Some(at) = cmdline.find(" -- ") {
+        format!("{}{extra}{}", &cmdline[..at], &cmdline[at..])
+    } else {
+        format!("{cmdline}{extra}")
+    };
+    joined.trim_start().to_string()
+}
+
 /// Writes the NUL-terminated command line at [`CMDLINE_START`]; returns its length.
 fn write_cmdline(mem: &GuestMemory, cmdline: &str) -> Result<usize, BootError> {
     let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
@@ -309,6 +323,27 @@ mod tests {
         let mut cmd = [0u8; 19];
         mem.read_slice(&mut cmd, CMDLINE_START).unwrap();
         assert_eq!(&cmd, b"workload=idle ms=5\0");
+    }
+
+    #[test]
+    fn vmm_parameters_go_before_the_init_arguments() {
+        let extra = " virtio_mmio.device=4K@0xd0000000:5";
+        assert_eq!(
+            with_kernel_args("console=ttyS0 -- echo hi", extra),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5 -- echo hi"
+        );
+        assert_eq!(
+            with_kernel_args("workload=idle", extra),
+            "workload=idle virtio_mmio.device=4K@0xd0000000:5"
+        );
+        assert_eq!(
+            with_kernel_args("", extra),
+            "virtio_mmio.device=4K@0xd0000000:5"
+        );
+        assert_eq!(
+            with_kernel_args("-- sh", extra),
+            "virtio_mmio.device=4K@0xd0000000:5 -- sh"
+        );
     }
 
     #[test]

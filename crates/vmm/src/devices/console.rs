@@ -17,7 +17,7 @@ use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -42,6 +42,9 @@ pub struct ConsoleStats {
     pub written_bytes: u64,
     /// Bytes not copied to the serial file because it reached its limit.
     pub file_capped_bytes: u64,
+    /// From the VMM's start to the guest's first output byte, ns (for a
+    /// kernel's boot time to its first line).
+    pub first_output_ns: Option<u64>,
 }
 
 #[derive(Default)]
@@ -50,6 +53,7 @@ struct Counters {
     dropped: AtomicU64,
     written: AtomicU64,
     file_capped: AtomicU64,
+    first_output_ns: AtomicU64,
 }
 
 struct Buffer {
@@ -62,6 +66,7 @@ struct Shared {
     ready: Condvar,
     counters: Counters,
     capacity: usize,
+    started: Instant,
 }
 
 /// The sinks the writer thread copies output to.
@@ -81,18 +86,19 @@ pub struct Console {
 }
 
 impl Console {
-    /// A console on stdout, copied to `file` (capped at `file_limit` bytes).
-    pub fn stdout(file: Option<File>, file_limit: u64) -> io::Result<Self> {
+    /// A console on stdout, copied to `file` (capped at `file_limit` bytes);
+    /// `started` is when the VMM started.
+    pub fn stdout(file: Option<File>, file_limit: u64, started: Instant) -> io::Result<Self> {
         let sinks = Sinks {
             primary: Box::new(io::stdout()),
             file,
             file_limit,
         };
-        Console::with_sinks(sinks, BUFFER_BYTES)
+        Console::with_sinks(sinks, BUFFER_BYTES, started)
     }
 
     /// A console writing to `sinks` through a buffer of `capacity` bytes.
-    pub fn with_sinks(sinks: Sinks, capacity: usize) -> io::Result<Self> {
+    pub fn with_sinks(sinks: Sinks, capacity: usize, started: Instant) -> io::Result<Self> {
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer {
                 data: VecDeque::new(),
@@ -101,6 +107,7 @@ impl Console {
             ready: Condvar::new(),
             counters: Counters::default(),
             capacity,
+            started,
         });
         let (done_tx, done_rx) = mpsc::channel();
         let thread_shared = shared.clone();
@@ -146,6 +153,7 @@ impl Shared {
             dropped_bytes: c.dropped.load(Ordering::Relaxed),
             written_bytes: c.written.load(Ordering::Relaxed),
             file_capped_bytes: c.file_capped.load(Ordering::Relaxed),
+            first_output_ns: Some(c.first_output_ns.load(Ordering::Relaxed)).filter(|&n| n != 0),
         }
     }
 
@@ -159,7 +167,10 @@ impl Write for Console {
     /// guest's write always succeeds at once.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let c = &self.shared.counters;
-        c.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        if c.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed) == 0 && !buf.is_empty() {
+            let ns = (self.shared.started.elapsed().as_nanos() as u64).max(1);
+            c.first_output_ns.store(ns, Ordering::Relaxed);
+        }
         let mut b = self.shared.lock();
         let room = self.shared.capacity.saturating_sub(b.data.len());
         let take = room.min(buf.len());
@@ -281,7 +292,7 @@ mod tests {
             file: Some(File::create(&path).unwrap()),
             file_limit: 10,
         };
-        let mut console = Console::with_sinks(sinks, 1024).unwrap();
+        let mut console = Console::with_sinks(sinks, 1024, Instant::now()).unwrap();
         console.write_all(b"hello, world\n").unwrap();
         console.flush().unwrap();
         let handle = console.stats_handle();
@@ -292,6 +303,7 @@ mod tests {
         let stats = handle.stats();
         assert_eq!((stats.bytes, stats.dropped_bytes), (13, 0));
         assert_eq!((stats.written_bytes, stats.file_capped_bytes), (13, 3));
+        assert!(stats.first_output_ns.is_some());
     }
 
     /// The guest floods a console whose reader never reads: every write
@@ -304,7 +316,7 @@ mod tests {
             file: None,
             file_limit: 0,
         };
-        let mut console = Console::with_sinks(sinks, 4096).unwrap();
+        let mut console = Console::with_sinks(sinks, 4096, Instant::now()).unwrap();
         let line = [b'x'; 1024];
         for _ in 0..8192 {
             // 8 MiB into a socket buffer of a few hundred KiB and a 4 KiB console buffer.
