@@ -100,11 +100,17 @@ impl ConsoleInput {
         let stop = Arc::new(AtomicBool::new(false));
         let wake = EventFd::new(libc::EFD_NONBLOCK)?;
         let epoll = Epoll::new()?;
-        epoll.ctl(
+        // Regular files and /dev/null cannot be polled (EPERM): they never
+        // block either, so the reader reads them straight to their end.
+        let pollable = match epoll.ctl(
             ControlOperation::Add,
             fd,
             EpollEvent::new(EventSet::IN | EventSet::HANG_UP, INPUT),
-        )?;
+        ) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => false,
+            Err(e) => return Err(e),
+        };
         epoll.ctl(
             ControlOperation::Add,
             wake.as_raw_fd(),
@@ -112,6 +118,7 @@ impl ConsoleInput {
         )?;
         let reader = Reader {
             fd,
+            pollable,
             epoll,
             serial,
             exit,
@@ -143,6 +150,7 @@ impl Drop for ConsoleInput {
 
 struct Reader<W: io::Write + Send> {
     fd: RawFd,
+    pollable: bool,
     epoll: Epoll,
     serial: Arc<Mutex<Serial<W>>>,
     exit: Arc<ExitSignal>,
@@ -157,13 +165,15 @@ impl<W: io::Write + Send> Reader<W> {
         let space = self.lock().input_space();
         let mut events = [EpollEvent::default(); 2];
         while !self.stop.load(Ordering::SeqCst) {
-            let n = match self.epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return tracing::warn!("console input: epoll: {e}"),
-            };
-            if events[..n].iter().any(|e| e.data() == STOP) {
-                return;
+            if self.pollable {
+                let n = match self.epoll.wait(-1, &mut events) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return tracing::warn!("console input: epoll: {e}"),
+                };
+                if events[..n].iter().any(|e| e.data() == STOP) {
+                    return;
+                }
             }
             let got = match read_fd(self.fd, &mut buf) {
                 Ok(0) => return, // end of input: the guest keeps running
@@ -271,6 +281,22 @@ mod tests {
         assert_eq!(exit.wait(), ExitReason::ConsoleQuit);
         drop(input);
         drop(rx);
+    }
+
+    #[test]
+    fn unpollable_input_is_read_to_its_end() {
+        let (serial, _irq) = serial();
+        let exit = Arc::new(ExitSignal::default());
+        let null = std::fs::File::open("/dev/null").unwrap();
+        drop(ConsoleInput::start(null.as_raw_fd(), serial.clone(), exit.clone()).unwrap());
+        let path = std::env::temp_dir().join(format!("nightshift-input-{}", std::process::id()));
+        std::fs::write(&path, b"ab").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let input = ConsoleInput::start(file.as_raw_fd(), serial.clone(), exit.clone()).unwrap();
+        assert_eq!(guest_reads(&serial, 2), b"ab");
+        drop(input);
+        std::fs::remove_file(&path).unwrap();
+        assert!(!exit.is_reported());
     }
 
     #[test]
