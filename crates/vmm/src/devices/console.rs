@@ -36,9 +36,10 @@ const DRAIN_ON_CLOSE: Duration = Duration::from_secs(2);
 pub struct ConsoleStats {
     /// Bytes the guest wrote.
     pub bytes: u64,
-    /// Bytes dropped because the buffer was full (the writer fell behind).
+    /// Bytes not delivered: the buffer was full (the writer fell behind),
+    /// or stdout refused them (a closed pipe).
     pub dropped_bytes: u64,
-    /// Bytes written to stdout (and to the file, up to its limit).
+    /// Bytes written to stdout.
     pub written_bytes: u64,
     /// Bytes not copied to the serial file because it reached its limit.
     pub file_capped_bytes: u64,
@@ -234,14 +235,17 @@ fn writer_main(shared: &Shared, mut sinks: Sinks) {
 
 fn write_chunk(shared: &Shared, sinks: &mut Sinks, chunk: &[u8], file_written: &mut u64) {
     let c = &shared.counters;
-    if let Err(e) = sinks
+    match sinks
         .primary
         .write_all(chunk)
         .and_then(|_| sinks.primary.flush())
     {
-        tracing::debug!("console: writing output: {e}");
-    }
-    c.written.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Ok(()) => c.written.fetch_add(chunk.len() as u64, Ordering::Relaxed),
+        Err(e) => {
+            tracing::debug!("console: writing output: {e}");
+            c.dropped.fetch_add(chunk.len() as u64, Ordering::Relaxed)
+        }
+    };
     if let Some(file) = sinks.file.as_mut() {
         let room = sinks.file_limit.saturating_sub(*file_written);
         let take = room.min(chunk.len() as u64) as usize;
