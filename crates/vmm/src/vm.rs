@@ -329,13 +329,15 @@ impl RunningVm {
             vcpus,
             notifier,
         } = self;
-        let exit = vm.exit.wait().with_guest_memory(&vm.mem);
+        let exit = vm.exit.wait();
         let scrubs = vm.scrubs.iter().map(|s| s.counters.snapshot()).collect();
         vm.scrub_stop.store(true, Ordering::Relaxed);
         for h in &vcpus {
             h.control().post(Request::Stop);
         }
         let vcpus: Vec<VcpuStats> = vcpus.into_iter().map(VcpuHandle::join).collect();
+        // With every vCPU stopped, guest memory says what a failed instruction was.
+        let exit = exit.with_guest_memory(&vm.mem);
         drop(notifier);
         let work = vm.engine.stats();
         if let Ok(engine) = Arc::try_unwrap(vm.engine) {
