@@ -19,9 +19,23 @@ pub struct RunArgs {
     /// JSON file with the VM's configuration (same fields as the flags).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// PVH ELF kernel to boot [default: the built-in test guest].
+    /// Kernel to boot: a PVH ELF or a bzImage [default: the built-in test guest].
     #[arg(long)]
     pub kernel: Option<PathBuf>,
+    /// Initial ramdisk for the kernel.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Hide CPU features from the guest: xsave, cx16 (comma-separated or
+    /// repeated). PVM hosts cannot emulate them in guest kernel mode.
+    #[arg(long = "hide-cpu-feature", value_delimiter = ',')]
+    pub hide_cpu_features: Vec<vmm::config::CpuFeature>,
+    /// Serial console input: stdin (raw mode on a terminal; Ctrl-A x quits)
+    /// or none [default: stdin, or the config file's].
+    #[arg(long)]
+    pub console_in: Option<vmm::config::ConsoleIn>,
+    /// Most console output copied to --serial-file, MiB [default: 64].
+    #[arg(long)]
+    pub serial_file_limit_mib: Option<u64>,
     /// Kernel command line.
     #[arg(long)]
     pub cmdline: Option<String>,
@@ -105,6 +119,19 @@ impl RunArgs {
         if self.kernel.is_some() {
             c.kernel = self.kernel.clone();
         }
+        if self.initrd.is_some() {
+            c.initrd = self.initrd.clone();
+        }
+        c.hide_cpu_features
+            .extend(self.hide_cpu_features.iter().copied());
+        match (self.console_in, &self.config) {
+            (Some(v), _) => c.console_input = v,
+            (None, None) => c.console_input = vmm::config::ConsoleIn::Stdin,
+            (None, Some(_)) => {}
+        }
+        c.serial_file_limit_mib = self
+            .serial_file_limit_mib
+            .unwrap_or(c.serial_file_limit_mib);
         if let Some(v) = &self.cmdline {
             c.cmdline = v.clone();
         }

@@ -130,7 +130,7 @@ fn a_non_elf_kernel_is_a_one_line_error() {
     assert_eq!(run.code, Some(1));
     assert_eq!(run.stderr.trim().lines().count(), 1, "{}", run.stderr);
     assert!(
-        run.stderr.contains("not a loadable x86-64 ELF"),
+        run.stderr.contains("is neither an ELF (PVH) nor a bzImage"),
         "{}",
         run.stderr
     );

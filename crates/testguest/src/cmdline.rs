@@ -32,10 +32,16 @@ pub enum Workload {
     Cpl0,
     /// Block I/O on a virtio-mmio block device (see [`BlkConfig`]).
     Blk,
+    /// Power off through the ACPI sleep control register (S5).
+    PowerOff,
+    /// Reset through the i8042 (command 0xFE).
+    Reset,
+    /// Write 256 KiB of text to the serial port as fast as it goes, then exit 0.
+    SerialFlood,
 }
 
 impl Workload {
-    const ALL: [Workload; 7] = [
+    const ALL: [Workload; 10] = [
         Workload::Compute,
         Workload::Idle,
         Workload::Exit,
@@ -43,6 +49,9 @@ impl Workload {
         Workload::TripleFault,
         Workload::Cpl0,
         Workload::Blk,
+        Workload::PowerOff,
+        Workload::Reset,
+        Workload::SerialFlood,
     ];
 
     /// The command-line spelling.
@@ -55,13 +64,24 @@ impl Workload {
             Workload::TripleFault => "triplefault",
             Workload::Cpl0 => "cpl0",
             Workload::Blk => "blk",
+            Workload::PowerOff => "poweroff",
+            Workload::Reset => "reset",
+            Workload::SerialFlood => "serialflood",
         }
     }
 
     /// Whether the workload is the BSP's alone (it ends the run instead of running on
-    /// every CPU): `exit`, `ud`, `triplefault`.
+    /// every CPU): `exit`, `ud`, `triplefault`, `poweroff`, `reset`.
     pub fn bsp_only(self) -> bool {
-        matches!(self, Workload::Exit | Workload::Ud | Workload::TripleFault)
+        matches!(
+            self,
+            Workload::Exit
+                | Workload::Ud
+                | Workload::TripleFault
+                | Workload::PowerOff
+                | Workload::Reset
+                | Workload::SerialFlood
+        )
     }
 
     fn from_name(name: &str) -> Option<Self> {

@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::cpuid::CpuFeature;
 use crate::memory::MIN_MEM_SIZE;
 
 /// Most vCPUs we create; the MADT and APIC IDs are 8-bit.
@@ -47,6 +48,38 @@ pub struct VmConfig {
     /// Who emulates the interrupt controllers: `kernel` (KVM) or `user`
     /// (nightshift; guest HLTs exit to the vCPU thread, see `irqchip`).
     pub irqchip: crate::irqchip::IrqChipKind,
+    /// Initial ramdisk for the kernel (a PVH module, or the bzImage's `ramdisk_image`).
+    pub initrd: Option<PathBuf>,
+    /// CPU features to hide from the guest's CPUID (see `cpuid::CpuFeature`).
+    pub hide_cpu_features: Vec<CpuFeature>,
+    /// Where the serial console's input comes from.
+    pub console_input: ConsoleIn,
+    /// Most bytes of console output copied to `serial_file`, in MiB.
+    pub serial_file_limit_mib: u64,
+}
+
+/// Where the serial console's input comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleIn {
+    /// No input.
+    #[default]
+    None,
+    /// The VMM's stdin (raw mode on a terminal; Ctrl-A x quits).
+    Stdin,
+}
+
+impl FromStr for ConsoleIn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(ConsoleIn::None),
+            "stdin" => Ok(ConsoleIn::Stdin),
+            _ => Err(format!(
+                "unknown console input {s:?} (expected stdin or none)"
+            )),
+        }
+    }
 }
 
 /// One virtio-blk disk.
@@ -308,6 +341,10 @@ impl Default for VmConfig {
             work: WorkConfig::default(),
             halt_poll_ns: None,
             irqchip: crate::irqchip::IrqChipKind::Kernel,
+            initrd: None,
+            hide_cpu_features: Vec::new(),
+            console_input: ConsoleIn::None,
+            serial_file_limit_mib: crate::devices::console::DEFAULT_FILE_LIMIT >> 20,
         }
     }
 }

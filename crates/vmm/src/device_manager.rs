@@ -38,15 +38,7 @@ pub const FIRST_VIRTIO_GSI: u32 = 5;
 pub const LAST_VIRTIO_GSI: u32 = 23;
 
 /// Where one virtio-mmio device lives (what ACPI and the command line announce).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Slot {
-    /// Guest physical base of the MMIO window.
-    pub base: u64,
-    /// Size of the window.
-    pub size: u64,
-    /// The device's interrupt line.
-    pub gsi: u32,
-}
+pub use crate::boot::dsdt::MmioSlot as Slot;
 
 impl Slot {
     /// Slot `i`, if there is a GSI for it.

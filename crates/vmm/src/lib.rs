@@ -17,6 +17,7 @@ pub mod exit;
 pub mod idle;
 pub mod irqchip;
 pub mod memory;
+pub mod page_walk;
 pub mod rss;
 pub mod vcpu;
 pub mod virtio;

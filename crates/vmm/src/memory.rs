@@ -1,9 +1,11 @@
 //! Guest physical memory: the address map and the RAM regions backing it.
 //!
 //! ```text
-//! 0x0000_0000  RAM (low)         boot GDT, hvm_start_info, memory map, command line
+//! 0x0000_0000  RAM (low)         boot GDT, hvm_start_info or boot_params, memory map,
+//!                                 long-mode page tables, command line
 //! 0x000A_0000  reserved          legacy hole; ACPI tables live at 0xE_0000
-//! 0x0010_0000  RAM               kernel image (PVH ELF p_paddr) and the rest of RAM
+//! 0x0010_0000  RAM               kernel image (PVH ELF p_paddr, bzImage code32_start),
+//!                                 the rest of RAM, the initrd at its top (below the gap)
 //! 0xC000_0000  MMIO gap          virtio-mmio devices, IOAPIC, LAPIC
 //! 0x1_0000_0000 RAM (high)       whatever did not fit below the gap
 //! ```
@@ -21,6 +23,14 @@ pub const BOOT_GDT_START: GuestAddress = GuestAddress(0x500);
 pub const PVH_INFO_START: GuestAddress = GuestAddress(0x6000);
 /// The PVH memory map (`hvm_memmap_table_entry` array).
 pub const MEMMAP_START: GuestAddress = GuestAddress(0x7000);
+/// The PVH module list (`hvm_modlist_entry` array: the initrd).
+pub const PVH_MODLIST_START: GuestAddress = GuestAddress(0x6800);
+/// The Linux boot protocol's `boot_params` ("zero page"). A VM boots one
+/// protocol, so it shares the page with the PVH memory map, which it does not use.
+pub const BOOT_PARAMS_START: GuestAddress = GuestAddress(0x7000);
+/// Long-mode page tables for the bzImage 64-bit entry: PML4, PDPT, then four
+/// page directories identity-mapping the low 4 GiB with 2 MiB pages.
+pub const PML4_START: GuestAddress = GuestAddress(0x9000);
 /// Kernel command line.
 pub const CMDLINE_START: GuestAddress = GuestAddress(0x2_0000);
 /// Largest command line we place (it must fit below the legacy hole).
@@ -105,6 +115,10 @@ mod tests {
     const _: () = {
         assert!(CMDLINE_START.0 + CMDLINE_MAX_SIZE as u64 <= LEGACY_HOLE_START.0);
         assert!(MEMMAP_START.0 > PVH_INFO_START.0);
+        assert!(PVH_MODLIST_START.0 > PVH_INFO_START.0 && PVH_MODLIST_START.0 < MEMMAP_START.0);
+        // PML4, PDPT and four page directories end below the command line.
+        assert!(PML4_START.0 >= BOOT_PARAMS_START.0 + 0x1000);
+        assert!(PML4_START.0 + 6 * 0x1000 <= CMDLINE_START.0);
         assert!(VIRTIO_MMIO_START >= MMIO_GAP_START && VIRTIO_MMIO_START < IOAPIC_START);
         assert!((KVM_IDENTITY_MAP_ADDRESS as usize) < KVM_TSS_ADDRESS);
     };

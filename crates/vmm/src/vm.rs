@@ -10,16 +10,17 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use serde::Serialize;
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
-use crate::boot::{self, BootError, KernelImage};
+use crate::boot::{self, BootConfig, BootError, BootSummary, EntryState, KernelImage};
 use crate::bus::Bus;
-use crate::config::{ConfigError, DiskConfig, VmConfig, WorkConfig};
-use crate::cpuid::{filter_cpuid, CpuidParams};
+use crate::config::{ConfigError, ConsoleIn, DiskConfig, VmConfig, WorkConfig};
+use crate::cpuid::{filter_cpuid, CpuidParams, HiddenFeatures};
 use crate::device_manager::{DeviceError, DeviceManager, DeviceReport, Devices, Slot};
+use crate::devices::console::ConsoleStatsHandle;
 use crate::devices::{
-    BootMilestones, Console, DebugPort, Serial, COM1_BASE, COM1_GSI, COM1_LEN, DEBUG_PORT_BASE,
-    DEBUG_PORT_LEN,
+    power, AcpiPower, BootMilestones, Console, ConsoleInput, ConsoleStats, DebugPort, Serial,
+    COM1_BASE, COM1_GSI, COM1_LEN, DEBUG_PORT_BASE, DEBUG_PORT_LEN, I8042,
 };
 use crate::exit::{ExitReason, ExitSignal};
 use crate::irqchip::delivery::IoApicMmio;
@@ -106,6 +107,10 @@ pub struct RunReport {
     pub vcpus: Vec<VcpuStats>,
     /// Guest accesses that hit no device.
     pub unhandled_io: u64,
+    /// How the guest was booted: protocol, memory map, initrd placement.
+    pub boot: BootSummary,
+    /// What became of the guest's console output.
+    pub console: ConsoleStats,
 }
 
 fn display<S: serde::Serializer>(v: &ExitReason, s: S) -> Result<S::Ok, S::Error> {
@@ -131,6 +136,15 @@ pub struct Vm {
     disks: Vec<Arc<BlockCounters>>,
     scrubs: Vec<PendingScrub>,
     scrub_stop: Arc<AtomicBool>,
+    boot: BootSummary,
+    console: LegacyConsole,
+}
+
+/// The serial console's two directions.
+struct LegacyConsole {
+    output: ConsoleStatsHandle,
+    /// Dropped with the VM: stops the reader, restores the terminal.
+    _input: Option<ConsoleInput>,
 }
 
 /// A scrub to start with the VM.
@@ -172,13 +186,8 @@ impl Vm {
 
         let exit = Arc::new(ExitSignal::default());
         let milestones = Arc::new(BootMilestones::new(started));
-        let pio = Arc::new(legacy_devices(
-            &vm_fd,
-            &config,
-            &exit,
-            &milestones,
-            irqchip.as_ref(),
-        )?);
+        let (pio, console) = legacy_devices(&vm_fd, &config, &exit, &milestones, irqchip.as_ref())?;
+        let pio = Arc::new(pio);
         confine_helper_threads(&config);
         let engine = Arc::new(Engine::new(engine_config(&config.work)).map_err(|e| {
             VmError::Host("starting the device-work engine", std::io::Error::other(e))
@@ -216,13 +225,18 @@ impl Vm {
             devices.add("rng".into(), rng.counters(), Box::new(rng))?;
         }
         let (mmio, notifier, devices) = devices.finish();
-        let mut cmdline = config.cmdline.clone();
-        cmdline.push_str(&devices.cmdline());
         let mmio = Arc::new(mmio);
 
-        let entry = boot::load_kernel(&mem, kernel)?;
-        let start_info = boot::write_boot_info(&mem, cmdline.trim_start(), config.vcpus)?;
-        let vcpu_fds = create_vcpus(&kvm, &vm_fd, &mem, &config, entry, start_info)?;
+        let cmdline = boot::with_kernel_args(&config.cmdline, &devices.cmdline());
+        let slots = devices.slots();
+        let boot_config = BootConfig {
+            cmdline: &cmdline,
+            initrd: config.initrd.as_deref(),
+            vcpus: config.vcpus,
+            devices: &slots,
+        };
+        let (entry, boot) = boot::prepare(&mem, kernel, &boot_config)?;
+        let vcpu_fds = create_vcpus(&kvm, &vm_fd, &mem, &config, &entry)?;
 
         Ok(Vm {
             config,
@@ -241,6 +255,8 @@ impl Vm {
             disks,
             scrubs,
             scrub_stop: Arc::default(),
+            boot,
+            console,
         })
     }
 
@@ -359,6 +375,8 @@ impl RunningVm {
             h.control().post(Request::Stop);
         }
         let vcpus: Vec<VcpuStats> = vcpus.into_iter().map(VcpuHandle::join).collect();
+        // With every vCPU stopped, guest memory says what a failed instruction was.
+        let exit = exit.with_guest_memory(&vm.mem);
         drop(notifier);
         let work = vm.engine.stats();
         if let Ok(engine) = Arc::try_unwrap(vm.engine) {
@@ -380,6 +398,8 @@ impl RunningVm {
             scrubs,
             vcpus,
             unhandled_io: vm.pio.unhandled_accesses() + vm.mmio.unhandled_accesses(),
+            boot: vm.boot.clone(),
+            console: vm.console.output.stats(),
         }
     }
 }
@@ -498,42 +518,64 @@ fn place_pics(pio: &mut Bus) -> Result<(), VmError> {
         .map_err(|e| VmError::Host("placing the 8259s", std::io::Error::other(e)))
 }
 
-/// COM1 (with its interrupt line), the debug ports and, under the user
-/// irqchip, the 8259s, on a new port I/O bus.
+/// COM1 (with its interrupt line and console), the debug ports, the
+/// power-off and reset registers and, under the user irqchip, the 8259s,
+/// on a new port I/O bus.
 fn legacy_devices(
     vm_fd: &VmFd,
     config: &VmConfig,
     exit: &Arc<ExitSignal>,
     milestones: &Arc<BootMilestones>,
     irqchip: Option<&Arc<UserIrqChip>>,
-) -> Result<Bus, VmError> {
+) -> Result<(Bus, LegacyConsole), VmError> {
     let mut pio = Bus::new();
     let irq = IrqLine::for_gsi(vm_fd, irqchip, COM1_GSI)
         .map_err(|e| VmError::Host("setting up the serial interrupt", e))?;
     if irqchip.is_some() {
         place_pics(&mut pio)?;
     }
-    let console = Console::new(config.serial_file.as_deref())
+    let file = config
+        .serial_file
+        .as_deref()
+        .map(std::fs::File::create)
+        .transpose()
         .map_err(|e| VmError::Host("opening the serial file", e))?;
+    let console = Console::stdout(file, config.serial_file_limit_mib << 20, milestones.start())
+        .map_err(|e| VmError::Host("starting the console writer", e))?;
+    let output = console.stats_handle();
     let serial = Arc::new(Mutex::new(Serial::new(irq, console)));
+    let input = match config.console_input {
+        ConsoleIn::None => None,
+        ConsoleIn::Stdin => Some(
+            ConsoleInput::stdin(serial.clone(), exit.clone())
+                .map_err(|e| VmError::Host("starting console input", e))?,
+        ),
+    };
     let debug = Arc::new(Mutex::new(DebugPort::new(exit.clone(), milestones.clone())));
-    // The two ranges are fixed and disjoint: insertion cannot conflict.
+    let acpi = Arc::new(Mutex::new(AcpiPower::new(exit.clone())));
+    let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
+    // The ranges are fixed and disjoint: insertion cannot conflict.
     pio.insert(serial, COM1_BASE, COM1_LEN)
         .and_then(|_| pio.insert(debug, DEBUG_PORT_BASE, DEBUG_PORT_LEN))
+        .and_then(|_| pio.insert(acpi, power::SLEEP_CONTROL_PORT, power::ACPI_PORTS_LEN))
+        .and_then(|_| pio.insert(i8042, power::I8042_BASE, power::I8042_LEN))
         .map_err(|e| VmError::Host("placing legacy devices", std::io::Error::other(e)))?;
-    Ok(pio)
+    let console = LegacyConsole {
+        output,
+        _input: input,
+    };
+    Ok((pio, console))
 }
 
-/// Creates and configures every vCPU; vCPU 0 gets the PVH entry state, the
-/// others wait for INIT/SIPI (in the in-kernel local APIC, or in their
+/// Creates and configures every vCPU; vCPU 0 gets the kernel's entry state,
+/// the others wait for INIT/SIPI (in the in-kernel local APIC, or in their
 /// threads under the user irqchip).
 fn create_vcpus(
     kvm: &Kvm,
     vm_fd: &VmFd,
     mem: &GuestMemory,
     config: &VmConfig,
-    entry: GuestAddress,
-    start_info: GuestAddress,
+    entry: &EntryState,
 ) -> Result<Vec<VcpuFd>, VmError> {
     let supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -550,6 +592,7 @@ fn create_vcpus(
             tsc_khz: fd.get_tsc_khz().ok(),
             expose_mwait: config.expose_mwait,
             user_irqchip: config.irqchip == IrqChipKind::User,
+            hidden: HiddenFeatures::from_list(&config.hide_cpu_features),
         };
         filter_cpuid(&mut cpuid, &params);
         fd.set_cpuid2(&cpuid).map_err(kvm_err("setting CPUID"))?;
@@ -562,12 +605,7 @@ fn create_vcpus(
         }
 
         if index == 0 {
-            let mut sregs = fd.get_sregs().map_err(kvm_err("reading sregs"))?;
-            regs::setup_pvh_sregs(mem, &mut sregs)
-                .map_err(|e| VmError::Boot(BootError::Setup(e.to_string())))?;
-            fd.set_sregs(&sregs).map_err(kvm_err("setting sregs"))?;
-            fd.set_regs(&regs::pvh_regs(entry, start_info))
-                .map_err(kvm_err("setting registers"))?;
+            boot::set_entry_state(&fd, mem, entry)?;
         }
         fds.push(fd);
     }

@@ -7,10 +7,18 @@
 //! VMM's `main` to the guest's first-instruction and banner milestones (the
 //! guest writes port 0xF8; the VMM timestamps the exit) and VmHWM minus the
 //! resident guest RAM. Medians with min and max are printed.
+//!
+//! With `--kernel` (a Linux bzImage or vmlinux, e.g. from `./dev linux-guest`)
+//! the guest is that kernel instead, and the time that matters is VMM start →
+//! the kernel's first console line (with `earlycon`, the "Linux version"
+//! banner), taken as the first byte on the VMM's stdout; the VMM is then
+//! killed (such a kernel may run for minutes, and on PVM hosts it ends only at
+//! its int3 self-test). A run that prints nothing in time fails.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -31,6 +39,22 @@ pub struct BootArgs {
     /// Write the per-run samples as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Boot this kernel (bzImage or PVH ELF) instead of the test guest.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Its initrd.
+    #[arg(long, requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Its command line.
+    #[arg(
+        long,
+        requires = "kernel",
+        default_value = "console=ttyS0 earlycon=uart8250,io,0x3f8"
+    )]
+    linux_cmdline: String,
+    /// Stop each Linux boot after this many seconds (it may never end by itself).
+    #[arg(long, default_value_t = 600)]
+    linux_timeout_s: u64,
 }
 
 #[derive(Debug, Deserialize, serde::Serialize)]
@@ -52,6 +76,9 @@ struct Rss {
 pub fn run(args: BootArgs) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
+    }
+    if args.kernel.is_some() {
+        return run_linux(&args);
     }
     let exe = std::env::current_exe().context("finding the nightshift binary")?;
     let report = std::env::temp_dir().join(format!("nightshift-boot-{}.json", std::process::id()));
@@ -156,4 +183,73 @@ fn summary(mut v: Vec<u64>, div: f64) -> Option<(f64, f64, f64, usize)> {
         v[n - 1] as f64 / div,
         n,
     ))
+}
+
+/// `bench boot --kernel`: VMM start → the kernel's first console byte.
+fn run_linux(args: &BootArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding the nightshift binary")?;
+    let kernel = args.kernel.as_ref().expect("checked by the caller");
+    let deadline = Duration::from_secs(args.linux_timeout_s);
+    println!("# nightshift bench boot --kernel {}", kernel.display());
+    println!(
+        "method: {} fresh `nightshift run --kernel ... --vcpus {} --mem {} --hide-cpu-feature xsave,cx16` \
+         processes; time from spawning the VMM to its first console byte on stdout (the kernel's \
+         first line, with earlycon), then the VMM is killed",
+        args.runs, args.vcpus, args.mem
+    );
+    let mut firsts = Vec::with_capacity(args.runs);
+    for i in 0..args.runs {
+        eprint!("\rboot {}/{}", i + 1, args.runs);
+        let _ = std::io::stderr().flush();
+        let mut cmd = Command::new(&exe);
+        cmd.args([
+            "run",
+            "--console-in",
+            "none",
+            "--hide-cpu-feature",
+            "xsave,cx16",
+        ])
+        .arg("--kernel")
+        .arg(kernel)
+        .args([
+            "--vcpus",
+            &args.vcpus.to_string(),
+            "--mem",
+            &args.mem.to_string(),
+        ])
+        .args(["--cmdline", &args.linux_cmdline])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+        if let Some(initrd) = &args.initrd {
+            cmd.arg("--initrd").arg(initrd);
+        }
+        let started = Instant::now();
+        let mut child = cmd.spawn().context("starting nightshift run")?;
+        let mut stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut byte = [0u8; 1];
+            if matches!(stdout.read(&mut byte), Ok(1)) {
+                let _ = tx.send(Instant::now());
+            }
+        });
+        let first = rx.recv_timeout(deadline);
+        let _ = child.kill();
+        let _ = child.wait();
+        match first {
+            Ok(at) => firsts.push((at - started).as_nanos() as u64),
+            Err(_) => bail!("boot {} printed nothing within {deadline:?}", i + 1),
+        }
+    }
+    eprintln!();
+    let (med, min, max, n) = summary(firsts, 1e6).context("no boots")?;
+    println!(
+        "{:<42} {:>10} {:>10} {:>10} {:>5}",
+        "metric", "median", "min", "max", "n"
+    );
+    println!(
+        "{:<42} {med:>10.2} {min:>10.2} {max:>10.2} {n:>5}",
+        "start -> first kernel line (ms)"
+    );
+    Ok(())
 }

@@ -1,30 +1,64 @@
-//! ACPI tables, so a guest finds its CPUs and interrupt controllers the standard
-//! way: RSDP → XSDT → MADT (one local APIC per vCPU, the IOAPIC), FADT
-//! (hardware-reduced: no legacy PM blocks) → DSDT (empty).
+//! ACPI tables, so a guest finds its CPUs, interrupt controllers and devices
+//! the standard way: RSDP → XSDT → MADT (one local APIC per vCPU, the IOAPIC),
+//! FADT (hardware-reduced: no legacy PM blocks; the sleep control/status and
+//! reset registers of `devices::power`) → DSDT (COM1, the virtio-mmio devices,
+//! `\_S5_`; see [`super::dsdt`]).
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
+use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
 use acpi_tables::madt::{
     EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
 };
 use acpi_tables::rsdp::Rsdp;
-use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{Address, Bytes, GuestAddress};
 
+use crate::devices::power::{RESET_PORT, RESET_VALUE, SLEEP_CONTROL_PORT};
 use crate::memory::{GuestMemory, ACPI_START, HIMEM_START, IOAPIC_START, LAPIC_START};
 
-const OEM_ID: [u8; 6] = *b"NSHIFT";
-const OEM_TABLE_ID: [u8; 8] = *b"NSHIFTVM";
-const OEM_REVISION: u32 = 1;
+use super::dsdt::{self, MmioSlot};
 
-/// The tables did not fit between [`ACPI_START`] and [`HIMEM_START`].
+pub(crate) const OEM_ID: [u8; 6] = *b"NSHIFT";
+pub(crate) const OEM_TABLE_ID: [u8; 8] = *b"NSHIFTVM";
+pub(crate) const OEM_REVISION: u32 = 1;
+
+/// The IOAPIC as the MADT describes it (ID, address, first GSI).
+pub const IOAPIC_ID: u8 = 0;
+/// First GSI of the IOAPIC.
+pub const IOAPIC_GSI_BASE: u32 = 0;
+
+/// Why the ACPI tables could not be written.
 #[derive(Debug, thiserror::Error)]
-#[error("writing ACPI tables to guest memory: {0}")]
-pub struct AcpiError(String);
+pub enum AcpiError {
+    /// The tables did not fit between [`ACPI_START`] and [`HIMEM_START`].
+    #[error("ACPI tables overflow the BIOS area")]
+    Overflow,
+    /// Guest memory refused the write.
+    #[error("writing ACPI tables to guest memory")]
+    Write(#[source] vm_memory::GuestMemoryError),
+    /// A device slot the guest could not use.
+    #[error("device slot {slot:x?}: {why}")]
+    BadSlot {
+        /// The slot.
+        slot: MmioSlot,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+}
 
-/// Writes the tables for `vcpus` CPUs and returns the RSDP's address.
-pub fn create_acpi_tables(mem: &GuestMemory, vcpus: u8) -> Result<GuestAddress, AcpiError> {
+/// A one-byte register in port I/O space.
+fn io_register(port: u64) -> GAS {
+    GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port)
+}
+
+/// Writes the tables for `vcpus` CPUs and the memory-mapped `devices`;
+/// returns the RSDP's address.
+pub fn create_acpi_tables(
+    mem: &GuestMemory,
+    vcpus: u8,
+    devices: &[MmioSlot],
+) -> Result<GuestAddress, AcpiError> {
     let mut writer = TableWriter {
         mem,
         next: ACPI_START,
@@ -34,16 +68,19 @@ pub fn create_acpi_tables(mem: &GuestMemory, vcpus: u8) -> Result<GuestAddress, 
     // without a start-info pointer scan for it); it points at the XSDT we write last.
     let rsdp_addr = writer.reserve(Rsdp::len() as u64)?;
 
-    let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    dsdt.update_checksum();
-    let dsdt_addr = writer.write(dsdt.as_slice())?;
+    let dsdt_addr = writer.write(&dsdt::dsdt(devices)?)?;
 
-    let fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
+    let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .flag(Flags::HwReducedAcpi)
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton)
-        .dsdt_64(dsdt_addr.raw_value())
-        .finalize();
+        .flag(Flags::ResetRegSup)
+        .dsdt_64(dsdt_addr.raw_value());
+    fadt.sleep_control_reg = io_register(SLEEP_CONTROL_PORT);
+    fadt.sleep_status_reg = io_register(SLEEP_CONTROL_PORT);
+    fadt.reset_reg = io_register(RESET_PORT);
+    fadt.reset_value = RESET_VALUE;
+    let fadt = fadt.finalize();
     let fadt_addr = writer.write(&aml_bytes(&fadt))?;
 
     let mut madt = MADT::new(
@@ -55,7 +92,7 @@ pub fn create_acpi_tables(mem: &GuestMemory, vcpus: u8) -> Result<GuestAddress, 
     for id in 0..vcpus {
         madt.add_structure(ProcessorLocalApic::new(id, id, EnabledStatus::Enabled));
     }
-    madt.add_structure(IoApic::new(0, IOAPIC_START as u32, 0));
+    madt.add_structure(IoApic::new(IOAPIC_ID, IOAPIC_START as u32, IOAPIC_GSI_BASE));
     let madt_addr = writer.write(&aml_bytes(&madt))?;
 
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
@@ -84,7 +121,7 @@ impl TableWriter<'_> {
     fn reserve(&mut self, len: u64) -> Result<GuestAddress, AcpiError> {
         let addr = self.next;
         let end = addr.checked_add(len).filter(|e| *e <= HIMEM_START);
-        let end = end.ok_or_else(|| AcpiError("tables overflow the BIOS area".into()))?;
+        let end = end.ok_or(AcpiError::Overflow)?;
         self.next = end.unchecked_align_up(16);
         Ok(addr)
     }
@@ -96,9 +133,7 @@ impl TableWriter<'_> {
     }
 
     fn write_at(&self, addr: GuestAddress, bytes: &[u8]) -> Result<(), AcpiError> {
-        self.mem
-            .write_slice(bytes, addr)
-            .map_err(|e| AcpiError(e.to_string()))
+        self.mem.write_slice(bytes, addr).map_err(AcpiError::Write)
     }
 }
 
@@ -124,7 +159,7 @@ mod tests {
     #[test]
     fn madt_lists_every_vcpu_and_checksums_hold() {
         let mem = create_guest_memory(16 << 20).unwrap();
-        let rsdp_addr = create_acpi_tables(&mem, 3).unwrap();
+        let rsdp_addr = create_acpi_tables(&mem, 3, &[]).unwrap();
         let rsdp = read(&mem, rsdp_addr.0, 36);
         assert_eq!(&rsdp[..8], b"RSD PTR ");
         assert!(checksum_ok(&rsdp[..20]) && checksum_ok(&rsdp));
@@ -149,5 +184,44 @@ mod tests {
         }
         assert_eq!(apic_ids, vec![0, 1, 2]);
         assert_eq!(ioapics, 1);
+    }
+
+    #[test]
+    fn fadt_announces_sleep_and_reset_registers_and_the_dsdt() {
+        let mem = create_guest_memory(16 << 20).unwrap();
+        let slot = MmioSlot {
+            base: 0xd000_0000,
+            size: 0x1000,
+            gsi: 5,
+        };
+        let rsdp_addr = create_acpi_tables(&mem, 1, &[slot]).unwrap();
+        let rsdp = read(&mem, rsdp_addr.0, 36);
+        let xsdt_addr = u64::from_le_bytes(rsdp[24..32].try_into().unwrap());
+        let xsdt = read(&mem, xsdt_addr, 52);
+        let fadt_addr = u64::from_le_bytes(xsdt[36..44].try_into().unwrap());
+        let len = u32_at(&read(&mem, fadt_addr, 8), 4) as usize;
+        let fadt = read(&mem, fadt_addr, len);
+        assert_eq!(&fadt[..4], b"FACP");
+        assert!(checksum_ok(&fadt));
+        let flags = u32_at(&fadt, 112);
+        assert_ne!(flags & (1 << 20), 0, "HW_REDUCED_ACPI");
+        assert_ne!(flags & (1 << 10), 0, "RESET_REG_SUP");
+        // Reset register (offset 116) and value (128); sleep control/status (244, 256).
+        let gas = |off: usize| {
+            (
+                fadt[off],
+                fadt[off + 1],
+                u64::from_le_bytes(fadt[off + 4..off + 12].try_into().unwrap()),
+            )
+        };
+        assert_eq!(gas(116), (1, 8, RESET_PORT));
+        assert_eq!(fadt[128], RESET_VALUE);
+        assert_eq!(gas(244), (1, 8, SLEEP_CONTROL_PORT));
+        assert_eq!(gas(256), (1, 8, SLEEP_CONTROL_PORT));
+        let dsdt_addr = u64::from_le_bytes(fadt[140..148].try_into().unwrap());
+        let dsdt_len = u32_at(&read(&mem, dsdt_addr, 8), 4) as usize;
+        let table = read(&mem, dsdt_addr, dsdt_len);
+        assert_eq!(table, dsdt::dsdt(&[slot]).unwrap());
+        assert!(checksum_ok(&table));
     }
 }

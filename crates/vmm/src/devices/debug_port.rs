@@ -55,6 +55,11 @@ impl BootMilestones {
         let _ = slot.compare_exchange(0, ns, Ordering::Relaxed, Ordering::Relaxed);
     }
 
+    /// When the VMM started (what the milestones are measured from).
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
     /// VMM start → the guest's first instruction, if reported.
     pub fn first_instruction_ns(&self) -> Option<u64> {
         Some(self.first_instruction_ns.load(Ordering::Relaxed)).filter(|&n| n != 0)

@@ -1,10 +1,13 @@
-//! The 8250/16550 UART on COM1, from vm-superio, with the console it writes to.
+//! The 8250/16550 UART on COM1, from vm-superio. Output goes to a writer
+//! (the bounded [`super::console::Console`]); input comes from whoever calls
+//! [`Serial::enqueue_input`] (the stdin reader, [`super::console_input`]),
+//! which waits on [`InputSpace`] when the guest has not read the FIFO yet.
 
-use std::fs::File;
 use std::io::{self, Write};
-use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::SerialEvents;
 use vm_superio::Trigger;
 
 use crate::bus::BusDevice;
@@ -27,51 +30,76 @@ impl Trigger for IrqTrigger {
     }
 }
 
-/// Where the guest's console output goes: stdout, and a file if asked.
-pub struct Console {
-    stdout: io::Stdout,
-    file: Option<File>,
+/// Wakes whoever feeds the UART input when the guest has drained its FIFO.
+#[derive(Default)]
+pub struct InputSpace {
+    drained: Mutex<u64>,
+    changed: Condvar,
 }
 
-impl Console {
-    /// A console on stdout, copied to `file` if given.
-    pub fn new(file: Option<&Path>) -> io::Result<Self> {
-        Ok(Console {
-            stdout: io::stdout(),
-            file: file.map(File::create).transpose()?,
-        })
+impl InputSpace {
+    /// Waits until the guest drains the FIFO after `seen` drains, or `timeout`
+    /// passes; returns the current drain count.
+    pub fn wait(&self, seen: u64, timeout: Duration) -> u64 {
+        let guard = self.drained.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, |n| *n == seen)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+
+    /// Drains so far.
+    pub fn drains(&self) -> u64 {
+        *self.drained.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-impl Write for Console {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stdout.write_all(buf)?;
-        if let Some(f) = self.file.as_mut() {
-            f.write_all(buf)?;
-        }
-        Ok(buf.len())
-    }
+/// The UART's events: only "input FIFO empty" matters to us.
+pub struct InputEvents(Arc<InputSpace>);
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.stdout.flush()?;
-        if let Some(f) = self.file.as_mut() {
-            f.flush()?;
-        }
-        Ok(())
+impl SerialEvents for InputEvents {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        *self.0.drained.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.changed.notify_all();
     }
 }
 
 /// COM1 as a bus device.
 pub struct Serial<W: Write + Send> {
-    uart: vm_superio::Serial<IrqTrigger, NoEvents, W>,
+    uart: vm_superio::Serial<IrqTrigger, InputEvents, W>,
+    space: Arc<InputSpace>,
 }
 
 impl<W: Write + Send> Serial<W> {
     /// A UART that writes to `out` and interrupts through `irq`.
     pub fn new(irq: IrqLine, out: W) -> Self {
+        let space = Arc::new(InputSpace::default());
         Serial {
-            uart: vm_superio::Serial::new(IrqTrigger(irq), out),
+            uart: vm_superio::Serial::with_events(IrqTrigger(irq), InputEvents(space.clone()), out),
+            space,
         }
+    }
+
+    /// Puts as much of `bytes` in the receive FIFO as fits and interrupts
+    /// the guest; returns how many it took (0 when the FIFO is full).
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        match self.uart.enqueue_raw_bytes(bytes) {
+            Ok(n) => n,
+            Err(vm_superio::serial::Error::FullFifo) => 0,
+            Err(e) => {
+                tracing::debug!("serial: raising the input interrupt: {e:?}");
+                0
+            }
+        }
+    }
+
+    /// Signalled when the guest has read the whole FIFO.
+    pub fn input_space(&self) -> Arc<InputSpace> {
+        self.space.clone()
     }
 
     /// The output sink.
@@ -131,5 +159,26 @@ mod tests {
         let mut lsr = [0u8];
         s.read(5, &mut lsr);
         assert_ne!(lsr[0] & 0x20, 0);
+    }
+
+    #[test]
+    fn input_fills_the_fifo_and_draining_it_is_signalled() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = Serial::new(irq.try_clone().unwrap(), Vec::new());
+        s.write(1, &[0x01]); // IER: received-data interrupt on
+        let space = s.input_space();
+        let flood = [b'a'; 100];
+        let took = s.enqueue_input(&flood);
+        assert_eq!(took, 64, "the 16550 FIFO holds 64 bytes");
+        assert_eq!(s.enqueue_input(&flood), 0);
+        assert_eq!(irq.read().unwrap(), 1);
+        let mut byte = [0u8];
+        for _ in 0..took {
+            s.read(0, &mut byte);
+            assert_eq!(byte, [b'a']);
+        }
+        assert_eq!(space.drains(), 1);
+        assert_eq!(space.wait(0, Duration::from_secs(5)), 1);
+        assert_eq!(s.enqueue_input(b"b"), 1);
     }
 }

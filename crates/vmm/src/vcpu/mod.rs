@@ -39,14 +39,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    kvm_regs, kvm_sregs, KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    kvm_regs, kvm_sregs, KVM_INTERNAL_ERROR_EMULATION, KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_CRASH,
+    KVM_SYSTEM_EVENT_RESET,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::Serialize;
 
 use crate::bus::Bus;
 use crate::config::CpuList;
-use crate::exit::{ExitReason, ExitSignal};
+use crate::exit::{EmulationFailure, ExitReason, ExitSignal};
 use crate::idle::{BlockingStat, KernelIdleHooks, UserIdleHooks, VcpuSignals};
 use crate::irqchip::{UserIrqChip, VcpuWaker};
 use crate::memory::LAPIC_START;
@@ -787,6 +788,18 @@ impl Vcpu {
                     unsafe { run.__bindgen_anon_1.internal }
                 };
                 let n = (internal.ndata as usize).min(internal.data.len());
+                if internal.suberror == KVM_INTERNAL_ERROR_EMULATION {
+                    let regs = self.fd.get_regs().unwrap_or_default();
+                    let sregs = self.fd.get_sregs().unwrap_or_default();
+                    let failure = EmulationFailure::new(
+                        index,
+                        &regs,
+                        &sregs,
+                        &internal.data[..n],
+                        self.describe_registers(),
+                    );
+                    return Outcome::End(ExitReason::EmulationFailure(Box::new(failure)));
+                }
                 let detail = format!(
                     "suberror {} ({}), data {:x?}; {}",
                     internal.suberror,

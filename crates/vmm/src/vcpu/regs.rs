@@ -27,7 +27,7 @@ const BOOT_GDT: [u64; 4] = [
 
 /// A GDT descriptor from its flags (access byte in bits 0..8, flags in 12..16),
 /// base and 20-bit limit.
-const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
+pub(crate) const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
     ((base as u64 & 0xff00_0000) << 32)
         | ((flags as u64 & 0xf0ff) << 40)
         | ((limit as u64 & 0x000f_0000) << 32)
@@ -37,7 +37,11 @@ const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
 
 /// The hidden-part view of a GDT descriptor, as KVM wants it in `kvm_sregs`.
 fn segment(index: usize) -> kvm_segment {
-    let entry = BOOT_GDT[index];
+    descriptor_segment(BOOT_GDT[index], index)
+}
+
+/// The `kvm_segment` for GDT descriptor `entry` at GDT slot `index`.
+pub(crate) fn descriptor_segment(entry: u64, index: usize) -> kvm_segment {
     let flags = |shift: u32| ((entry >> shift) & 1) as u8;
     let limit = ((entry & 0xffff) | ((entry >> 32) & 0xf_0000)) as u32;
     let granular = flags(55) == 1;

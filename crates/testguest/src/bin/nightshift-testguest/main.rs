@@ -18,6 +18,7 @@ mod gdt;
 mod idt;
 mod interrupts;
 mod ioapic;
+mod machine;
 mod mem;
 mod physmem;
 mod serial;
@@ -112,6 +113,9 @@ fn bsp_main(start_info_paddr: u64) -> ! {
         Workload::Exit => {}
         Workload::Ud => service::ud(),
         Workload::TripleFault => service::triple_fault(),
+        Workload::PowerOff => machine::power_off(),
+        Workload::Reset => machine::reset(),
+        Workload::SerialFlood => machine::serial_flood(),
         Workload::Compute | Workload::Idle | Workload::Cpl0 | Workload::Blk => {
             blk::setup(config, online, &ioapics, info.as_ref(), rsdp);
             smp::release_aps(online);

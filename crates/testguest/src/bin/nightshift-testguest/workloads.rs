@@ -19,7 +19,12 @@ pub fn run(cpu: usize, config: &Config) {
         Workload::Idle => idle(cpu, config.ms, config.tick_us),
         Workload::Cpl0 => cpl0(cpu, config.ms),
         Workload::Blk => blk::run(cpu, config),
-        Workload::Exit | Workload::Ud | Workload::TripleFault => {}
+        Workload::Exit
+        | Workload::Ud
+        | Workload::TripleFault
+        | Workload::PowerOff
+        | Workload::Reset
+        | Workload::SerialFlood => {}
     }
 }
 
