@@ -14,11 +14,15 @@ pub mod cpuid;
 pub mod devices;
 pub mod exit;
 pub mod idle;
+pub mod image;
 pub mod memory;
+pub mod output_file;
 pub mod rss;
+pub mod seccomp;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;
+pub mod vmm_thread;
 
 pub use config::VmConfig;
 pub use exit::ExitReason;

@@ -26,7 +26,9 @@ use crate::memory::{
     self, GuestMemory, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS, VIRTIO_MMIO_SIZE,
     VIRTIO_MMIO_START,
 };
-use crate::rss::RssReport;
+use crate::output_file::{open_output, OutputError};
+use crate::rss::{ProcFiles, RssReport};
+use crate::seccomp::{SeccompError, ThreadClass};
 use crate::vcpu::{regs, Request, Vcpu, VcpuContext, VcpuControl, VcpuHandle, VcpuStats};
 use crate::virtio::block::{
     Block, BlockCounters, BlockStats, Disk, Scrub, ScrubCounters, ScrubStats, Transform,
@@ -34,11 +36,17 @@ use crate::virtio::block::{
 use crate::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
 use crate::virtio::notifier::{Notifier, NotifierBuilder};
 use crate::virtio::VirtioInterrupt;
+use crate::vmm_thread::{register_worker_prefix, Binding, Fault, ThreadPolicy};
 
 /// First GSI for virtio devices (after the ISA ones the guest may expect).
 pub const FIRST_VIRTIO_GSI: u32 = 5;
 /// Key of the benchmark disk transform: a cost model, not data protection.
 const XTS_KEY: [u8; 64] = [0x5a; 64];
+/// The engine's thread names start with this.
+const WORKER_PREFIX: &str = "ns-work";
+/// How long the VM's end waits for its vCPU threads to stop before it gives
+/// them up (a thread parked by a seccomp trap, or stuck, never stops).
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Building a VM failed.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +71,15 @@ pub enum VmError {
     /// A host resource (thread, eventfd, file) could not be had.
     #[error("{0}: {1}")]
     Host(&'static str, std::io::Error),
+    /// An output file was refused or could not be opened.
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    /// A seccomp filter could not be set up.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    /// The test-only fault seam was given something it does not know.
+    #[error("{0}")]
+    Fault(String),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -118,6 +135,8 @@ pub struct Vm {
     disks: Vec<Arc<BlockCounters>>,
     scrubs: Vec<PendingScrub>,
     scrub_stop: Arc<AtomicBool>,
+    threads: ThreadPolicy,
+    proc_files: Option<ProcFiles>,
 }
 
 /// A scrub to start with the VM.
@@ -133,6 +152,7 @@ impl Vm {
     /// started, for boot timings.
     pub fn new(config: VmConfig, kernel: KernelImage<'_>, started: Instant) -> Result<Vm, VmError> {
         config.validate()?;
+        let fault = Fault::from_env().map_err(VmError::Fault)?;
         let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("creating the VM"))?;
         let mem = memory::create_guest_memory(config.mem_size())
@@ -159,13 +179,14 @@ impl Vm {
                 .map_err(kvm_err("setting halt polling"))?;
         }
 
-        let exit = Arc::new(ExitSignal::default());
+        let exit =
+            Arc::new(ExitSignal::new().map_err(|e| VmError::Host("creating the exit signal", e))?);
+        let threads = ThreadPolicy::new(exit.clone(), config.seccomp, fault);
         let milestones = Arc::new(BootMilestones::new(started));
         let pio = Arc::new(legacy_devices(&vm_fd, &config, &exit, &milestones)?);
         confine_helper_threads(&config);
-        let engine = Arc::new(Engine::new(engine_config(&config.work)).map_err(|e| {
-            VmError::Host("starting the device-work engine", std::io::Error::other(e))
-        })?);
+        let engine = Arc::new(start_engine(&config.work, &threads)?);
+        register_worker_prefix(WORKER_PREFIX, &exit);
         let mut mmio = Bus::new();
         let mut notifier = NotifierBuilder::default();
         let mut cmdline = config.cmdline.clone();
@@ -211,6 +232,10 @@ impl Vm {
             disks,
             scrubs,
             scrub_stop: Arc::default(),
+            threads,
+            proc_files: ProcFiles::open()
+                .inspect_err(|e| tracing::warn!("no memory report: {e}"))
+                .ok(),
         })
     }
 
@@ -232,7 +257,7 @@ impl Vm {
     /// Starts the vCPUs and the notifier; the VM runs until it ends.
     pub fn start(mut self) -> Result<RunningVm, VmError> {
         let notifier = std::mem::take(&mut self.notifier)
-            .start()
+            .start(self.threads.clone())
             .map_err(|e| VmError::Host("starting the notifier thread", e))?;
         let inline = self.config.work.policy == Policy::Inline;
         if inline && self.scrubs.iter().any(|s| s.passes > 0) {
@@ -261,6 +286,7 @@ impl Vm {
                 engine: Some(self.engine.clone()),
                 self_kick: Some(Duration::from_micros(self.config.work.self_kick_us))
                     .filter(|d| !d.is_zero() && self.config.work.policy == Policy::Idle),
+                threads: self.threads.clone(),
             };
             match Vcpu::new(index, fd, ctx).start() {
                 Ok(h) => vcpus.push(h),
@@ -270,6 +296,14 @@ impl Vm {
                     break;
                 }
             }
+        }
+        if let Some(fault) = self.threads.fault().filter(|f| f.thread == "worker") {
+            // The engine has no thread-start hook to fire it in: the VM's
+            // first work item does (on a worker under the workers policy).
+            let fault = fault.clone();
+            let _ = self
+                .engine
+                .submit(idlework::Item::from_fn(move || fault.fire()));
         }
         Ok(RunningVm {
             vm: self,
@@ -297,34 +331,75 @@ impl RunningVm {
         self.vm.exit.is_reported()
     }
 
+    /// Binds and confines the calling thread (the one that will call
+    /// [`wait`](Self::wait)) as the VM's `main` thread: after this it cannot
+    /// open files, so open every output first. Keep the returned binding
+    /// alive until `wait` returns. Embedders that do more on this thread
+    /// afterwards should not call it (the VM's own threads are confined
+    /// regardless).
+    pub fn confine_main_thread(&self) -> Result<Binding, VmError> {
+        let binding = self.vm.threads.bind("main");
+        self.vm.threads.confine(ThreadClass::Main, "main")?;
+        Ok(binding)
+    }
+
     /// Waits for the VM to end, stops everything, and reports.
+    ///
+    /// Bounded: vCPU threads get [`STOP_TIMEOUT`] to stop. After a panic or
+    /// a seccomp trap, a thread may never finish (a trapped thread is parked)
+    /// or hold the engine, so the notifier and the engine are then left as
+    /// they are (not joined, not drained): the process is expected to exit.
     pub fn wait(self) -> RunReport {
         let RunningVm {
-            vm,
+            mut vm,
             vcpus,
             notifier,
         } = self;
         let exit = vm.exit.wait();
+        let fatal = matches!(exit, ExitReason::Panic { .. } | ExitReason::Seccomp { .. });
         let scrubs = vm.scrubs.iter().map(|s| s.counters.snapshot()).collect();
         vm.scrub_stop.store(true, Ordering::Relaxed);
         for h in &vcpus {
             h.control().post(Request::Stop);
         }
-        let vcpus: Vec<VcpuStats> = vcpus.into_iter().map(VcpuHandle::join).collect();
-        drop(notifier);
+        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+        let vcpus: Vec<VcpuStats> = vcpus
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                h.join_until(deadline).unwrap_or_else(|| {
+                    tracing::error!("vcpu{i} did not stop within {STOP_TIMEOUT:?}; left behind");
+                    VcpuStats {
+                        vcpu: i as u8,
+                        ..VcpuStats::default()
+                    }
+                })
+            })
+            .collect();
         let work = vm.engine.stats();
-        if let Ok(engine) = Arc::try_unwrap(vm.engine) {
-            // Finish what the guest submitted before it ended.
-            let left = engine.shutdown(Shutdown::Drain);
-            debug_assert!(left.is_empty());
+        if fatal {
+            std::mem::forget(notifier);
+            std::mem::forget(vm.engine.clone());
+        } else {
+            drop(notifier);
+            if let Ok(engine) = Arc::try_unwrap(vm.engine.clone()) {
+                // Finish what the guest submitted before it ended.
+                let left = engine.shutdown(Shutdown::Drain);
+                debug_assert!(left.is_empty());
+            }
         }
+        let guest = memory::host_ranges(&vm.mem);
+        let rss = match vm.proc_files.as_mut() {
+            Some(files) => RssReport::measure_with(files, &guest).ok(),
+            None => None,
+        };
         RunReport {
             exit_code: exit.exit_code(),
             exit,
             first_instruction_ns: vm.milestones.first_instruction_ns(),
             banner_ns: vm.milestones.banner_ns(),
             end_ns: vm.started.elapsed().as_nanos() as u64,
-            rss: RssReport::measure(&memory::host_ranges(&vm.mem)).ok(),
+            rss,
             work,
             disks: vm.disks.iter().map(|d| d.snapshot()).collect(),
             scrubs,
@@ -358,6 +433,30 @@ fn confine_helper_threads(config: &VmConfig) {
     }
 }
 
+/// Starts the engine from a thread confined as a worker, so that the
+/// workers it spawns inherit the worker filter (the engine has no
+/// thread-start hook yet; see [`crate::seccomp`]) and the affinity set by
+/// [`confine_helper_threads`].
+fn start_engine(w: &WorkConfig, threads: &ThreadPolicy) -> Result<Engine, VmError> {
+    let config = engine_config(w);
+    let threads = threads.clone();
+    let spawner = std::thread::Builder::new()
+        .name(format!("{WORKER_PREFIX}-spawn"))
+        .spawn(move || -> Result<Engine, VmError> {
+            threads.confine(ThreadClass::Worker, "ns-work-spawn")?;
+            Engine::new(config).map_err(|e| {
+                VmError::Host("starting the device-work engine", std::io::Error::other(e))
+            })
+        })
+        .map_err(|e| VmError::Host("starting the device-work engine", e))?;
+    spawner.join().unwrap_or_else(|_| {
+        Err(VmError::Host(
+            "starting the device-work engine",
+            std::io::Error::other("the spawning thread panicked"),
+        ))
+    })
+}
+
 /// The engine settings for a VM's device work.
 fn engine_config(w: &WorkConfig) -> idlework::Config {
     idlework::Config {
@@ -368,7 +467,7 @@ fn engine_config(w: &WorkConfig) -> idlework::Config {
         executor_budget: Duration::from_micros(w.budget_us),
         cpu_cap: w.cpu_cap,
         idle_poll: Some(Duration::from_micros(w.idle_poll_us)).filter(|d| !d.is_zero()),
-        thread_name: "ns-work".into(),
+        thread_name: WORKER_PREFIX.into(),
         ..idlework::Config::default()
     }
 }
@@ -381,12 +480,8 @@ fn open_disk(d: &DiskConfig, index: usize, engine: &Engine) -> Result<Block, VmE
         },
         None => Transform::None,
     };
-    let disk = Disk::open(&d.path, d.read_only, transform).map_err(|e| {
-        VmError::Host(
-            "opening a disk image",
-            std::io::Error::new(e.kind(), format!("{}: {e}", d.path.display())),
-        )
-    })?;
+    let disk =
+        Disk::open(&d.path, d.read_only, transform).map_err(|e| VmError::Host("disk image", e))?;
     Ok(Block::new(
         disk,
         &format!("nightshift-disk{index}"),
@@ -473,8 +568,19 @@ fn legacy_devices(
     vm_fd
         .register_irqfd(&irq, COM1_GSI)
         .map_err(kvm_err("registering the serial irqfd"))?;
-    let console = Console::new(config.serial_file.as_deref())
-        .map_err(|e| VmError::Host("opening the serial file", e))?;
+    let file = config
+        .serial_file
+        .as_deref()
+        .map(|path| {
+            open_output(
+                path,
+                "the serial console",
+                &config.protected_files(),
+                config.overwrite,
+            )
+        })
+        .transpose()?;
+    let console = Console::with_file(file);
     let serial = Arc::new(Mutex::new(Serial::new(irq, console)));
     let debug = Arc::new(Mutex::new(DebugPort::new(exit.clone(), milestones.clone())));
     // The two ranges are fixed and disjoint: insertion cannot conflict.

@@ -34,12 +34,20 @@ pub struct Console {
 }
 
 impl Console {
-    /// A console on stdout, copied to `file` if given.
+    /// A console on stdout, copied to `file` if given (appended to: this
+    /// never truncates; the VM opens its serial file with
+    /// [`crate::output_file::open_output`] and [`Console::with_file`]).
     pub fn new(file: Option<&Path>) -> io::Result<Self> {
-        Ok(Console {
+        let open = |p| File::options().create(true).append(true).open(p);
+        Ok(Console::with_file(file.map(open).transpose()?))
+    }
+
+    /// A console on stdout, copied to `file`, already open for writing.
+    pub fn with_file(file: Option<File>) -> Self {
+        Console {
             stdout: io::stdout(),
-            file: file.map(File::create).transpose()?,
-        })
+            file,
+        }
     }
 }
 

@@ -24,7 +24,7 @@ pub mod regs;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     kvm_regs, kvm_sregs, KVM_MP_STATE_HALTED, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
@@ -36,6 +36,8 @@ use crate::bus::Bus;
 use crate::config::CpuList;
 use crate::exit::{ExitReason, ExitSignal};
 use crate::idle::VcpuIdleHooks;
+use crate::seccomp::ThreadClass;
+use crate::vmm_thread::ThreadPolicy;
 use idle_timer::IdleTimer;
 use kick::{Kicker, ThreadBinding};
 use kvm_stats::KvmStats;
@@ -185,6 +187,9 @@ pub struct VcpuContext {
     /// kicks this thread; if the guest has halted by then, the thread runs
     /// the work). `None`: rely on the engine noticing the halt.
     pub self_kick: Option<Duration>,
+    /// Binds the thread to its VM (panics and forbidden calls end the VM)
+    /// and confines it before it first enters the guest.
+    pub threads: ThreadPolicy,
 }
 
 /// A vCPU thread as the VM sees it.
@@ -202,6 +207,19 @@ impl VcpuHandle {
     /// Waits for the thread to finish and returns its counters.
     pub fn join(self) -> VcpuStats {
         self.thread.join().unwrap_or_else(|_| VcpuStats::default())
+    }
+
+    /// Waits until `deadline` for the thread to finish; returns its counters
+    /// (defaults if it panicked), or gives the thread up (detached) if it has
+    /// not finished by then, e.g. parked by a seccomp trap.
+    pub fn join_until(self, deadline: Instant) -> Option<VcpuStats> {
+        while !self.thread.is_finished() {
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Some(self.join())
     }
 }
 
@@ -251,6 +269,7 @@ impl Vcpu {
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{}", self.index))
             .spawn(move || {
+                let _bound = self.ctx.threads.bind(&format!("vcpu{}", self.index));
                 let control = Arc::new(VcpuControl::new(Kicker::for_current_thread()));
                 // The receiver is waiting in `start`; it cannot have gone.
                 let _ = tx.send(control.clone());
@@ -280,8 +299,20 @@ impl Vcpu {
                 .ok();
         }
         let control = &*control;
-        let binding = ThreadBinding::bind(self.fd.get_kvm_run());
-        let mut state = VcpuState::Running;
+        // SAFETY: the run area is the vCPU fd's mmap, which lives as long as
+        // `self.fd`; the binding is dropped below, on this thread, before
+        // `self` (and the fd) is.
+        let binding = unsafe { ThreadBinding::bind(self.fd.get_kvm_run()) };
+        let name = format!("vcpu{}", self.index);
+        let mut state = match self.ctx.threads.confine(ThreadClass::Vcpu, &name) {
+            Ok(()) => VcpuState::Running,
+            Err(e) => {
+                self.ctx
+                    .exit
+                    .report(ExitReason::Host(format!("{name}: {e}")));
+                VcpuState::Exited
+            }
+        };
         while state != VcpuState::Exited {
             control.state.store(state as u8, Ordering::Release);
             state = match state {

@@ -15,6 +15,11 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::MmioTransport;
+use crate::seccomp::ThreadClass;
+use crate::vmm_thread::ThreadPolicy;
+
+/// The notifier thread's name.
+const NAME: &str = "ns-notify";
 
 /// One queue's notification source.
 struct Source {
@@ -54,8 +59,8 @@ impl NotifierBuilder {
         self.sources.is_empty()
     }
 
-    /// Starts the thread.
-    pub fn start(self) -> std::io::Result<Notifier> {
+    /// Starts the thread, bound to its VM and confined by `threads`.
+    pub fn start(self, threads: ThreadPolicy) -> std::io::Result<Notifier> {
         let epoll = Epoll::new()?;
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let stop_token = self.sources.len() as u64;
@@ -73,8 +78,15 @@ impl NotifierBuilder {
         )?;
         let stop_thread = stop.try_clone()?;
         let thread = std::thread::Builder::new()
-            .name("ns-notify".into())
-            .spawn(move || run(epoll, self.sources, stop_token, stop_thread))?;
+            .name(NAME.into())
+            .spawn(move || {
+                let _bound = threads.bind(NAME);
+                if let Err(e) = threads.confine(ThreadClass::Notifier, NAME) {
+                    threads.report(crate::ExitReason::Host(format!("{NAME}: {e}")));
+                    return;
+                }
+                run(epoll, self.sources, stop_token, stop_thread)
+            })?;
         Ok(Notifier {
             stop,
             thread: Some(thread),
