@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{nightshift, records, result_lines, Run};
+use common::{have, nightshift, nightshift_bin, records, require, result_lines, run_bounded, Run};
 
 const POLICIES: [&str; 3] = ["workers", "inline", "idle"];
 const SPAN: u64 = 1 << 20;
@@ -121,27 +121,23 @@ fn a_host_prepared_image_reads_back_in_the_guest_under_every_policy() {
 
 #[test]
 fn flush_calls_fdatasync_on_the_backing_file() {
-    let Ok(out) = std::process::Command::new("strace").arg("-V").output() else {
-        eprintln!("strace not installed: skipped (./dev installs it)");
+    if !require(have("strace", "-V"), "strace") {
         return;
-    };
-    assert!(out.status.success());
+    }
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path(), "disk.img", &[], 1 << 20);
     let trace = dir.path().join("trace");
-    let status = std::process::Command::new("strace")
-        .args(["-f", "-qq", "-e", "trace=fdatasync,fsync", "-o"])
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args(["-f", "-qq", "-e", "trace=fdatasync,fsync", "-o"])
         .arg(&trace)
-        .arg(env!("CARGO_BIN_EXE_nightshift"))
+        .arg(nightshift_bin().get_program())
         .args(["run", "--vcpus", "1", "--disk", img.to_str().unwrap()])
         .args([
             "--cmdline",
             "workload=blk blk_mode=write-verify blk_span=65536",
-        ])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+        ]);
+    let out = run_bounded(cmd);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
     let trace = std::fs::read_to_string(&trace).unwrap();
     assert!(
         trace

@@ -37,9 +37,10 @@
 //! [`ExitReason::Seccomp`](crate::ExitReason::Seccomp), and parks the thread
 //! for good (it never returns into code whose call did not happen). This is
 //! sound because the handler only stores atomics and calls write(2) and
-//! pause(2) (async-signal-safe). A thread not bound to a VM (today: the
-//! engine's workers, until the engine's start hook binds them) exits the
-//! process at once with status 159 after printing the same facts. `log`
+//! pause(2) (async-signal-safe). The main thread (the VM's waiter), and a
+//! thread not bound to a VM (today: the engine's workers, until the engine's
+//! start hook binds them), exit the process at once with status 159 after
+//! printing the same facts: there is no one else to end the VM. `log`
 //! allows the call and has the kernel log it (`SECCOMP_RET_LOG`: audit log /
 //! dmesg), to find what a filter misses; `off` installs nothing.
 
@@ -333,8 +334,17 @@ pub fn confine_current_thread(class: ThreadClass, mode: SeccompMode) -> Result<(
 thread_local! {
     /// The VM the calling thread belongs to and its name, for the SIGSYS
     /// handler; set by [`TrapTarget::bind`].
-    static TRAP_TARGET: Cell<(*const ExitSignal, [u8; 16])> =
-        const { Cell::new((std::ptr::null(), [0; 16])) };
+    static TRAP_TARGET: Cell<(*const ExitSignal, [u8; 16], OnTrap)> =
+        const { Cell::new((std::ptr::null(), [0; 16], OnTrap::Report)) };
+}
+
+/// What a trapped thread does after naming itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OnTrap {
+    /// Report to its VM and park: the VM's waiter ends the VM.
+    Report,
+    /// Exit the process: this thread is the waiter, nobody else would act.
+    ExitProcess,
 }
 
 /// While alive, a forbidden call on this thread is reported to `exit`.
@@ -344,11 +354,11 @@ pub(crate) struct TrapTarget {
 
 impl TrapTarget {
     /// Binds the calling thread (named `name`) to `exit`.
-    pub(crate) fn bind(exit: &std::sync::Arc<ExitSignal>, name: &str) -> Self {
+    pub(crate) fn bind(exit: &std::sync::Arc<ExitSignal>, name: &str, on_trap: OnTrap) -> Self {
         let mut short = [0u8; 16];
         let n = name.len().min(15);
         short[..n].copy_from_slice(&name.as_bytes()[..n]);
-        TRAP_TARGET.with(|t| t.set((std::sync::Arc::as_ptr(exit), short)));
+        TRAP_TARGET.with(|t| t.set((std::sync::Arc::as_ptr(exit), short, on_trap)));
         TrapTarget {
             _exit: exit.clone(),
         }
@@ -357,7 +367,7 @@ impl TrapTarget {
 
 impl Drop for TrapTarget {
     fn drop(&mut self) {
-        TRAP_TARGET.with(|t| t.set((std::ptr::null(), [0; 16])));
+        TRAP_TARGET.with(|t| t.set((std::ptr::null(), [0; 16], OnTrap::Report)));
     }
 }
 
@@ -400,7 +410,7 @@ extern "C" fn handle_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
     }
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
-    let (exit, name) = TRAP_TARGET.with(Cell::get);
+    let (exit, name, on_trap) = TRAP_TARGET.with(Cell::get);
     let mut msg = Message::new();
     msg.push(b"nightshift: seccomp: thread ");
     let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
@@ -411,8 +421,9 @@ extern "C" fn handle_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
     msg.push_num(syscall.into());
     msg.push(b"\n");
     msg.write_to_stderr();
-    if exit.is_null() {
-        // No VM to report to: end the process, as KillProcess would, but named.
+    if exit.is_null() || on_trap == OnTrap::ExitProcess {
+        // No VM to report to, or no one else to end it: end the process, as
+        // KillProcess would, but named.
         // SAFETY: _exit is async-signal-safe and never returns.
         unsafe { libc::_exit(128 + libc::SIGSYS) };
     }
@@ -534,7 +545,7 @@ mod tests {
         let _ = std::thread::Builder::new()
             .name("test-trap".into())
             .spawn(move || {
-                let _bound = TrapTarget::bind(&e, "test-trap");
+                let _bound = TrapTarget::bind(&e, "test-trap", OnTrap::Report);
                 confine_current_thread(Notifier, SeccompMode::Enforce).unwrap();
                 // SAFETY: syslog(SYSLOG_ACTION_SIZE_BUFFER) only queries; the filter refuses it.
                 unsafe { libc::syscall(libc::SYS_syslog, 10, std::ptr::null_mut::<u8>(), 0) };

@@ -186,7 +186,7 @@ impl Vm {
         let pio = Arc::new(legacy_devices(&vm_fd, &config, &exit, &milestones)?);
         confine_helper_threads(&config);
         let engine = Arc::new(start_engine(&config.work, &threads)?);
-        register_worker_prefix(WORKER_PREFIX, &exit);
+        register_worker_prefix(WORKER_PREFIX, &threads);
         let mut mmio = Bus::new();
         let mut notifier = NotifierBuilder::default();
         let mut cmdline = config.cmdline.clone();
@@ -338,7 +338,7 @@ impl RunningVm {
     /// afterwards should not call it (the VM's own threads are confined
     /// regardless).
     pub fn confine_main_thread(&self) -> Result<Binding, VmError> {
-        let binding = self.vm.threads.bind("main");
+        let binding = self.vm.threads.bind_waiter("main");
         self.vm.threads.confine(ThreadClass::Main, "main")?;
         Ok(binding)
     }
@@ -363,12 +363,23 @@ impl RunningVm {
             h.control().post(Request::Stop);
         }
         let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+        // A trapped thread is parked for good: do not wait for it.
+        let trapped = match &exit {
+            ExitReason::Seccomp { thread, .. } => Some(thread.as_str()),
+            _ => None,
+        };
         let vcpus: Vec<VcpuStats> = vcpus
             .into_iter()
             .enumerate()
             .map(|(i, h)| {
-                h.join_until(deadline).unwrap_or_else(|| {
-                    tracing::error!("vcpu{i} did not stop within {STOP_TIMEOUT:?}; left behind");
+                let parked = trapped == Some(format!("vcpu{i}").as_str());
+                let until = if parked {
+                    std::time::Instant::now()
+                } else {
+                    deadline
+                };
+                h.join_until(until).unwrap_or_else(|| {
+                    tracing::error!("vcpu{i} did not stop; left behind");
                     VcpuStats {
                         vcpu: i as u8,
                         ..VcpuStats::default()

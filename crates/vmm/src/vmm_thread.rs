@@ -22,7 +22,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, Once, Weak};
 
 use crate::exit::{ExitReason, ExitSignal};
-use crate::seccomp::{self, SeccompError, SeccompMode, ThreadClass, TrapTarget};
+use crate::seccomp::{self, OnTrap, SeccompError, SeccompMode, ThreadClass, TrapTarget};
 
 /// The environment variable that injects a [`Fault`] (tests only).
 pub const FAULT_ENV: &str = "NIGHTSHIFT_TEST_FAULT";
@@ -129,14 +129,25 @@ impl ThreadPolicy {
 
     /// Binds the calling thread, named `name`, to the VM until the guard drops.
     pub fn bind(&self, name: &str) -> Binding {
+        self.bind_as(name, OnTrap::Report)
+    }
+
+    /// Binds the thread that waits for the VM's end: a seccomp trap on it
+    /// exits the process (nobody else would end the VM).
+    pub fn bind_waiter(&self, name: &str) -> Binding {
+        self.bind_as(name, OnTrap::ExitProcess)
+    }
+
+    fn bind_as(&self, name: &str, on_trap: OnTrap) -> Binding {
         BOUND.with(|b| {
             *b.borrow_mut() = Some(Bound {
                 exit: self.exit.clone(),
                 name: name.to_owned(),
+                confined: self.seccomp != SeccompMode::Off,
             })
         });
         Binding {
-            _trap: TrapTarget::bind(&self.exit, name),
+            _trap: TrapTarget::bind(&self.exit, name, on_trap),
         }
     }
 
@@ -166,65 +177,84 @@ impl Drop for Binding {
 struct Bound {
     exit: Arc<ExitSignal>,
     name: String,
+    /// Filtered: the default hook's backtrace (getcwd, open) would trap.
+    confined: bool,
 }
 
 thread_local! {
     static BOUND: RefCell<Option<Bound>> = const { RefCell::new(None) };
 }
 
-/// Unbound engine threads: (name prefix, their VM).
-static WORKER_PREFIX: Mutex<Option<(String, Weak<ExitSignal>)>> = Mutex::new(None);
-
-/// Threads named `prefix…` that are not bound belong to `exit`'s VM (see the
-/// module docs for why this exists and its limit).
-pub fn register_worker_prefix(prefix: &str, exit: &Arc<ExitSignal>) {
-    *WORKER_PREFIX.lock().unwrap_or_else(|p| p.into_inner()) =
-        Some((prefix.to_owned(), Arc::downgrade(exit)));
+/// An unbound engine thread prefix: its VM, and whether its threads are filtered.
+struct WorkerPrefix {
+    prefix: String,
+    exit: Weak<ExitSignal>,
+    confined: bool,
 }
 
-/// Installs (once per process) a panic hook that, after the usual report,
-/// ends the VM the panicking thread belongs to.
+static WORKER_PREFIX: Mutex<Option<WorkerPrefix>> = Mutex::new(None);
+
+/// Threads named `prefix…` that are not bound belong to the VM of `policy`
+/// (see the module docs for why this exists and its limit).
+pub fn register_worker_prefix(prefix: &str, policy: &ThreadPolicy) {
+    *WORKER_PREFIX.lock().unwrap_or_else(|p| p.into_inner()) = Some(WorkerPrefix {
+        prefix: prefix.to_owned(),
+        exit: Arc::downgrade(&policy.exit),
+        confined: policy.seccomp != SeccompMode::Off,
+    });
+}
+
+/// Installs (once per process) a panic hook that ends the VM the panicking
+/// thread belongs to. On a confined VMM thread it prints the panic itself
+/// (no backtrace: the default hook's symbolizer opens files, which the filter
+/// forbids; `--seccomp off` brings backtraces back); elsewhere the default
+/// hook runs as usual.
 fn install_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            previous(info);
-            report_panic(info);
+        std::panic::set_hook(Box::new(move |info| match report_panic(info) {
+            Some((thread, true)) => eprintln!(
+                "thread '{thread}' panicked: {} (no backtrace under seccomp)",
+                panic_message(info)
+            ),
+            _ => previous(info),
         }));
     });
 }
 
-fn report_panic(info: &PanicHookInfo<'_>) {
+/// Reports the panic to the thread's VM; returns the thread's name and
+/// whether it is confined, if it belongs to a VM.
+fn report_panic(info: &PanicHookInfo<'_>) -> Option<(String, bool)> {
     let message = panic_message(info);
-    let reported = BOUND
+    let bound = BOUND
         .try_with(|b| {
             b.borrow().as_ref().map(|b| {
                 b.exit.report(ExitReason::Panic {
                     thread: b.name.clone(),
                     message: message.clone(),
-                })
+                });
+                (b.name.clone(), b.confined)
             })
         })
         .ok()
         .flatten();
-    if reported.is_some() {
-        return;
+    if bound.is_some() {
+        return bound;
     }
     let thread = std::thread::current();
-    let Some(name) = thread.name() else { return };
-    let target = WORKER_PREFIX
+    let name = thread.name()?;
+    let (exit, confined) = WORKER_PREFIX
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .as_ref()
-        .filter(|(prefix, _)| name.starts_with(prefix.as_str()))
-        .and_then(|(_, vm)| vm.upgrade());
-    if let Some(exit) = target {
-        exit.report(ExitReason::Panic {
-            thread: name.to_owned(),
-            message,
-        });
-    }
+        .filter(|w| name.starts_with(w.prefix.as_str()))
+        .and_then(|w| Some((w.exit.upgrade()?, w.confined)))?;
+    exit.report(ExitReason::Panic {
+        thread: name.to_owned(),
+        message,
+    });
+    Some((name.to_owned(), confined))
 }
 
 /// The panic's message and location.
@@ -274,8 +304,8 @@ mod tests {
     #[test]
     fn a_panic_on_an_unbound_engine_thread_goes_to_the_registered_vm() {
         let exit = Arc::new(ExitSignal::new().unwrap());
-        let _policy = ThreadPolicy::new(exit.clone(), SeccompMode::Off, None);
-        register_worker_prefix("unit-work", &exit);
+        let policy = ThreadPolicy::new(exit.clone(), SeccompMode::Off, None);
+        register_worker_prefix("unit-work", &policy);
         let t = std::thread::Builder::new()
             .name("unit-work3".into())
             .spawn(|| panic!("in an item"))
