@@ -13,6 +13,7 @@ pub mod config;
 pub mod cpuid;
 pub mod devices;
 pub mod exit;
+pub mod guest_log;
 pub mod idle;
 pub mod image;
 pub mod memory;

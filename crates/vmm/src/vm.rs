@@ -113,6 +113,9 @@ pub struct RunReport {
     pub vcpus: Vec<VcpuStats>,
     /// Guest accesses that hit no device.
     pub unhandled_io: u64,
+    /// Guest-caused log lines, per site: events, and how many were not
+    /// logged (rate limit, see [`crate::guest_log`]).
+    pub guest_logs: Vec<crate::guest_log::SiteCount>,
 }
 
 fn display<S: serde::Serializer>(v: &ExitReason, s: S) -> Result<S::Ok, S::Error> {
@@ -416,6 +419,7 @@ impl RunningVm {
             scrubs,
             vcpus,
             unhandled_io: vm.pio.unhandled_accesses() + vm.mmio.unhandled_accesses(),
+            guest_logs: crate::guest_log::counts(),
         }
     }
 }
