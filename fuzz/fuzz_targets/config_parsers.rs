@@ -3,13 +3,14 @@
 //! guest input, but cheap to cover.
 //!
 //! Checked: no panic; a parsed CPU list is sorted, deduplicated, below 1024
-//! and survives Display -> parse unchanged; a parsed disk has a path and an
-//! xts pass count in 1..=1000.
+//! and survives Display -> parse unchanged; a parsed disk has a path, and
+//! once validated an xts pass count in 1..=1000 and no zero scrub count.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vmm::config::{parse_pin, CpuList, DiskConfig};
+use vmm::config::{parse_pin, CpuList, DiskConfig, MAX_XTS_PASSES};
+use vmm::VmConfig;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else { return };
@@ -30,8 +31,13 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok(disk) = s.parse::<DiskConfig>() {
         assert!(!disk.path.as_os_str().is_empty(), "empty disk path from {s:?}");
-        if let Some(n) = disk.xts_passes {
-            assert!((1..=1000).contains(&n));
+        // Ranges are VmConfig::validate's job (one check for flags and JSON).
+        let config = VmConfig { disks: vec![disk.clone()], ..VmConfig::default() };
+        if config.validate().is_ok() {
+            if let Some(n) = disk.xts_passes {
+                assert!((1..=MAX_XTS_PASSES).contains(&n));
+            }
+            assert_ne!(disk.scrub_passes, Some(0));
         }
     }
 });

@@ -34,9 +34,28 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
+    // A panic on this thread (the VM's main thread) still ends with a named
+    // reason and a distinct status, not Rust's bare 101; the VM's other
+    // threads report their own panics as the VM's exit (vmm::vmm_thread).
+    let result = std::panic::catch_unwind(move || match cli.command {
         Command::Run(args) => run::run(args, started),
         Command::Bench(args) => bench::bench(args).map(|()| 0),
+    });
+    let result = match result {
+        Ok(result) => result,
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let reason = vmm::ExitReason::Panic {
+                thread: "main".into(),
+                message,
+            };
+            eprintln!("nightshift: {reason}");
+            return ExitCode::from(reason.exit_code() as u8);
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

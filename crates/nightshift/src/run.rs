@@ -1,6 +1,7 @@
 //! `nightshift run`: build a VM from flags and/or a JSON config and run it.
 
 use std::fs;
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -8,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use vmm::boot::KernelImage;
 use vmm::config::{parse_pin, CpuList, DiskConfig, NetConfig};
+use vmm::output_file::open_output;
 use vmm::{Vm, VmConfig};
 
 /// The built-in test guest (crates/testguest), built by build.rs.
@@ -48,9 +50,17 @@ pub struct RunArgs {
     /// Pin a vCPU's thread to host CPUs: VCPU=CPULIST, e.g. 0=0 or 1=2-3. Repeatable.
     #[arg(long, value_parser = parse_pin)]
     pub pin: Vec<(u8, CpuList)>,
-    /// Also write the serial console to this file.
+    /// Also write the serial console to this file. Never a disk image or
+    /// kernel of this VM; an existing non-empty file needs --overwrite.
     #[arg(long)]
     pub serial_file: Option<PathBuf>,
+    /// Let --serial-file and --report replace an existing non-empty file.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Per-thread seccomp filters: enforce (a forbidden system call ends the
+    /// VM, named), log (allowed and logged by the kernel) or off [default: enforce].
+    #[arg(long)]
+    pub seccomp: Option<vmm::seccomp::SeccompMode>,
     /// Show MONITOR/MWAIT in the guest's CPUID (hidden by default).
     #[arg(long)]
     pub expose_mwait: bool,
@@ -99,7 +109,8 @@ pub struct RunArgs {
     /// which then runs device work at once) [default: kernel].
     #[arg(long)]
     pub irqchip: Option<vmm::irqchip::IrqChipKind>,
-    /// Write a JSON report (exit reason, boot timings, memory, exit counters) here.
+    /// Write a JSON report (exit reason, boot timings, memory, exit counters)
+    /// here. Same rules as --serial-file.
     #[arg(long)]
     pub report: Option<PathBuf>,
 }
@@ -145,6 +156,8 @@ impl RunArgs {
         if self.serial_file.is_some() {
             c.serial_file = self.serial_file.clone();
         }
+        c.overwrite |= self.overwrite;
+        c.seccomp = self.seccomp.unwrap_or(c.seccomp);
         c.expose_mwait |= self.expose_mwait;
         c.disks.extend(self.disk.iter().cloned());
         c.nets.extend(self.net.iter().cloned());
@@ -167,6 +180,21 @@ impl RunArgs {
 /// Runs the VM; returns the process exit status (the guest's, or non-zero on failure).
 pub fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
     let config = args.vm_config()?;
+    config.validate()?;
+    // Opened now: a refused report path fails before the guest runs, and the
+    // main thread may not open files once it is confined.
+    let mut report_file = args
+        .report
+        .as_deref()
+        .map(|path| {
+            open_output(
+                path,
+                "the report",
+                &config.protected_files(),
+                config.overwrite,
+            )
+        })
+        .transpose()?;
     let kernel_path = config.kernel.clone();
     let kernel = match &kernel_path {
         Some(path) => KernelImage::File(path),
@@ -176,10 +204,13 @@ pub fn run(args: RunArgs, started: Instant) -> anyhow::Result<u8> {
         },
     };
     let vm = Vm::new(config, kernel, started)?;
-    let report = vm.run()?;
-    if let Some(path) = &args.report {
+    let running = vm.start()?;
+    let _main = running.confine_main_thread()?;
+    let report = running.wait();
+    if let (Some(file), Some(path)) = (report_file.as_mut(), &args.report) {
         let json = serde_json::to_string_pretty(&report)?;
-        fs::write(path, json).with_context(|| format!("writing report {}", path.display()))?;
+        file.write_all(json.as_bytes())
+            .with_context(|| format!("writing report {}", path.display()))?;
     }
     if report.exit_code != 0 {
         eprintln!("nightshift: {}", report.exit);

@@ -2,23 +2,23 @@
 //! JSON and plots are complete and well-formed. The numbers are not checked
 //! (they belong to the machine, not to the code).
 
-use std::process::Command;
+mod common;
+
+use common::{nightshift_bin, run_bounded};
 
 #[test]
 fn bench_quick_output_is_complete_and_well_formed() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("bench.json");
     let plots = dir.path().join("plots");
-    let out = Command::new(env!("CARGO_BIN_EXE_nightshift"))
-        .args(["bench", "--quick", "--ms", "200", "--json"])
+    let mut cmd = nightshift_bin();
+    cmd.args(["bench", "--quick", "--ms", "200", "--json"])
         .arg(&json)
         .arg("--plots")
-        .arg(&plots)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+        .arg(&plots);
+    let out = run_bounded(cmd);
+    let (stdout, stderr) = (&out.stdout, &out.stderr);
+    assert_eq!(out.code, Some(0), "{stdout}\n{stderr}");
 
     // The method and host facts come before the results.
     for needle in [

@@ -10,7 +10,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{nightshift_on, records, result_lines, Run};
+use common::{
+    have, nightshift_bin, nightshift_on, records, require, result_lines, run_bounded, Run,
+};
 
 on_both_irqchips!(
     guest_writes_reach_the_image_byte_for_byte_under_every_policy,
@@ -138,28 +140,24 @@ fn a_host_prepared_image_reads_back_in_the_guest_under_every_policy(irqchip: &st
 }
 
 fn flush_calls_fdatasync_on_the_backing_file(irqchip: &str) {
-    let Ok(out) = std::process::Command::new("strace").arg("-V").output() else {
-        eprintln!("strace not installed: skipped (./dev installs it)");
+    if !require(have("strace", "-V"), "strace") {
         return;
-    };
-    assert!(out.status.success());
+    }
     let dir = tempfile::tempdir().unwrap();
     let img = image(dir.path(), "disk.img", &[], 1 << 20);
     let trace = dir.path().join("trace");
-    let status = std::process::Command::new("strace")
-        .args(["-f", "-qq", "-e", "trace=fdatasync,fsync", "-o"])
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args(["-f", "-qq", "-e", "trace=fdatasync,fsync", "-o"])
         .arg(&trace)
-        .arg(env!("CARGO_BIN_EXE_nightshift"))
+        .arg(nightshift_bin().get_program())
         .args(["run", "--irqchip", irqchip, "--vcpus", "1"])
         .args(["--disk", img.to_str().unwrap()])
         .args([
             "--cmdline",
             "workload=blk blk_mode=write-verify blk_span=65536",
-        ])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
+        ]);
+    let out = run_bounded(cmd);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
     let trace = std::fs::read_to_string(&trace).unwrap();
     assert!(
         trace

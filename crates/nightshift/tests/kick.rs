@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{result_lines, testguest_elf};
+use common::{result_lines, testguest_elf, within};
 use vmm::boot::KernelImage;
 use vmm::{Vm, VmConfig};
 
@@ -39,15 +39,18 @@ fn kicking_a_halted_vcpu_does_not_wake_its_guest(irqchip: &str) {
     let vm = Vm::new(config, KernelImage::File(&elf), Instant::now()).unwrap();
     let running = vm.start().unwrap();
 
-    // Kick the vCPU every 500 µs while the guest sleeps.
+    // Kick the vCPU every 500 µs while the guest sleeps (bounded: the guest
+    // ends itself after 200 ms of its own time).
     let mut kicks = 0u64;
+    let deadline = Instant::now() + common::timeout();
     while !running.has_ended() {
+        assert!(Instant::now() < deadline, "the guest never ended");
         for v in running.vcpus() {
             kicks += u64::from(v.kick());
         }
         std::thread::sleep(Duration::from_micros(500));
     }
-    let report = running.wait();
+    let report = within("the kicked VM", move || running.wait());
     assert_eq!(report.exit_code, 0, "{}", report.exit);
     assert!(kicks > 0);
 
@@ -89,20 +92,21 @@ fn paused_vcpus_do_not_run_until_resumed(irqchip: &str) {
         let start = Instant::now();
         while running.vcpus().any(|v| v.state() != want) {
             assert!(
-                start.elapsed() < Duration::from_secs(20),
+                start.elapsed() < common::timeout(),
                 "vCPUs never reached {want:?}"
             );
             std::thread::sleep(Duration::from_millis(1));
         }
     };
     wait_for(VcpuState::Paused);
-    // The guest needs 50 ms of its own time to finish: paused, it cannot.
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(!running.has_ended(), "the guest ran while paused");
+    // Every vCPU thread has published Paused: it is out of KVM_RUN, waiting
+    // for a request (the state is stored only there). The guest needs 50 ms
+    // of its own time, so it cannot have finished before the pause landed.
+    assert!(!running.has_ended(), "the guest ended before it was paused");
     for v in running.vcpus() {
         v.post(Request::Resume);
     }
-    let report = running.wait();
+    let report = within("the resumed VM", move || running.wait());
     assert_eq!(report.exit_code, 0, "{}", report.exit);
 }
 

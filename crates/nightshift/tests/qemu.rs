@@ -3,92 +3,46 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use common::{result_lines, testguest_elf};
+use common::{have, require, result_lines, run_bounded, testguest_elf};
 
-/// QEMU's binary, or None (the test then says it was skipped).
-fn qemu() -> Option<&'static str> {
-    let bin = "qemu-system-x86_64";
-    let found = Command::new(bin)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    found.then_some(bin)
-}
-
-/// Boots the test guest under QEMU microvm; returns (exit code, serial output).
+/// Boots the test guest under QEMU microvm; returns (exit code, serial
+/// output), or None if QEMU is missing outside CI (under CI that fails).
 pub fn run_qemu(cmdline: &str, extra: &[&str]) -> Option<(Option<i32>, String)> {
-    let Some(bin) = qemu() else {
-        eprintln!("qemu-system-x86_64 not installed: skipped");
+    let bin = "qemu-system-x86_64";
+    if !require(have(bin, "--version"), bin) {
         return None;
-    };
-    let mut child = Command::new(bin)
-        .args([
-            "-M",
-            "microvm",
-            "-enable-kvm",
-            "-cpu",
-            "host,-arch-capabilities",
-        ])
-        .args([
-            "-smp",
-            "2",
-            "-m",
-            "256M",
-            "-nodefaults",
-            "-no-user-config",
-            "-nographic",
-        ])
-        .args([
-            "-serial",
-            "stdio",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=4",
-        ])
-        .arg("-kernel")
-        .arg(testguest_elf())
-        .args(["-append", cmdline])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting QEMU");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(
-        status.is_some(),
-        "QEMU did not finish in time; output:\n{out}\n{err}"
-    );
-    Some((status.and_then(|s| s.code()), out))
+    }
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "-M",
+        "microvm",
+        "-enable-kvm",
+        "-cpu",
+        "host,-arch-capabilities",
+    ])
+    .args([
+        "-smp",
+        "2",
+        "-m",
+        "256M",
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+    ])
+    .args([
+        "-serial",
+        "stdio",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=4",
+    ])
+    .arg("-kernel")
+    .arg(testguest_elf())
+    .args(["-append", cmdline])
+    .args(extra);
+    let out = run_bounded(cmd);
+    Some((out.code, out.stdout))
 }
 
 #[test]

@@ -8,7 +8,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use crate::cpuid::CpuFeature;
+use crate::image::FileId;
 use crate::memory::MIN_MEM_SIZE;
+use crate::output_file::Protected;
+use crate::seccomp::SeccompMode;
 
 /// Most vCPUs we create; the MADT and APIC IDs are 8-bit.
 pub const MAX_VCPUS: u8 = 254;
@@ -16,6 +19,10 @@ pub const MAX_VCPUS: u8 = 254;
 pub const MAX_DISKS: usize = 19;
 /// Most virtio devices of all kinds (disks, nets, rng): one IOAPIC line each.
 pub const MAX_VIRTIO_DEVICES: usize = 19;
+/// Most AES-XTS cipher passes per sector (a benchmark cost knob).
+pub const MAX_XTS_PASSES: u32 = 1000;
+/// Most device-work threads.
+pub const MAX_WORKERS: usize = 256;
 
 /// Everything needed to build and boot one VM.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,8 +38,14 @@ pub struct VmConfig {
     pub mem_mib: u64,
     /// vCPU index → host CPUs its thread may run on.
     pub pin: BTreeMap<u8, CpuList>,
-    /// Also copy the serial console to this file.
+    /// Also copy the serial console to this file (see [`crate::output_file`]
+    /// for which files are refused).
     pub serial_file: Option<PathBuf>,
+    /// Output files (`serial_file`, the CLI's report) may replace an existing
+    /// non-empty regular file. Never a disk image or kernel of this VM.
+    pub overwrite: bool,
+    /// Per-thread seccomp filters: `enforce` (default), `log` or `off`.
+    pub seccomp: SeccompMode,
     /// Show MONITOR/MWAIT in the guest's CPUID (hidden by default, see `cpuid`).
     pub expose_mwait: bool,
     /// virtio-blk disks, in the order the guest sees them.
@@ -121,15 +134,13 @@ impl FromStr for DiskConfig {
             match opt.split_once('=') {
                 None if opt == "ro" => disk.read_only = true,
                 Some(("xts", n)) => {
+                    // The range is checked by `VmConfig::validate`, for flags and JSON alike.
                     let n: u32 = n.parse().map_err(|_| format!("bad xts passes {n:?}"))?;
-                    if n == 0 || n > 1000 {
-                        return Err(format!("xts passes must be 1..=1000, not {n}"));
-                    }
                     disk.xts_passes = Some(n);
                 }
                 Some(("scrub", n)) => {
                     let n: u64 = n.parse().map_err(|_| format!("bad scrub passes {n:?}"))?;
-                    disk.scrub_passes = Some(n.max(1));
+                    disk.scrub_passes = Some(n);
                 }
                 _ => {
                     return Err(format!(
@@ -334,6 +345,8 @@ impl Default for VmConfig {
             mem_mib: 256,
             pin: BTreeMap::new(),
             serial_file: None,
+            overwrite: false,
+            seccomp: SeccompMode::default(),
             expose_mwait: false,
             disks: Vec::new(),
             nets: Vec::new(),
@@ -367,6 +380,38 @@ pub enum ConfigError {
     /// A pin entry names a vCPU the VM does not have.
     #[error("--pin names vCPU {0}, but the VM has only {1} vCPUs")]
     PinVcpu(u8, u8),
+    /// A pin entry names a host CPU this process may not run on (offline,
+    /// absent, or outside its cpuset).
+    #[error("--pin {vcpu}={cpus}: host CPU {cpu} is not one this process may run on (allowed: {allowed})")]
+    PinCpu {
+        /// The vCPU.
+        vcpu: u8,
+        /// Its CPU list as given.
+        cpus: CpuList,
+        /// The first CPU that is not allowed.
+        cpu: usize,
+        /// The CPUs this process may use.
+        allowed: CpuList,
+    },
+    /// A disk's cipher pass count out of range.
+    #[error("disk {disk}: xts passes must be 1..={MAX_XTS_PASSES}, not {passes}")]
+    XtsPasses {
+        /// Disk index.
+        disk: usize,
+        /// The count given.
+        passes: u32,
+    },
+    /// A disk's scrub pass count of 0 (omit it for no scrub).
+    #[error("disk {0}: scrub passes must be at least 1 (omit scrub for none)")]
+    ScrubPasses(usize),
+    /// No worker threads where the policy needs them, or absurdly many.
+    #[error("workers must be 1..={MAX_WORKERS} under the {policy} policy, not {workers}")]
+    Workers {
+        /// The count given.
+        workers: usize,
+        /// The policy.
+        policy: &'static str,
+    },
 }
 
 impl VmConfig {
@@ -375,7 +420,10 @@ impl VmConfig {
         self.mem_mib << 20
     }
 
-    /// Checks the values that do not need the host to be checked.
+    /// Checks everything that can be checked before building the VM, for the
+    /// command line and JSON configs alike (the CLI builds a `VmConfig` and
+    /// `Vm::new` calls this). The only host facts used are the CPUs this
+    /// process may run on; files are checked when they are opened.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::Vcpus(self.vcpus));
@@ -393,8 +441,81 @@ impl VmConfig {
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::Devices(devices));
         }
+        for (i, d) in self.disks.iter().enumerate() {
+            if let Some(passes) = d.xts_passes.filter(|p| !(1..=MAX_XTS_PASSES).contains(p)) {
+                return Err(ConfigError::XtsPasses { disk: i, passes });
+            }
+            if d.scrub_passes == Some(0) {
+                return Err(ConfigError::ScrubPasses(i));
+            }
+        }
+        self.work.validate()?;
+        self.validate_pins(&allowed_cpus())
+    }
+
+    /// Every pinned CPU must be one this process may run on: pinning to an
+    /// offline CPU would fail (or, under `cpu_cap` 0, silently confine the
+    /// VMM's threads to fewer CPUs than asked).
+    fn validate_pins(&self, allowed: &CpuList) -> Result<(), ConfigError> {
+        for (&vcpu, cpus) in &self.pin {
+            if let Some(&cpu) = cpus.cpus().iter().find(|c| !allowed.0.contains(c)) {
+                return Err(ConfigError::PinCpu {
+                    vcpu,
+                    cpus: cpus.clone(),
+                    cpu,
+                    allowed: allowed.clone(),
+                });
+            }
+        }
         Ok(())
     }
+
+    /// The files this VM reads, which no output may be.
+    pub fn protected_files(&self) -> Vec<Protected> {
+        let disks = self.disks.iter().map(|d| ("a disk image", &d.path));
+        let kernel = self.kernel.iter().map(|k| ("the kernel", k));
+        disks
+            .chain(kernel)
+            .filter_map(|(what, path)| {
+                Some(Protected {
+                    what,
+                    id: FileId::of_path(path)?,
+                })
+            })
+            .collect()
+    }
+}
+
+impl WorkConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let needs_workers = self.policy != idlework::Policy::Inline;
+        if self.workers > MAX_WORKERS || (needs_workers && self.workers == 0) {
+            return Err(ConfigError::Workers {
+                workers: self.workers,
+                policy: self.policy.name(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The CPUs this process may run on (its affinity mask, which excludes
+/// offline CPUs and those outside its cpuset).
+pub fn allowed_cpus() -> CpuList {
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable cpu_set_t of the size passed.
+    let ret = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if ret != 0 {
+        // Cannot tell: do not refuse pins on a guess.
+        return CpuList((0..1024).collect());
+    }
+    // SAFETY: CPU_ISSET reads `set` in bounds for CPUs below CPU_SETSIZE (1024).
+    CpuList(
+        (0..1024)
+            .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+            .collect(),
+    )
 }
 
 /// A set of host CPUs written the way `taskset -c` and cgroups write it: `0-3,6`.
@@ -525,9 +646,63 @@ mod tests {
             (d.path.to_str(), d.read_only, d.xts_passes),
             (Some("a.img"), true, Some(4))
         );
-        for bad in ["", ",ro", "a.img,rw", "a.img,xts=0", "a.img,xts=x"] {
+        for bad in ["", ",ro", "a.img,rw", "a.img,xts=x"] {
             assert!(bad.parse::<DiskConfig>().is_err(), "{bad:?} parsed");
         }
+    }
+
+    /// One validation for flags and JSON: what the flag parser lets through
+    /// and what a JSON file says are refused by the same check.
+    #[test]
+    fn disk_and_worker_limits_hold_for_flags_and_json_alike() {
+        let flag = VmConfig {
+            disks: vec!["a.img,xts=0".parse().unwrap()],
+            ..VmConfig::default()
+        };
+        let json: VmConfig =
+            serde_json::from_str(r#"{"disks":[{"path":"a.img","xts_passes":0}]}"#).unwrap();
+        for c in [flag, json] {
+            assert_eq!(
+                c.validate(),
+                Err(ConfigError::XtsPasses { disk: 0, passes: 0 })
+            );
+        }
+        let json: VmConfig =
+            serde_json::from_str(r#"{"disks":[{"path":"a.img","xts_passes":1001}]}"#).unwrap();
+        assert!(json.validate().is_err());
+        let json: VmConfig =
+            serde_json::from_str(r#"{"disks":[{"path":"a.img","scrub_passes":0}]}"#).unwrap();
+        assert_eq!(json.validate(), Err(ConfigError::ScrubPasses(0)));
+        let json: VmConfig = serde_json::from_str(r#"{"work":{"workers":0}}"#).unwrap();
+        assert!(matches!(json.validate(), Err(ConfigError::Workers { .. })));
+        // Under inline no worker runs device work: 0 is fine.
+        let json: VmConfig =
+            serde_json::from_str(r#"{"work":{"workers":0,"policy":"inline"}}"#).unwrap();
+        assert_eq!(json.validate(), Ok(()));
+    }
+
+    #[test]
+    fn pins_to_cpus_the_process_cannot_use_are_refused() {
+        let mut c = VmConfig::default();
+        c.pin.insert(0, "0".parse().unwrap());
+        let allowed: CpuList = "0-1".parse().unwrap();
+        assert_eq!(c.validate_pins(&allowed), Ok(()));
+        c.pin.insert(1, "1-2".parse().unwrap());
+        let err = c.validate_pins(&allowed).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::PinCpu {
+                    vcpu: 1,
+                    cpu: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // And the real host: CPU 1023 is not one this machine lets us use.
+        c.pin.insert(1, "1023".parse().unwrap());
+        assert!(matches!(c.validate(), Err(ConfigError::PinCpu { .. })));
     }
 
     #[test]

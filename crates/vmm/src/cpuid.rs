@@ -274,6 +274,7 @@ mod tests {
                 tsc_khz: None,
                 expose_mwait: false,
                 user_irqchip: user,
+                hidden: HiddenFeatures::default(),
             };
             filter_cpuid(&mut c, &p);
             let l1 = leaf(&c, 1, 0);
@@ -335,6 +336,7 @@ mod tests {
             vcpus: 2,
             tsc_khz: None,
             expose_mwait: false,
+            user_irqchip: false,
             hidden: HiddenFeatures::default(),
         };
         filter_cpuid(&mut c, &p);

@@ -1,5 +1,8 @@
 //! The VMM's own memory footprint: peak RSS minus what guest RAM accounts for.
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+
 use serde::Serialize;
 
 /// Memory use of this process, from /proc/self.
@@ -14,11 +17,46 @@ pub struct RssReport {
     pub vmm_peak_kib: u64,
 }
 
+/// `/proc/self/status` and `/proc/self/smaps`, opened once so they can be
+/// read again after the thread that reads them is confined by seccomp
+/// (which lets it read and seek, not open).
+#[derive(Debug)]
+pub struct ProcFiles {
+    status: File,
+    smaps: File,
+}
+
+impl ProcFiles {
+    /// Opens both files.
+    pub fn open() -> std::io::Result<Self> {
+        Ok(ProcFiles {
+            status: File::open("/proc/self/status")?,
+            smaps: File::open("/proc/self/smaps")?,
+        })
+    }
+}
+
+/// Reads `file` from its start again (lseek and read only).
+fn reread(file: &mut File) -> std::io::Result<String> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut text = String::new();
+    // Through `Take`: no size hint, so no fstat, only read(2).
+    Read::by_ref(file)
+        .take(u64::MAX)
+        .read_to_string(&mut text)?;
+    Ok(text)
+}
+
 impl RssReport {
     /// Measures now; `guest` are the host address ranges of guest RAM.
     pub fn measure(guest: &[(usize, usize)]) -> std::io::Result<Self> {
-        let status = std::fs::read_to_string("/proc/self/status")?;
-        let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+        Self::measure_with(&mut ProcFiles::open()?, guest)
+    }
+
+    /// Measures now through files opened earlier.
+    pub fn measure_with(files: &mut ProcFiles, guest: &[(usize, usize)]) -> std::io::Result<Self> {
+        let status = reread(&mut files.status)?;
+        let smaps = reread(&mut files.smaps)?;
         Ok(Self::from_proc(&status, &smaps, guest))
     }
 

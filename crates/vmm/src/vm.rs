@@ -28,7 +28,9 @@ use crate::irqchip::ioapic::IOAPIC_SIZE;
 use crate::irqchip::pic::{Elcr, Pic8259, ELCR_BASE, ELCR_LEN, PIC_LEN, PIC_MASTER, PIC_SLAVE};
 use crate::irqchip::{IrqChipKind, IrqLine, UserIrqChip};
 use crate::memory::{self, GuestMemory, IOAPIC_START, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
-use crate::rss::RssReport;
+use crate::output_file::{open_output, OutputError};
+use crate::rss::{ProcFiles, RssReport};
+use crate::seccomp::{SeccompError, ThreadClass};
 use crate::vcpu::{regs, Request, Vcpu, VcpuContext, VcpuControl, VcpuHandle, VcpuStats};
 use crate::virtio::block::{
     Block, BlockCounters, BlockStats, Disk, Scrub, ScrubCounters, ScrubStats, Transform,
@@ -36,10 +38,16 @@ use crate::virtio::block::{
 use crate::virtio::net::{Net, NetError};
 use crate::virtio::notifier::{Notifier, NotifierBuilder};
 use crate::virtio::rng::Rng;
+use crate::vmm_thread::{register_worker_prefix, Binding, Fault, ThreadPolicy};
 
 pub use crate::device_manager::FIRST_VIRTIO_GSI;
 /// Key of the benchmark disk transform: a cost model, not data protection.
 const XTS_KEY: [u8; 64] = [0x5a; 64];
+/// The engine's thread names start with this.
+const WORKER_PREFIX: &str = "ns-work";
+/// How long the VM's end waits for its vCPU threads to stop before it gives
+/// them up (a thread parked by a seccomp trap, or stuck, never stops).
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Building a VM failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +78,15 @@ pub enum VmError {
     /// A host resource (thread, eventfd, file) could not be had.
     #[error("{0}: {1}")]
     Host(&'static str, std::io::Error),
+    /// An output file was refused or could not be opened.
+    #[error(transparent)]
+    Output(#[from] OutputError),
+    /// A seccomp filter could not be set up.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    /// The test-only fault seam was given something it does not know.
+    #[error("{0}")]
+    Fault(String),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -111,6 +128,9 @@ pub struct RunReport {
     pub boot: BootSummary,
     /// What became of the guest's console output.
     pub console: ConsoleStats,
+    /// Guest-caused log lines, per site: events, and how many were not
+    /// logged (rate limit, see [`crate::guest_log`]).
+    pub guest_logs: Vec<crate::guest_log::SiteCount>,
 }
 
 fn display<S: serde::Serializer>(v: &ExitReason, s: S) -> Result<S::Ok, S::Error> {
@@ -138,6 +158,8 @@ pub struct Vm {
     scrub_stop: Arc<AtomicBool>,
     boot: BootSummary,
     console: LegacyConsole,
+    threads: ThreadPolicy,
+    proc_files: Option<ProcFiles>,
 }
 
 /// The serial console's two directions.
@@ -160,6 +182,7 @@ impl Vm {
     /// started, for boot timings.
     pub fn new(config: VmConfig, kernel: KernelImage<'_>, started: Instant) -> Result<Vm, VmError> {
         config.validate()?;
+        let fault = Fault::from_env().map_err(VmError::Fault)?;
         let kvm = Kvm::new().map_err(kvm_err("opening /dev/kvm"))?;
         let vm_fd = kvm.create_vm().map_err(kvm_err("creating the VM"))?;
         let mem = memory::create_guest_memory(config.mem_size())
@@ -184,14 +207,15 @@ impl Vm {
                 .map_err(kvm_err("setting halt polling"))?;
         }
 
-        let exit = Arc::new(ExitSignal::default());
+        let exit =
+            Arc::new(ExitSignal::new().map_err(|e| VmError::Host("creating the exit signal", e))?);
+        let threads = ThreadPolicy::new(exit.clone(), config.seccomp, fault);
         let milestones = Arc::new(BootMilestones::new(started));
         let (pio, console) = legacy_devices(&vm_fd, &config, &exit, &milestones, irqchip.as_ref())?;
         let pio = Arc::new(pio);
         confine_helper_threads(&config);
-        let engine = Arc::new(Engine::new(engine_config(&config.work)).map_err(|e| {
-            VmError::Host("starting the device-work engine", std::io::Error::other(e))
-        })?);
+        let engine = Arc::new(start_engine(&config.work, &threads)?);
+        register_worker_prefix(WORKER_PREFIX, &threads);
         let mut mmio = Bus::new();
         if let Some(chip) = &irqchip {
             place_ioapic(&mut mmio, chip)?;
@@ -257,6 +281,10 @@ impl Vm {
             scrub_stop: Arc::default(),
             boot,
             console,
+            threads,
+            proc_files: ProcFiles::open()
+                .inspect_err(|e| tracing::warn!("no memory report: {e}"))
+                .ok(),
         })
     }
 
@@ -291,7 +319,7 @@ impl Vm {
                     std::io::ErrorKind::AlreadyExists.into(),
                 )
             })?
-            .start()
+            .start(self.threads.clone())
             .map_err(|e| VmError::Host("starting the notifier thread", e))?;
         let inline = self.config.work.policy == Policy::Inline;
         if inline && self.scrubs.iter().any(|s| s.passes > 0) {
@@ -325,6 +353,7 @@ impl Vm {
                         && self.irqchip.is_none()
                 }),
                 irqchip: self.irqchip.clone(),
+                threads: self.threads.clone(),
             };
             match Vcpu::new(index, fd, ctx).start() {
                 Ok(h) => vcpus.push(h),
@@ -334,6 +363,14 @@ impl Vm {
                     break;
                 }
             }
+        }
+        if let Some(fault) = self.threads.fault().filter(|f| f.thread == "worker") {
+            // The engine has no thread-start hook to fire it in: the VM's
+            // first work item does (on a worker under the workers policy).
+            let fault = fault.clone();
+            let _ = self
+                .engine
+                .submit(idlework::Item::from_fn(move || fault.fire()));
         }
         Ok(RunningVm {
             vm: self,
@@ -361,29 +398,81 @@ impl RunningVm {
         self.vm.exit.is_reported()
     }
 
+    /// Binds and confines the calling thread (the one that will call
+    /// [`wait`](Self::wait)) as the VM's `main` thread: after this it cannot
+    /// open files, so open every output first. Keep the returned binding
+    /// alive until `wait` returns. Embedders that do more on this thread
+    /// afterwards should not call it (the VM's own threads are confined
+    /// regardless).
+    pub fn confine_main_thread(&self) -> Result<Binding, VmError> {
+        let binding = self.vm.threads.bind_waiter("main");
+        self.vm.threads.confine(ThreadClass::Main, "main")?;
+        Ok(binding)
+    }
+
     /// Waits for the VM to end, stops everything, and reports.
+    ///
+    /// Bounded: vCPU threads get [`STOP_TIMEOUT`] to stop. After a panic or
+    /// a seccomp trap, a thread may never finish (a trapped thread is parked)
+    /// or hold the engine, so the notifier and the engine are then left as
+    /// they are (not joined, not drained): the process is expected to exit.
     pub fn wait(self) -> RunReport {
         let RunningVm {
-            vm,
+            mut vm,
             vcpus,
             notifier,
         } = self;
         let exit = vm.exit.wait();
+        let fatal = matches!(exit, ExitReason::Panic { .. } | ExitReason::Seccomp { .. });
         let scrubs = vm.scrubs.iter().map(|s| s.counters.snapshot()).collect();
         vm.scrub_stop.store(true, Ordering::Relaxed);
         for h in &vcpus {
             h.control().post(Request::Stop);
         }
-        let vcpus: Vec<VcpuStats> = vcpus.into_iter().map(VcpuHandle::join).collect();
+        let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+        // A trapped thread is parked for good: do not wait for it.
+        let trapped = match &exit {
+            ExitReason::Seccomp { thread, .. } => Some(thread.as_str()),
+            _ => None,
+        };
+        let vcpus: Vec<VcpuStats> = vcpus
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let parked = trapped == Some(format!("vcpu{i}").as_str());
+                let until = if parked {
+                    std::time::Instant::now()
+                } else {
+                    deadline
+                };
+                h.join_until(until).unwrap_or_else(|| {
+                    tracing::error!("vcpu{i} did not stop; left behind");
+                    VcpuStats {
+                        vcpu: i as u8,
+                        ..VcpuStats::default()
+                    }
+                })
+            })
+            .collect();
         // With every vCPU stopped, guest memory says what a failed instruction was.
         let exit = exit.with_guest_memory(&vm.mem);
-        drop(notifier);
         let work = vm.engine.stats();
-        if let Ok(engine) = Arc::try_unwrap(vm.engine) {
-            // Finish what the guest submitted before it ended.
-            let left = engine.shutdown(Shutdown::Drain);
-            debug_assert!(left.is_empty());
+        if fatal {
+            std::mem::forget(notifier);
+            std::mem::forget(vm.engine.clone());
+        } else {
+            drop(notifier);
+            if let Ok(engine) = Arc::try_unwrap(vm.engine.clone()) {
+                // Finish what the guest submitted before it ended.
+                let left = engine.shutdown(Shutdown::Drain);
+                debug_assert!(left.is_empty());
+            }
         }
+        let guest = memory::host_ranges(&vm.mem);
+        let rss = match vm.proc_files.as_mut() {
+            Some(files) => RssReport::measure_with(files, &guest).ok(),
+            None => None,
+        };
         RunReport {
             exit_code: exit.exit_code(),
             irqchip: vm.config.irqchip,
@@ -391,7 +480,7 @@ impl RunningVm {
             first_instruction_ns: vm.milestones.first_instruction_ns(),
             banner_ns: vm.milestones.banner_ns(),
             end_ns: vm.started.elapsed().as_nanos() as u64,
-            rss: RssReport::measure(&memory::host_ranges(&vm.mem)).ok(),
+            rss,
             work,
             disks: vm.disks.iter().map(|d| d.snapshot()).collect(),
             devices: vm.devices.report(),
@@ -400,6 +489,7 @@ impl RunningVm {
             unhandled_io: vm.pio.unhandled_accesses() + vm.mmio.unhandled_accesses(),
             boot: vm.boot.clone(),
             console: vm.console.output.stats(),
+            guest_logs: crate::guest_log::counts(),
         }
     }
 }
@@ -428,6 +518,30 @@ fn confine_helper_threads(config: &VmConfig) {
     }
 }
 
+/// Starts the engine from a thread confined as a worker, so that the
+/// workers it spawns inherit the worker filter (the engine has no
+/// thread-start hook yet; see [`crate::seccomp`]) and the affinity set by
+/// [`confine_helper_threads`].
+fn start_engine(w: &WorkConfig, threads: &ThreadPolicy) -> Result<Engine, VmError> {
+    let config = engine_config(w);
+    let threads = threads.clone();
+    let spawner = std::thread::Builder::new()
+        .name(format!("{WORKER_PREFIX}-spawn"))
+        .spawn(move || -> Result<Engine, VmError> {
+            threads.confine(ThreadClass::Worker, "ns-work-spawn")?;
+            Engine::new(config).map_err(|e| {
+                VmError::Host("starting the device-work engine", std::io::Error::other(e))
+            })
+        })
+        .map_err(|e| VmError::Host("starting the device-work engine", e))?;
+    spawner.join().unwrap_or_else(|_| {
+        Err(VmError::Host(
+            "starting the device-work engine",
+            std::io::Error::other("the spawning thread panicked"),
+        ))
+    })
+}
+
 /// The engine settings for a VM's device work.
 fn engine_config(w: &WorkConfig) -> idlework::Config {
     idlework::Config {
@@ -438,7 +552,7 @@ fn engine_config(w: &WorkConfig) -> idlework::Config {
         executor_budget: Duration::from_micros(w.budget_us),
         cpu_cap: w.cpu_cap,
         idle_poll: Some(Duration::from_micros(w.idle_poll_us)).filter(|d| !d.is_zero()),
-        thread_name: "ns-work".into(),
+        thread_name: WORKER_PREFIX.into(),
         ..idlework::Config::default()
     }
 }
@@ -451,12 +565,8 @@ fn open_disk(d: &DiskConfig, index: usize, engine: &Engine) -> Result<Block, VmE
         },
         None => Transform::None,
     };
-    let disk = Disk::open(&d.path, d.read_only, transform).map_err(|e| {
-        VmError::Host(
-            "opening a disk image",
-            std::io::Error::new(e.kind(), format!("{}: {e}", d.path.display())),
-        )
-    })?;
+    let disk =
+        Disk::open(&d.path, d.read_only, transform).map_err(|e| VmError::Host("disk image", e))?;
     Ok(Block::new(
         disk,
         &format!("nightshift-disk{index}"),
@@ -537,9 +647,15 @@ fn legacy_devices(
     let file = config
         .serial_file
         .as_deref()
-        .map(std::fs::File::create)
-        .transpose()
-        .map_err(|e| VmError::Host("opening the serial file", e))?;
+        .map(|path| {
+            open_output(
+                path,
+                "the serial console",
+                &config.protected_files(),
+                config.overwrite,
+            )
+        })
+        .transpose()?;
     let console = Console::stdout(file, config.serial_file_limit_mib << 20, milestones.start())
         .map_err(|e| VmError::Host("starting the console writer", e))?;
     let output = console.stats_handle();

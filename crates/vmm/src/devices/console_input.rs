@@ -29,6 +29,8 @@ use vmm_sys_util::eventfd::EventFd;
 use super::serial::{InputSpace, Serial};
 use super::terminal::RawMode;
 use crate::exit::{ExitReason, ExitSignal};
+#[cfg(test)]
+use crate::irqchip::IrqLine;
 
 /// The escape byte: Ctrl-A.
 pub const ESCAPE: u8 = 0x01;
@@ -241,7 +243,7 @@ mod tests {
 
     fn serial() -> (Arc<Mutex<Serial<Vec<u8>>>>, EventFd) {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let s = Serial::new(irq.try_clone().unwrap(), Vec::new());
+        let s = Serial::new(IrqLine::Irqfd(irq.try_clone().unwrap()), Vec::new());
         (Arc::new(Mutex::new(s)), irq)
     }
 
@@ -270,7 +272,7 @@ mod tests {
     #[test]
     fn piped_input_reaches_the_guest_beyond_the_fifo_and_quit_ends_the_vm() {
         let (serial, _irq) = serial();
-        let exit = Arc::new(ExitSignal::default());
+        let exit = Arc::new(ExitSignal::new().unwrap());
         let (mut tx, rx) = UnixStream::pair().unwrap();
         let input = ConsoleInput::start(rx.as_raw_fd(), serial.clone(), exit.clone()).unwrap();
         // More than the 64-byte FIFO: the reader waits for the guest to drain it.
@@ -286,7 +288,7 @@ mod tests {
     #[test]
     fn unpollable_input_is_read_to_its_end() {
         let (serial, _irq) = serial();
-        let exit = Arc::new(ExitSignal::default());
+        let exit = Arc::new(ExitSignal::new().unwrap());
         let null = std::fs::File::open("/dev/null").unwrap();
         drop(ConsoleInput::start(null.as_raw_fd(), serial.clone(), exit.clone()).unwrap());
         let path = std::env::temp_dir().join(format!("nightshift-input-{}", std::process::id()));
@@ -302,7 +304,7 @@ mod tests {
     #[test]
     fn the_reader_stops_when_the_vm_ends_even_with_input_open() {
         let (serial, _irq) = serial();
-        let exit = Arc::new(ExitSignal::default());
+        let exit = Arc::new(ExitSignal::new().unwrap());
         let (_tx, rx) = UnixStream::pair().unwrap();
         let input = ConsoleInput::start(rx.as_raw_fd(), serial, exit.clone()).unwrap();
         drop(input); // joins: the stop eventfd woke the reader

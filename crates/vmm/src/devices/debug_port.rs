@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn exit_port_reports_the_status_and_milestones_are_kept() {
-        let exit = Arc::new(ExitSignal::default());
+        let exit = Arc::new(ExitSignal::new().expect("eventfd for the exit signal"));
         let ms = Arc::new(BootMilestones::new(Instant::now()));
         let mut port = DebugPort::new(exit.clone(), ms.clone());
         port.write(MILESTONE_OFFSET, &MILESTONE_FIRST_INSTRUCTION.to_le_bytes());

@@ -112,7 +112,7 @@ mod tests {
 
     #[test]
     fn s5_sleep_powers_off_and_wake_status_writes_do_not() {
-        let exit = Arc::new(ExitSignal::default());
+        let exit = Arc::new(ExitSignal::new().unwrap());
         let mut dev = AcpiPower::new(exit.clone());
         dev.write(0, &[0x80]); // clear wake status
         dev.write(0, &[(3 << SLP_TYP_SHIFT) | SLP_EN]); // S3: not supported
@@ -130,11 +130,11 @@ mod tests {
 
     #[test]
     fn reset_register_and_i8042_reset() {
-        let exit = Arc::new(ExitSignal::default());
+        let exit = Arc::new(ExitSignal::new().unwrap());
         AcpiPower::new(exit.clone()).write(1, &[RESET_VALUE]);
         assert_eq!(exit.wait(), ExitReason::Reset("ACPI reset register"));
 
-        let exit = Arc::new(ExitSignal::default());
+        let exit = Arc::new(ExitSignal::new().unwrap());
         let mut kbd = I8042::new(exit.clone());
         kbd.write(0, &[I8042_PULSE_RESET]); // data port, not a command
         kbd.write(4, &[0xaa]); // self test: ignored

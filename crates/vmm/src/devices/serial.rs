@@ -163,8 +163,8 @@ mod tests {
 
     #[test]
     fn input_fills_the_fifo_and_draining_it_is_signalled() {
-        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mut s = Serial::new(irq.try_clone().unwrap(), Vec::new());
+        let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = Serial::new(IrqLine::Irqfd(irq.try_clone().unwrap()), Vec::new());
         s.write(1, &[0x01]); // IER: received-data interrupt on
         let space = s.input_space();
         let flood = [b'a'; 100];

@@ -93,7 +93,8 @@ mod tests {
     fn the_timer_kicks_its_own_thread() {
         install_handler().unwrap();
         let mut run = Box::new(kvm_run::default());
-        let _binding = ThreadBinding::bind(&mut *run);
+        // SAFETY: `run` outlives the binding, dropped on this thread first.
+        let _binding = unsafe { ThreadBinding::bind(&mut *run) };
         let timer = IdleTimer::for_current_thread().unwrap();
         timer.arm(Duration::from_millis(1));
         let start = std::time::Instant::now();

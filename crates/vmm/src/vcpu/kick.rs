@@ -7,13 +7,25 @@
 //! pending. With `immediate_exit` set, that `KVM_RUN` returns `EINTR` at once.
 //! KVM keeps a halted vCPU halted across such an exit (x86.c `vcpu_block`), so
 //! kicking costs the guest nothing but the delay.
+//!
+//! The handler is installed with `SA_RESTART`. Device work runs on vCPU
+//! threads between guest runs, and a kick may land while an item is inside a
+//! system call: with `SA_RESTART` a restartable call (a futex wait, a blocking
+//! read, fdatasync on a file system that can be interrupted) is resumed by
+//! the kernel instead of failing with `EINTR` into code that may not retry.
+//! `KVM_RUN` still returns `EINTR` on a kick: KVM ends the run with `-EINTR`
+//! itself when a signal is pending (`kvm_handle_signal_exit`), never with
+//! `-ERESTARTSYS`, so `SA_RESTART` cannot restart it; and `immediate_exit`
+//! makes the next `KVM_RUN` return `EINTR` at once for a kick that landed
+//! outside it. Calls that are never restarted (epoll_wait, nanosleep) still
+//! see `EINTR` and retry.
 
 use std::cell::Cell;
 use std::ptr;
-use std::sync::{Mutex, Once};
+use std::sync::{Mutex, OnceLock};
 
 use kvm_bindings::kvm_run;
-use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+use vmm_sys_util::signal::SIGRTMIN;
 
 thread_local! {
     /// The `kvm_run` area of the vCPU this thread runs, or null.
@@ -28,31 +40,49 @@ pub fn kick_signal() -> libc::c_int {
 extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     let run = KVM_RUN.with(Cell::get);
     if !run.is_null() {
-        // SAFETY: `run` was set by `bind_thread` on this thread to the vCPU's
-        // mmap'd `kvm_run`, which outlives the binding (see `ThreadBinding`).
+        // SAFETY: `run` was set by `ThreadBinding::bind` on this thread, whose
+        // contract keeps it valid until the binding clears it.
         // A volatile byte store is async-signal-safe.
         unsafe { ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
     }
 }
 
-/// Installs the kick handler (once per process).
+/// Installs the kick handler (once per process). Every call returns the
+/// first call's result: a failed installation is never reported as success.
 pub fn install_handler() -> Result<(), vmm_sys_util::errno::Error> {
-    static ONCE: Once = Once::new();
-    let mut result = Ok(());
-    ONCE.call_once(|| result = register_signal_handler(kick_signal(), handle_kick));
-    result
+    static RESULT: OnceLock<Result<(), i32>> = OnceLock::new();
+    let result = RESULT.get_or_init(|| {
+        // SAFETY: sigaction is plain data; all-zero is a valid start.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = handle_kick as *const () as usize;
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        // SAFETY: a valid action for a real-time signal; the handler only
+        // does a volatile byte store (async-signal-safe).
+        let ret = unsafe { libc::sigaction(kick_signal(), &act, ptr::null_mut()) };
+        if ret == 0 {
+            Ok(())
+        } else {
+            Err(vmm_sys_util::errno::Error::last().errno())
+        }
+    });
+    result.map_err(vmm_sys_util::errno::Error::new)
 }
 
 /// While alive, kicks that land on this thread set `immediate_exit` in `run`.
-pub struct ThreadBinding(());
+pub struct ThreadBinding(std::marker::PhantomData<*mut kvm_run>);
 
 impl ThreadBinding {
-    /// Binds the calling thread to `run`, which must stay mapped until the
-    /// binding is dropped (the binding is made and dropped by the thread that
-    /// owns the vCPU fd).
-    pub fn bind(run: *mut kvm_run) -> Self {
+    /// Binds the calling thread to `run`: until the binding is dropped, the
+    /// kick handler writes `run.immediate_exit` when a kick lands here.
+    ///
+    /// # Safety
+    /// `run` must point to a `kvm_run` (the vCPU's mmap'd run area, or any
+    /// live `kvm_run`) that stays valid and mapped until the returned binding
+    /// is dropped, and the binding must be dropped on the thread that made it
+    /// (it is `!Send` for that reason).
+    pub unsafe fn bind(run: *mut kvm_run) -> Self {
         KVM_RUN.with(|c| c.set(run));
-        ThreadBinding(())
+        ThreadBinding(std::marker::PhantomData)
     }
 }
 
@@ -111,7 +141,8 @@ mod tests {
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let t = std::thread::spawn(move || {
             let mut run = Box::new(kvm_run::default());
-            let _binding = ThreadBinding::bind(&mut *run);
+            // SAFETY: `run` outlives the binding, dropped on this thread first.
+            let _binding = unsafe { ThreadBinding::bind(&mut *run) };
             let kicker = Arc::new(Kicker::for_current_thread());
             tx.send(kicker.clone()).unwrap();
             done_rx.recv().unwrap();
@@ -124,5 +155,20 @@ mod tests {
         done_tx.send(()).unwrap();
         assert_eq!(t.join().unwrap(), 1);
         assert!(!kicker.kick(), "a finished thread must not be signalled");
+    }
+
+    #[test]
+    fn the_handler_restarts_interrupted_calls_and_install_is_idempotent() {
+        install_handler().unwrap();
+        install_handler().unwrap();
+        // SAFETY: reads the current action of the kick signal into `act`.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: a null new action only queries.
+        assert_eq!(
+            unsafe { libc::sigaction(kick_signal(), ptr::null(), &mut act) },
+            0
+        );
+        assert_ne!(act.sa_flags & libc::SA_RESTART, 0);
+        assert_eq!(act.sa_sigaction, handle_kick as *const () as usize);
     }
 }

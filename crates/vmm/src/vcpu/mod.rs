@@ -51,6 +51,8 @@ use crate::exit::{EmulationFailure, ExitReason, ExitSignal};
 use crate::idle::{BlockingStat, KernelIdleHooks, UserIdleHooks, VcpuSignals};
 use crate::irqchip::{UserIrqChip, VcpuWaker};
 use crate::memory::LAPIC_START;
+use crate::seccomp::ThreadClass;
+use crate::vmm_thread::ThreadPolicy;
 use idle_timer::IdleTimer;
 use kick::{Kicker, ThreadBinding};
 use kvm_stats::{KvmStats, StatReader};
@@ -428,6 +430,9 @@ pub struct VcpuContext {
     pub self_kick: Option<Duration>,
     /// The VM's userspace irqchip, if it has one (`--irqchip user`).
     pub irqchip: Option<Arc<UserIrqChip>>,
+    /// Binds the thread to its VM (panics and forbidden calls end the VM)
+    /// and confines it before it first enters the guest.
+    pub threads: ThreadPolicy,
 }
 
 /// A vCPU thread as the VM sees it.
@@ -445,6 +450,19 @@ impl VcpuHandle {
     /// Waits for the thread to finish and returns its counters.
     pub fn join(self) -> VcpuStats {
         self.thread.join().unwrap_or_else(|_| VcpuStats::default())
+    }
+
+    /// Waits until `deadline` for the thread to finish; returns its counters
+    /// (defaults if it panicked), or gives the thread up (detached) if it has
+    /// not finished by then, e.g. parked by a seccomp trap.
+    pub fn join_until(self, deadline: Instant) -> Option<VcpuStats> {
+        while !self.thread.is_finished() {
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Some(self.join())
     }
 }
 
@@ -507,6 +525,7 @@ impl Vcpu {
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{}", self.index))
             .spawn(move || {
+                let _bound = self.ctx.threads.bind(&format!("vcpu{}", self.index));
                 let control = Arc::new(VcpuControl::new(Kicker::for_current_thread()));
                 // The receiver is waiting in `start`; it cannot have gone.
                 let _ = tx.send(control.clone());
@@ -538,8 +557,20 @@ impl Vcpu {
                 .ok();
         }
         let control = &*control;
-        let binding = ThreadBinding::bind(self.fd.get_kvm_run());
-        let mut state = VcpuState::Running;
+        // SAFETY: the run area is the vCPU fd's mmap, which lives as long as
+        // `self.fd`; the binding is dropped below, on this thread, before
+        // `self` (and the fd) is.
+        let binding = unsafe { ThreadBinding::bind(self.fd.get_kvm_run()) };
+        let name = format!("vcpu{}", self.index);
+        let mut state = match self.ctx.threads.confine(ThreadClass::Vcpu, &name) {
+            Ok(()) => VcpuState::Running,
+            Err(e) => {
+                self.ctx
+                    .exit
+                    .report(ExitReason::Host(format!("{name}: {e}")));
+                VcpuState::Exited
+            }
+        };
         while state != VcpuState::Exited {
             control.state.store(state as u8, Ordering::Release);
             state = match state {
@@ -901,7 +932,8 @@ mod tests {
         let (done_tx, done_rx) = mpsc::channel::<u8>();
         let t = std::thread::spawn(move || {
             let mut run = Box::new(kvm_run::default());
-            let _binding = ThreadBinding::bind(&mut *run);
+            // SAFETY: `run` outlives the binding, dropped on this thread first.
+            let _binding = unsafe { ThreadBinding::bind(&mut *run) };
             let control = Arc::new(VcpuControl::new(Kicker::for_current_thread()));
             OWN_CONTROL.with(|c| c.set(Arc::as_ptr(&control) as usize));
             tx.send(control.clone()).unwrap();

@@ -19,6 +19,7 @@ use virtio_queue::{Queue, QueueT};
 
 use super::{ActivateContext, VirtioDevice, VirtioInterrupt};
 use crate::bus::BusDevice;
+use crate::guest_log::GuestLog;
 use crate::memory::GuestMemory;
 
 const MMIO_MAGIC: u32 = 0x7472_6976; // "virt"
@@ -145,8 +146,10 @@ impl MmioTransport {
     }
 
     fn protocol_error(&mut self, what: std::fmt::Arguments<'_>) {
+        static PROTOCOL_ERROR: GuestLog = GuestLog::new("virtio-mmio protocol error");
         self.protocol_errors += 1;
-        tracing::warn!(
+        crate::guest_warn!(
+            PROTOCOL_ERROR,
             "virtio-mmio {}: guest error: {what}",
             self.device.device_type()
         );

@@ -25,6 +25,11 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::MmioTransport;
+use crate::seccomp::ThreadClass;
+use crate::vmm_thread::ThreadPolicy;
+
+/// The notifier thread's name.
+const NAME: &str = "ns-notify";
 
 /// What a host event source runs when its fd is ready.
 pub type HostCallback = Box<dyn FnMut() + Send>;
@@ -138,8 +143,8 @@ impl NotifierBuilder {
         self.sources.is_empty()
     }
 
-    /// Starts the thread.
-    pub fn start(self) -> std::io::Result<Notifier> {
+    /// Starts the thread, bound to its VM and confined by `threads`.
+    pub fn start(self, threads: ThreadPolicy) -> std::io::Result<Notifier> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let stop_token = self.sources.len() as u64;
         self.epoll.ctl(
@@ -150,8 +155,15 @@ impl NotifierBuilder {
         let stop_thread = stop.try_clone()?;
         let NotifierBuilder { epoll, sources } = self;
         let thread = std::thread::Builder::new()
-            .name("ns-notify".into())
-            .spawn(move || run(&epoll, sources, stop_token, stop_thread))?;
+            .name(NAME.into())
+            .spawn(move || {
+                let _bound = threads.bind(NAME);
+                if let Err(e) = threads.confine(ThreadClass::Notifier, NAME) {
+                    threads.report(crate::ExitReason::Host(format!("{NAME}: {e}")));
+                    return;
+                }
+                run(&epoll, sources, stop_token, stop_thread)
+            })?;
         Ok(Notifier {
             stop,
             thread: Some(thread),
@@ -238,7 +250,9 @@ mod tests {
         let watch = b
             .watch(fd.clone(), Box::new(move || tx.send(()).unwrap()))
             .unwrap();
-        let _n = b.start().unwrap();
+        let exit = Arc::new(crate::exit::ExitSignal::new().unwrap());
+        let threads = ThreadPolicy::new(exit, crate::seccomp::SeccompMode::Off, None);
+        let _n = b.start(threads).unwrap();
         fd.write(1).unwrap();
         // Disarmed at first: arming reports the fd that is already readable.
         watch.arm();

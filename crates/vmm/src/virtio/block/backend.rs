@@ -6,7 +6,7 @@
 //! (safe to run from several threads at once), then guest memory is copied
 //! with vm-memory's checked accessors.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +17,7 @@ use vm_memory::{Bytes, GuestAddress};
 use xts_mode::{get_tweak_default, Xts128};
 
 use super::request::{Segment, SECTOR_SIZE};
+use crate::image::DiskImage;
 use crate::memory::GuestMemory;
 
 /// How the image's sectors are transformed on their way to and from the file.
@@ -65,10 +66,11 @@ pub struct Disk {
 }
 
 impl Disk {
-    /// Opens `path` (read-write unless `read_only`).
+    /// Opens `path` (read-write unless `read_only`): a regular file or a
+    /// block device, locked against other writers (see [`crate::image`]).
     pub fn open(path: &Path, read_only: bool, transform: Transform) -> std::io::Result<Disk> {
-        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
-        let size = file.metadata()?.len() / SECTOR_SIZE * SECTOR_SIZE;
+        let DiskImage { file, size } = DiskImage::open(path, read_only)?;
+        let size = size / SECTOR_SIZE * SECTOR_SIZE;
         let cipher = match transform {
             Transform::None => None,
             Transform::Xts { key, passes } => {

@@ -14,6 +14,13 @@ use super::device::{NetCounters, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use super::tap::VNET_HDR_LEN;
 use super::{Net, Tap, MAX_FRAME};
 use crate::virtio::chain::tests::{Driver, W};
+use crate::vmm_thread::ThreadPolicy;
+
+/// Threads of a test VM: no seccomp, no fault injection.
+fn test_threads() -> ThreadPolicy {
+    let exit = Arc::new(crate::exit::ExitSignal::new().unwrap());
+    ThreadPolicy::new(exit, crate::seccomp::SeccompMode::Off, None)
+}
 use crate::virtio::notifier::{Notifier, NotifierBuilder};
 use crate::virtio::{ActivateContext, VirtioDevice, VirtioInterrupt};
 
@@ -53,7 +60,7 @@ impl Rig {
         let tx = Driver::new(mem.clone(), TX_BASE, QUEUE_SIZE);
         let mut host = NotifierBuilder::new().unwrap();
         let mut net = Net::new(tap, MAC, engine.submitter(), &mut host).unwrap();
-        let notifier = host.start().unwrap();
+        let notifier = host.start(test_threads()).unwrap();
         let irq = Arc::new(VirtioInterrupt::new(
             EventFd::new(libc::EFD_NONBLOCK).unwrap(),
         ));
@@ -134,7 +141,7 @@ fn wait_used(
     counters: &NetCounters,
 ) -> Vec<(u16, u32)> {
     let epoll = Epoll::new().unwrap();
-    let irqfd = std::os::fd::AsRawFd::as_raw_fd(irq.irqfd());
+    let irqfd = std::os::fd::AsRawFd::as_raw_fd(irq.irqfd().expect("the test line is an irqfd"));
     epoll
         .ctl(
             ControlOperation::Add,
@@ -157,7 +164,7 @@ fn wait_used(
         );
         let mut ev = [EpollEvent::default()];
         let _ = epoll.wait(100, &mut ev);
-        let _ = irq.irqfd().read();
+        let _ = irq.irqfd().expect("the test line is an irqfd").read();
     }
 }
 

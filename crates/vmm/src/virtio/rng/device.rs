@@ -227,7 +227,13 @@ mod tests {
         let bytes = d.read(0x20_0000, 256);
         assert!(bytes.iter().any(|&x| x != bytes[0]), "constant bytes");
         assert_ne!(d.read(0x10_0000, 64), d.read(0x10_1000, 64));
-        assert_eq!(irq.irqfd().read().unwrap(), 1);
+        assert_eq!(
+            irq.irqfd()
+                .expect("the test line is an irqfd")
+                .read()
+                .unwrap(),
+            1
+        );
         let c = rng.counters();
         assert_eq!(c.bytes.load(Ordering::Relaxed), 384);
         rng.reset();
