@@ -77,3 +77,54 @@ pub fn result_lines(stdout: &str) -> Vec<HashMap<String, String>> {
 pub fn testguest_elf() -> PathBuf {
     PathBuf::from(env!("NIGHTSHIFT_TESTGUEST_ELF"))
 }
+
+/// Runs `nightshift run ARGS --report <tmp>`, killed (and the test failed) if it has not
+/// exited within `timeout`: a hang must fail the test, not stall CI.
+pub fn nightshift_within(args: &[&str], timeout: std::time::Duration) -> Run {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nightshift"))
+        .arg("run")
+        .args(args)
+        .arg("--report")
+        .arg(&report)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting nightshift");
+    let pipe = |p: Option<Box<dyn Read + Send>>| {
+        let mut p = p.expect("piped");
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = p.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = pipe(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = pipe(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for nightshift") {
+            break Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    let Some(status) = status else {
+        let tail: String = stdout.lines().rev().take(5).collect::<Vec<_>>().join("\n");
+        panic!("nightshift {args:?} hung (killed after {timeout:?}); last output:\n{tail}");
+    };
+    Run {
+        code: status.code(),
+        stdout,
+        stderr,
+        report,
+        _dir: dir,
+    }
+}
