@@ -234,7 +234,18 @@ fn hostile_run(what: &str, ro: bool, args: &[&str]) {
         std::fs::read(&img).unwrap().iter().all(|&b| b == 0),
         "{what}"
     );
-    let rss = run.report()["rss"]["vmm_peak_kib"].as_u64().unwrap();
+    let report = run.report();
+    // The device's own account of what it refused.
+    let queue = &report["disks"][0]["queue"];
+    let count = |k: &str| {
+        queue[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{what}: {queue}"))
+    };
+    assert_eq!(count("indirect"), 1, "{what}: {queue}");
+    // head-out-of-range, avail-idx-jump and (while it is in flight) repost-head.
+    assert!(count("protocol_errors") >= 2, "{what}: {queue}");
+    let rss = report["rss"]["vmm_peak_kib"].as_u64().unwrap();
     assert!(
         rss <= HOSTILE_RSS_BOUND_KIB,
         "{what}: the VMM grew to {rss} KiB"

@@ -119,6 +119,20 @@ pub struct InFlight<R> {
     idle: Condvar,
 }
 
+impl<R> std::fmt::Debug for InFlight<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.lock();
+        f.debug_struct("InFlight")
+            .field("epoch", &s.epoch)
+            .field("in_flight", &s.in_flight)
+            .field("pending", &s.pending.len())
+            .field("runners", &s.runners)
+            .field("running", &s.running)
+            .field("stats", &s.stats)
+            .finish()
+    }
+}
+
 impl<R> Default for InFlight<R> {
     fn default() -> Self {
         InFlight {

@@ -28,7 +28,7 @@ use vm_memory::GuestAddress;
 use super::backend::{write_guest, Disk, DiskError};
 use super::request::{self, Request, RequestKind, ID_BYTES, SECTOR_SIZE};
 use crate::memory::GuestMemory;
-use crate::virtio::in_flight::{InFlight, Runner, Running};
+use crate::virtio::in_flight::{InFlight, InFlightStats, Runner, Running};
 use crate::virtio::{ActivateContext, VirtioDevice};
 
 /// Queue size offered to the driver.
@@ -47,6 +47,8 @@ pub struct BlockCounters {
     errors: AtomicU64,
     malformed: AtomicU64,
     bytes: AtomicU64,
+    /// The request queue's accounting (its refusals are reported with the counters).
+    requests: Arc<InFlight<Request>>,
 }
 
 /// A snapshot of [`BlockCounters`].
@@ -66,6 +68,8 @@ pub struct BlockStats {
     pub malformed: u64,
     /// Data bytes moved.
     pub bytes: u64,
+    /// What the request queue's in-flight accounting refused or dropped.
+    pub queue: InFlightStats,
 }
 
 impl BlockCounters {
@@ -80,6 +84,7 @@ impl BlockCounters {
             errors: g(&self.errors),
             malformed: g(&self.malformed),
             bytes: g(&self.bytes),
+            queue: self.requests.stats(),
         }
     }
 }
@@ -123,14 +128,15 @@ impl Block {
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
         // Config space: capacity in 512-byte sectors (the only field we offer).
         let config = (disk.size() / SECTOR_SIZE).to_le_bytes();
+        let counters = Arc::new(BlockCounters::default());
         Block {
+            requests: counters.requests.clone(),
             shared: Arc::new(Shared {
                 disk: Arc::new(disk),
-                counters: Arc::default(),
+                counters,
                 id: id_bytes,
             }),
             work,
-            requests: Arc::default(),
             mem: None,
             config,
         }
