@@ -14,7 +14,7 @@
 //! | 2  | bring the device up again (after a reset) |
 //! | 3  | move avail.idx forward by `arg % 8 + 1` (re-posts whatever heads the ring holds) |
 //! | 4  | INTERRUPT_ACK |
-//! | 5  | yield `arg` times (lets workers run) |
+//! | 5  | busy-wait `arg * 500` spins, then yield if `arg` is odd (lets workers run) |
 //! | 6  | point avail slot `arg % size` at head `arg` |
 //! | 7  | next fdatasync fails (sticky from then on) |
 //!
@@ -89,6 +89,7 @@ fuzz_target!(|data: &[u8]| {
     let mut failed_at: Option<vmm::virtio::block::BlockStats> = None;
     for &b in ops {
         let (op, arg) = (b & 7, b >> 3);
+        let started = Instant::now();
         match op {
             0 => write_reg(&mut t, reg::QUEUE_NOTIFY, 0),
             1 => {
@@ -112,13 +113,23 @@ fuzz_target!(|data: &[u8]| {
                 mem.write_obj(idx.wrapping_add(step), GuestAddress(AVAIL + 2)).unwrap();
             }
             4 => write_reg(&mut t, reg::INTERRUPT_ACK, irq.status()),
-            5 => (0..arg).for_each(|_| std::thread::yield_now()),
+            5 => {
+                // A short busy wait (workers run on the other CPUs meanwhile); a
+                // yield only when asked, since on a loaded host one costs a timeslice.
+                (0..u32::from(arg) * 500).for_each(|_| std::hint::spin_loop());
+                if arg & 1 != 0 {
+                    std::thread::yield_now();
+                }
+            }
             6 => {
                 let slot = u64::from(u16::from(arg) % size);
                 mem.write_obj(u16::from(arg), GuestAddress(AVAIL + 4 + 2 * slot)).unwrap();
             }
             7 => faults.fail_next_sync(),
             _ => {}
+        }
+        if debug() {
+            eprintln!("op {op} arg {arg}: {:?}, {:?}", started.elapsed(), requests);
         }
         assert!(requests.queued_runners() <= usize::from(size), "unbounded queued items");
         assert!(requests.in_flight() <= usize::from(size), "unbounded in-flight heads");
