@@ -321,11 +321,3 @@ pub fn debug() -> bool {
     static DEBUG: OnceLock<bool> = OnceLock::new();
     *DEBUG.get_or_init(|| std::env::var_os("NIGHTSHIFT_FUZZ_DEBUG").is_some())
 }
-
-/// Whether `NIGHTSHIFT_FUZZ_STRICT` is set: targets then also check protocol
-/// invariants that crates/vmm is known not to hold yet (see README.md), on
-/// top of the default ones.
-pub fn strict() -> bool {
-    static STRICT: OnceLock<bool> = OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("NIGHTSHIFT_FUZZ_STRICT").is_some())
-}
