@@ -1357,6 +1357,12 @@ fn hostile(cpu: usize, drv: &mut Driver, a: &Assignment, id: &[u8; ID_BYTES as u
         u8::from(read_ok),
         u8::from(id_ok),
     );
+    // Ends with requests notified and never waited for: the VMM must shut down with
+    // them queued (under --cpu-cap 0 on one vCPU only this vCPU could have run them).
+    for s in 0..4 {
+        drv.post(s, T_IN, 0, 4096);
+    }
+    drv.notify();
 }
 
 /// An optional number: decimal, or nothing.
