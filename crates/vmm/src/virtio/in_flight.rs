@@ -237,7 +237,9 @@ impl<R> InFlight<R> {
 
     /// Queues the parsed request of chain `head` (from [`pop`](Self::pop)) for
     /// a runner. Returns a runner the caller must hand to the engine, or
-    /// `None` if an already queued runner will take the request.
+    /// `None` if an already queued runner will take the request. (A runner's
+    /// cost hint is that of the request that made it, not necessarily of the
+    /// one it runs.)
     pub fn enqueue(self: &Arc<Self>, head: u16, request: R) -> Option<Runner<R>> {
         let mut s = self.lock();
         s.pending.push_back((head, request));
@@ -366,7 +368,7 @@ impl<R> Runner<R> {
             epoch,
             head,
             mem,
-            request: Some(request),
+            request,
             done: false,
         })
     }
@@ -387,14 +389,14 @@ pub struct Running<R> {
     epoch: u64,
     head: u16,
     mem: Arc<GuestMemory>,
-    request: Option<R>,
+    request: R,
     done: bool,
 }
 
 impl<R> Running<R> {
     /// The request.
     pub fn request(&self) -> &R {
-        self.request.as_ref().expect("taken only by complete")
+        &self.request
     }
 
     /// Guest memory of the activation that queued it.
