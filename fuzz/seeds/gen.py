@@ -163,6 +163,18 @@ def after_ok():
             r("CONFIG"), r("CONFIG4"), r("CONFIG_GENERATION"), w("STATUS", 0), r("STATUS")]
 
 
+def threads(ops, image):
+    """virtio_blk_threads: [n][ops][queue image]; op = b & 7, arg = b >> 3."""
+    return bytes([len(ops)]) + bytes(ops) + image
+
+
+NOTIFY, RESET, UP, MOVE, ACK, YIELD, SLOT, FAILSYNC = range(8)
+
+
+def op(o, arg=0):
+    return o | (arg << 3)
+
+
 def main():
     seeds = {
         "virtio_blk_request": {
@@ -181,6 +193,18 @@ def main():
             "in": single(T_IN), "out": single(T_OUT), "out_ro": single(T_OUT, 1),
             "flush": single(T_FLUSH), "get_id": single(T_GET_ID), "discard": single(T_DISCARD),
             "indirect": indirect(), "hostile": hostile(),
+        },
+        "virtio_blk_threads": {
+            # Notify, reset while queued/running, bring up, notify again.
+            "reset_race": threads([NOTIFY, RESET, UP, NOTIFY, op(YIELD, 20), RESET], requests()),
+            # The same heads made available again while in flight.
+            "repost": threads([NOTIFY, op(MOVE, 4), NOTIFY, op(MOVE, 7), NOTIFY, ACK], requests()),
+            # A failed fdatasync, then more writes and flushes.
+            "flush_fail": threads([op(FAILSYNC), NOTIFY, op(YIELD, 30), RESET, UP, NOTIFY,
+                                   op(YIELD, 30)], requests()),
+            "indirect": threads([NOTIFY, op(YIELD, 5), RESET], indirect()),
+            "hostile": threads([NOTIFY, op(SLOT, 9), op(MOVE, 0), NOTIFY, RESET, UP, NOTIFY],
+                               hostile()),
         },
         "virtio_mmio_transport": {
             "blk_handshake": transport(0, handshake() + after_ok(), mmio_blob()),

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use virtio_bindings::virtio_config::{
@@ -19,6 +20,7 @@ use virtio_bindings::virtio_config::{
 use vm_memory::{Bytes, GuestAddress};
 use vmm::bus::BusDevice;
 use vmm::memory::GuestMemory;
+use vmm::virtio::block::backend::Storage;
 use vmm::virtio::block::{Block, Disk, Transform};
 use vmm::virtio::mmio::MmioTransport;
 use vmm::virtio::VirtioInterrupt;
@@ -105,8 +107,26 @@ impl QueueImage {
 /// nothing and nothing is left behind), reset to a fixed pattern every run and
 /// reopened through `/proc/self/fd`. `encrypted`: AES-256-XTS, one pass.
 pub fn scratch_disk(read_only: bool, encrypted: bool) -> Disk {
+    let (file, path) = scratch_file();
+    // Each sector holds its own number, so misdirected I/O is visible.
+    let pattern: Vec<u8> = (0..DISK_BYTES).map(|i| (i / 512) as u8 ^ (i as u8)).collect();
+    file.write_all_at(&pattern, 0).expect("reset scratch disk");
+    file.set_len(DISK_BYTES as u64).expect("size scratch disk");
+    let transform = if encrypted {
+        Transform::Xts { key: [0x5a; 64], passes: 1 }
+    } else {
+        Transform::None
+    };
+    Disk::open(path, read_only, transform).expect("open scratch disk")
+}
+
+fn scratch_path() -> &'static PathBuf {
+    &scratch_file().1
+}
+
+fn scratch_file() -> &'static (File, PathBuf) {
     static FILE: OnceLock<(File, PathBuf)> = OnceLock::new();
-    let (file, path) = FILE.get_or_init(|| {
+    FILE.get_or_init(|| {
         let dir = ["/dev/shm", "/tmp"]
             .into_iter()
             .map(PathBuf::from)
@@ -123,17 +143,82 @@ pub fn scratch_disk(read_only: bool, encrypted: bool) -> Disk {
         let _ = std::fs::remove_file(&name);
         let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         (file, path)
+    })
+}
+
+/// A [`Storage`] over the scratch file that injects faults: every host call
+/// first returns EINTR once and reads/writes come back short (one sector at a
+/// time), so the backend's retry loops run on every request; and
+/// [`Faults::fail_next_sync`] makes the next fdatasync fail with EIO.
+pub struct Faults {
+    file: File,
+    fail_sync: AtomicBool,
+    sync_failed: AtomicBool,
+    calls: AtomicU64,
+}
+
+impl Faults {
+    /// The next fdatasync fails (EIO).
+    pub fn fail_next_sync(&self) {
+        self.fail_sync.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether an injected fdatasync failure happened.
+    pub fn sync_failed(&self) -> bool {
+        self.sync_failed.load(Ordering::SeqCst)
+    }
+
+    fn interrupt(&self) -> std::io::Result<()> {
+        if self.calls.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        Ok(())
+    }
+}
+
+impl Storage for Faults {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.interrupt()?;
+        let n = buf.len().min(512);
+        FileExt::read_at(&self.file, &mut buf[..n], offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<usize> {
+        self.interrupt()?;
+        let n = buf.len().min(512);
+        FileExt::write_at(&self.file, &buf[..n], offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.interrupt()?;
+        if self.fail_sync.swap(false, Ordering::SeqCst) {
+            self.sync_failed.store(true, Ordering::SeqCst);
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.file.sync_data()
+    }
+}
+
+/// The scratch disk (reset to its pattern) behind a fault-injecting [`Faults`].
+pub fn faulty_scratch_disk() -> (Disk, Arc<Faults>) {
+    let plain = scratch_disk(false, false);
+    drop(plain);
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(scratch_path())
+        .expect("reopen scratch disk");
+    let faults = Arc::new(Faults {
+        file,
+        fail_sync: AtomicBool::new(false),
+        sync_failed: AtomicBool::new(false),
+        calls: AtomicU64::new(0),
     });
-    // Each sector holds its own number, so misdirected I/O is visible.
-    let pattern: Vec<u8> = (0..DISK_BYTES).map(|i| (i / 512) as u8 ^ (i as u8)).collect();
-    file.write_all_at(&pattern, 0).expect("reset scratch disk");
-    file.set_len(DISK_BYTES as u64).expect("size scratch disk");
-    let transform = if encrypted {
-        Transform::Xts { key: [0x5a; 64], passes: 1 }
-    } else {
-        Transform::None
-    };
-    Disk::open(path, read_only, transform).expect("open scratch disk")
+    let disk = Disk::with_storage(
+        Box::new(faults.clone()),
+        DISK_BYTES as u64,
+        false,
+        Transform::None,
+    );
+    (disk, faults)
 }
 
 /// The idlework engine every target submits to: inline, no worker threads,
@@ -154,7 +239,12 @@ pub fn engine() -> &'static idlework::Engine {
 /// Panics (an item that panicked was caught by idlework, which would
 /// otherwise hide it) if any engine item panicked so far.
 pub fn assert_no_item_panicked() {
-    let panics = engine().stats().panics();
+    assert_no_item_panicked_in(engine());
+}
+
+/// [`assert_no_item_panicked`] for another engine.
+pub fn assert_no_item_panicked_in(engine: &idlework::Engine) {
+    let panics = engine.stats().panics();
     assert_eq!(panics, 0, "an idlework item (a block request) panicked");
 }
 
@@ -230,12 +320,4 @@ pub fn bring_up(t: &mut MmioTransport, size: u16) {
 pub fn debug() -> bool {
     static DEBUG: OnceLock<bool> = OnceLock::new();
     *DEBUG.get_or_init(|| std::env::var_os("NIGHTSHIFT_FUZZ_DEBUG").is_some())
-}
-
-/// Whether `NIGHTSHIFT_FUZZ_STRICT` is set: targets then also check protocol
-/// invariants that crates/vmm is known not to hold yet (see README.md), on
-/// top of the default ones.
-pub fn strict() -> bool {
-    static STRICT: OnceLock<bool> = OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("NIGHTSHIFT_FUZZ_STRICT").is_some())
 }

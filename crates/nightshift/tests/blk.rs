@@ -19,7 +19,8 @@ on_both_irqchips!(
     a_host_prepared_image_reads_back_in_the_guest_under_every_policy,
     flush_calls_fdatasync_on_the_backing_file,
     a_read_only_disk_refuses_writes_with_ioerr,
-    a_hostile_guest_gets_errors_not_a_dead_vmm,
+    a_hostile_guest_gets_errors_not_a_dead_vmm_under_every_policy,
+    a_reset_with_requests_queued_does_not_hang_one_vcpu_under_cpu_cap_0,
     under_idle_requests_run_on_idle_vcpus,
     under_idle_a_guest_that_never_idles_still_gets_its_io_through_workers,
 );
@@ -192,55 +193,132 @@ fn a_read_only_disk_refuses_writes_with_ioerr(irqchip: &str) {
     assert!(run.stderr.contains("read-only"), "{}", run.stderr);
 }
 
-fn a_hostile_guest_gets_errors_not_a_dead_vmm(irqchip: &str) {
-    for ro in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        let img = image(dir.path(), "h.img", &[], 16 << 20);
-        let disk = format!("{}{}", img.display(), if ro { ",ro" } else { "" });
-        let run = nightshift_on(
-            irqchip,
-            &[
-                "--vcpus",
-                "1",
-                "--disk",
-                &disk,
-                "--cmdline",
-                "workload=blk blk_mode=hostile",
-            ],
-        );
-        run.assert_code(0);
-        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
-        let cases: Vec<_> = records(&run.stdout, "hostile ")
-            .into_iter()
-            .filter(|c| !c.contains_key("skipped"))
-            .collect();
-        assert!(cases.len() >= 15, "{}", run.stdout);
-        for c in &cases {
-            // Every bad request was answered, or the device said it needs a reset.
-            assert!(
-                c["used"] == "1" || c["needs_reset"] == "1",
-                "unanswered: {c:?}"
-            );
-            // An answered bad request never reports success, except the
-            // register-abuse case whose final good request must succeed.
-            if c["used"] == "1" && c["case"] != "bad-registers" && c["status"] != "none" {
-                assert_ne!(c["status"], "0", "{c:?}");
-            }
-        }
-        let r = blk_result(&run);
-        assert_eq!(r["after_ok"], "1", "the device stopped working: {r:?}");
-        // A log line for each bad request or protocol error.
-        let warnings = run.stderr.lines().filter(|l| l.contains("WARN")).count();
-        assert!(
-            warnings >= cases.len() - 1,
-            "{warnings} warnings for {} cases:\n{}",
-            cases.len(),
-            run.stderr
-        );
-        // Nothing outside guest memory was touched: the image is unchanged
-        // apart from what the good requests wrote (nothing, they only read).
-        assert!(std::fs::read(&img).unwrap().iter().all(|&b| b == 0));
+/// The VMM's own peak RSS (guest RAM excluded) a hostile run may reach: the
+/// well-behaved run peaks near 6 MiB; a queue that grew with the guest's
+/// re-posts or floods would pass this.
+const HOSTILE_RSS_BOUND_KIB: u64 = 32 << 10;
+
+/// Checks one `hostile case=` record against what nightshift promises (docs/containment.md).
+fn check_hostile_case(c: &std::collections::HashMap<String, String>, what: &str) {
+    let f = |k: &str| c.get(k).map_or("", String::as_str);
+    let answered_or_reset = f("used") == "1" || f("needs_reset") == "1";
+    let ok = match f("case") {
+        "zero-length-segment" => f("used") == "1" && f("status") == "0",
+        // Not negotiated: returned untouched, not run.
+        "indirect" => f("used") == "1" && f("status") == "none",
+        "config-write" => f("capacity_kept") == "1",
+        "driver-ok-no-queue" => f("needs_reset") == "1",
+        "reset-queued" => f("reset_returned") == "1" && f("reinit") == "ok",
+        "reset-running" => f("late_writes") == "0" && f("reinit") == "ok",
+        "mmio-flood" => f("accesses") == "20000" && f("needs_reset") == "0",
+        // The first copy is a good read; the device may ask for a reset at a later one.
+        // bad-registers ends with a good GET_ID.
+        "repost-head" | "bad-registers" => answered_or_reset,
+        // Answered with an error (never success), or the device asked for a reset.
+        _ => answered_or_reset && !(f("used") == "1" && f("status") == "0"),
+    };
+    assert!(ok, "{what}: {c:?}");
+}
+
+/// One hostile run: every case as promised, the device still works after
+/// them, the image untouched, the VMM's memory bounded.
+fn hostile_run(what: &str, ro: bool, irqchip: &str, args: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), "h.img", &[], 16 << 20);
+    let disk = format!("{}{}", img.display(), if ro { ",ro" } else { "" });
+    let mut all = vec!["--disk", &disk];
+    all.extend_from_slice(args);
+    let run = nightshift_on(irqchip, &all);
+    run.assert_code(0);
+    assert!(!run.stderr.contains("panicked"), "{what}: {}", run.stderr);
+    let cases: Vec<_> = records(&run.stdout, "hostile ")
+        .into_iter()
+        .filter(|c| !c.contains_key("skipped"))
+        .collect();
+    assert!(cases.len() >= 23, "{what}: {}", run.stdout);
+    for c in &cases {
+        check_hostile_case(c, what);
     }
+    let r = blk_result(&run);
+    assert_eq!(
+        r["after_ok"], "1",
+        "{what}: the device stopped working: {r:?}"
+    );
+    // Each bad request or protocol error is logged, or counted where the
+    // rate limit held its line back.
+    let warnings = run.stderr.lines().filter(|l| l.contains("WARN")).count() as u64;
+    let report = run.report();
+    let suppressed: u64 = report["guest_logs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c["suppressed"].as_u64()).sum())
+        .unwrap_or(0);
+    assert!(
+        warnings + suppressed >= cases.len() as u64 / 2,
+        "{what}: {warnings} warnings, {suppressed} held back"
+    );
+    // Nothing outside guest memory was touched: the image is unchanged
+    // (every good request only read).
+    assert!(
+        std::fs::read(&img).unwrap().iter().all(|&b| b == 0),
+        "{what}"
+    );
+    // The device's own account of what it refused.
+    let queue = &report["disks"][0]["queue"];
+    let count = |k: &str| {
+        queue[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{what}: {queue}"))
+    };
+    assert_eq!(count("indirect"), 1, "{what}: {queue}");
+    // head-out-of-range, avail-idx-jump and (while it is in flight) repost-head.
+    assert!(count("protocol_errors") >= 2, "{what}: {queue}");
+    let rss = report["rss"]["vmm_peak_kib"].as_u64().unwrap();
+    assert!(
+        rss <= HOSTILE_RSS_BOUND_KIB,
+        "{what}: the VMM grew to {rss} KiB"
+    );
+}
+
+const HOSTILE: &str = "workload=blk,idle blk_mode=hostile ms=50";
+
+fn a_hostile_guest_gets_errors_not_a_dead_vmm_under_every_policy(irqchip: &str) {
+    for policy in POLICIES {
+        hostile_run(
+            policy,
+            false,
+            irqchip,
+            &["--vcpus", "2", "--policy", policy, "--cmdline", HOSTILE],
+        );
+    }
+    let cap0 = ["--vcpus", "2", "--policy", "idle", "--cpu-cap", "0"];
+    hostile_run(
+        "idle, cpu-cap 0",
+        false,
+        irqchip,
+        &[&cap0[..], &["--cmdline", HOSTILE]].concat(),
+    );
+    hostile_run(
+        "read-only",
+        true,
+        irqchip,
+        &["--vcpus", "2", "--cmdline", HOSTILE],
+    );
+}
+
+fn a_reset_with_requests_queued_does_not_hang_one_vcpu_under_cpu_cap_0(irqchip: &str) {
+    // Issue 9: the queued requests could run only on the vCPU that resets the
+    // device; Block::reset used to wait for them and hang the VM.
+    let args = [
+        "--vcpus",
+        "1",
+        "--policy",
+        "idle",
+        "--cpu-cap",
+        "0",
+        "--cmdline",
+        "workload=blk blk_mode=hostile",
+    ];
+    hostile_run("one vCPU, idle, cpu-cap 0", false, irqchip, &args);
 }
 
 fn work_places(run: &Run) -> (u64, u64) {

@@ -43,6 +43,62 @@ pub fn check_pattern(buf: &[u8], offset: u64, seed: u64) -> Option<Mismatch> {
     })
 }
 
+/// `blk_mode=seq-write` sectors: each 512-byte sector of block `seq` says which block,
+/// which sector of it and which run (`nonce`) wrote it, and ends in a checksum, so a torn
+/// or misplaced sector is detectable on its own. Layout (little-endian): 0..8 `SEQ_MAGIC`,
+/// 8..16 nonce, 16..24 seq, 24..28 sector index in the block, 28..32 sectors per block,
+/// 32..504 filler words `pattern_word(32 + 8 i, nonce ^ seq ^ (index << 32))`, 504..512
+/// FNV-1a 64 of bytes 0..504. docs/guest-abi.md has the same.
+pub const SEQ_MAGIC: u64 = 0x5452_5751_4553_534E; // "NSSEQWRT"
+
+/// Bytes of a sector covered by its checksum.
+const SEQ_SUMMED: usize = 504;
+
+/// FNV-1a 64.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Fills the 512-byte `sector` as sector `index` of `sectors` of block `seq`.
+pub fn seq_sector(sector: &mut [u8], nonce: u64, seq: u64, index: u32, sectors: u32) {
+    sector[0..8].copy_from_slice(&SEQ_MAGIC.to_le_bytes());
+    sector[8..16].copy_from_slice(&nonce.to_le_bytes());
+    sector[16..24].copy_from_slice(&seq.to_le_bytes());
+    sector[24..28].copy_from_slice(&index.to_le_bytes());
+    sector[28..32].copy_from_slice(&sectors.to_le_bytes());
+    let seed = nonce ^ seq ^ (u64::from(index) << 32);
+    fill_pattern(&mut sector[32..SEQ_SUMMED], 32, seed);
+    let sum = fnv1a64(&sector[..SEQ_SUMMED]);
+    sector[SEQ_SUMMED..512].copy_from_slice(&sum.to_le_bytes());
+}
+
+/// What a sector read back holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeqSector {
+    /// All zero: never written.
+    Empty,
+    /// A whole sector: (nonce, seq, index).
+    Written(u64, u64, u32),
+    /// Neither: a torn or foreign sector.
+    Torn,
+}
+
+/// Classifies a 512-byte sector (see [`seq_sector`]).
+pub fn check_seq_sector(sector: &[u8]) -> SeqSector {
+    if sector.iter().all(|&b| b == 0) {
+        return SeqSector::Empty;
+    }
+    let word = |at: usize| u64::from_le_bytes(sector[at..at + 8].try_into().unwrap_or([0; 8]));
+    let sum_ok = fnv1a64(&sector[..SEQ_SUMMED]) == word(SEQ_SUMMED);
+    if !sum_ok || word(0) != SEQ_MAGIC {
+        return SeqSector::Torn;
+    }
+    let index = u32::from_le_bytes(sector[24..28].try_into().unwrap_or([0; 4]));
+    SeqSector::Written(word(8), word(16), index)
+}
+
 /// xorshift64* : random request offsets.
 #[derive(Clone, Copy, Debug)]
 pub struct Rng(u64);
@@ -178,6 +234,21 @@ mod tests {
             seen[a.below(8) as usize] = true;
         }
         assert!(seen.iter().all(|&s| s));
+    }
+
+    #[test]
+    fn seq_sectors_round_trip_and_show_tears() {
+        let mut sector = [0u8; 512];
+        assert_eq!(check_seq_sector(&sector), SeqSector::Empty);
+        seq_sector(&mut sector, 7, 42, 3, 8);
+        assert_eq!(check_seq_sector(&sector), SeqSector::Written(7, 42, 3));
+        // Half old, half new: the checksum no longer matches.
+        let mut other = [0u8; 512];
+        seq_sector(&mut other, 7, 43, 3, 8);
+        sector[256..].copy_from_slice(&other[256..]);
+        assert_eq!(check_seq_sector(&sector), SeqSector::Torn);
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]

@@ -146,15 +146,19 @@ pub enum BlkMode {
     /// Broken requests and register use, one case at a time; then a check that the device
     /// still works.
     Hostile,
+    /// Sequence-numbered blocks written in order, a FLUSH after every `blk_burst` of them,
+    /// each completed FLUSH reported (for kill -9 durability tests).
+    SeqWrite,
 }
 
 impl BlkMode {
-    const ALL: [BlkMode; 5] = [
+    const ALL: [BlkMode; 6] = [
         BlkMode::RandRead,
         BlkMode::RandWrite,
         BlkMode::WriteVerify,
         BlkMode::ReadVerify,
         BlkMode::Hostile,
+        BlkMode::SeqWrite,
     ];
 
     /// The command-line spelling.
@@ -165,6 +169,7 @@ impl BlkMode {
             BlkMode::WriteVerify => "write-verify",
             BlkMode::ReadVerify => "read-verify",
             BlkMode::Hostile => "hostile",
+            BlkMode::SeqWrite => "seq-write",
         }
     }
 
@@ -408,7 +413,7 @@ impl Config {
                 "blk_mode" => match BlkMode::from_name(value) {
                     Some(m) => blk.mode = m,
                     None => bad(
-                        "expected randread, randwrite, write-verify, read-verify or hostile; using randread",
+                        "expected randread, randwrite, write-verify, read-verify, hostile or seq-write; using randread",
                     ),
                 },
                 "blk_ops" => match parse_u64(value) {

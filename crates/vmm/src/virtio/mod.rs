@@ -6,8 +6,9 @@
 //!    exit ([`mmio::MmioTransport`]);
 //! 2. the device pops the descriptor chains and turns each into a request
 //!    ([`block::request`]), validated against guest memory;
-//! 3. each request becomes an idlework item, run where the policy puts it
-//!    (inline, an idle vCPU, a worker) ([`block::device`]);
+//! 3. each request is recorded in its queue's [`in_flight`] accounting and
+//!    run by an idlework item where the policy puts it (inline, an idle vCPU,
+//!    a worker) ([`block::device`]);
 //! 4. the item does the I/O ([`block::backend`]), writes the status, puts the
 //!    chain in the used ring and raises the interrupt ([`interrupt`]).
 //!
@@ -19,6 +20,7 @@
 pub mod block;
 pub mod chain;
 pub mod drain;
+pub mod in_flight;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
@@ -68,7 +70,9 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), String>;
     /// The driver notified queue `queue`.
     fn queue_notify(&mut self, queue: u16);
-    /// Stops the device; it gives up its queues. Returns when no request of the
-    /// device is in flight any more, so the driver may reuse its memory.
+    /// Stops the device; it gives up its queues. Requests not yet started
+    /// become no-ops; returns when no request of the device is running any
+    /// more (so the driver may reuse its memory). Must not wait for a request
+    /// that has not started: only the calling vCPU might be able to run it.
     fn reset(&mut self);
 }

@@ -70,6 +70,12 @@ impl Mmio {
         unsafe { ((self.base + off) as *mut u32).write_volatile(value) }
     }
 
+    /// 8-bit write of `value` at offset `off` (config space allows any width).
+    pub fn write8(&self, off: u64, value: u8) {
+        // SAFETY: as `write`.
+        unsafe { ((self.base + off) as *mut u8).write_volatile(value) }
+    }
+
     /// Reads a 64-bit config field at config offset `off` as two 32-bit reads, retried
     /// until ConfigGeneration is stable (virtio 1.x, 4.2.2.2).
     pub fn config_u64(&self, off: u64) -> u64 {

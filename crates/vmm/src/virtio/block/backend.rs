@@ -5,11 +5,26 @@
 //! I/O goes through a bounce buffer: positional reads and writes on the file
 //! (safe to run from several threads at once), then guest memory is copied
 //! with vm-memory's checked accessors.
+//!
+//! Durability rules (docs/containment.md):
+//! - Every host call is retried on EINTR and continued after a short read or
+//!   write ([`Storage`] is the one place the file is touched, so the loops
+//!   here cover every path, whatever signals the vCPU threads get).
+//! - A failed `fdatasync` is **sticky**: Linux reports a writeback error to
+//!   one fsync caller and then forgets it, so a second FLUSH would succeed
+//!   over data the kernel already dropped. After the first failure every
+//!   later FLUSH and write fails (IOERR) until the VMM restarts; a device
+//!   reset does not clear it (the lost data stays lost). Reads still work.
+//! - Flushes are serialised: a FLUSH's `fdatasync` starts after it was
+//!   submitted, so it covers every write completed before it, and two
+//!   flushes cannot split one writeback error between them.
 
 use std::fs::File;
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use aes::cipher::{Array, KeyInit};
 use aes::Aes256;
@@ -47,6 +62,89 @@ pub enum DiskError {
     /// Guest memory could not be accessed (checked at parse; a race with the guest).
     #[error("guest memory: {0}")]
     Memory(String),
+    /// An earlier fdatasync failed: writes may have been lost, so no later
+    /// write or flush is acknowledged.
+    #[error("an earlier flush failed; the disk accepts no more writes")]
+    FlushFailed,
+}
+
+/// Where a disk image lives: positional I/O and a data sync, each one system
+/// call that may return early (EINTR, a short count). [`File`] is the real
+/// one; tests inject faults through others.
+pub trait Storage: Send + Sync {
+    /// One `pread`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// One `pwrite`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize>;
+    /// One `fdatasync`.
+    fn sync_data(&self) -> io::Result<()>;
+}
+
+impl Storage for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        FileExt::write_at(self, buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+}
+
+/// Shared storage (a test keeps a handle to its fault injector).
+impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        (**self).write_at(buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        (**self).sync_data()
+    }
+}
+
+/// Reads all of `buf` at `offset`: retries EINTR, continues short reads.
+fn read_full(s: &dyn Storage, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match s.read_at(buf, offset) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `buf` at `offset`: retries EINTR, continues short writes.
+fn write_full(s: &dyn Storage, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match s.write_at(buf, offset) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// fdatasync, retried on EINTR (an interrupted sync reported nothing yet).
+fn sync_full(s: &dyn Storage) -> io::Result<()> {
+    loop {
+        match s.sync_data() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
 }
 
 /// Which way the cipher runs.
@@ -58,11 +156,15 @@ enum Direction {
 
 /// A raw disk image.
 pub struct Disk {
-    file: File,
+    file: Box<dyn Storage>,
     size: u64,
     read_only: bool,
     cipher: Option<(Xts128<Aes256>, u32)>,
     flushes: AtomicU64,
+    /// Held across each fdatasync (flushes are serialised).
+    flush_lock: Mutex<()>,
+    /// Set for good when an fdatasync failed.
+    flush_failed: AtomicBool,
 }
 
 impl Disk {
@@ -70,6 +172,21 @@ impl Disk {
     /// block device, locked against other writers (see [`crate::image`]).
     pub fn open(path: &Path, read_only: bool, transform: Transform) -> std::io::Result<Disk> {
         let DiskImage { file, size } = DiskImage::open(path, read_only)?;
+        Ok(Disk::with_storage(
+            Box::new(file),
+            size,
+            read_only,
+            transform,
+        ))
+    }
+
+    /// A disk on `storage` of `size` bytes (rounded down to whole sectors).
+    pub fn with_storage(
+        storage: Box<dyn Storage>,
+        size: u64,
+        read_only: bool,
+        transform: Transform,
+    ) -> Disk {
         let size = size / SECTOR_SIZE * SECTOR_SIZE;
         let cipher = match transform {
             Transform::None => None,
@@ -80,13 +197,15 @@ impl Disk {
                 Some((Xts128::new(c1, c2), passes.max(1)))
             }
         };
-        Ok(Disk {
-            file,
+        Disk {
+            file: storage,
             size,
             read_only,
             cipher,
             flushes: AtomicU64::new(0),
-        })
+            flush_lock: Mutex::new(()),
+            flush_failed: AtomicBool::new(false),
+        }
     }
 
     /// Capacity in bytes (whole sectors).
@@ -102,6 +221,11 @@ impl Disk {
     /// Flushes done so far (each an fdatasync that succeeded).
     pub fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Whether an fdatasync failed (the disk then refuses writes and flushes).
+    pub fn flush_failed(&self) -> bool {
+        self.flush_failed.load(Ordering::Acquire)
     }
 
     /// Runs the configured cipher over `buf`, whose first sector is `first_sector`.
@@ -139,7 +263,7 @@ impl Disk {
     ) -> Result<(), DiskError> {
         let offset = self.check_range(sector, len)?;
         let mut buf = vec![0u8; len as usize];
-        self.file.read_exact_at(&mut buf, offset)?;
+        read_full(self.file.as_ref(), &mut buf, offset)?;
         self.transform(Direction::Decrypt, &mut buf, sector.into());
         scatter(mem, &buf, data)
     }
@@ -153,9 +277,12 @@ impl Disk {
         len: u32,
     ) -> Result<(), DiskError> {
         let offset = self.check_range(sector, len)?;
+        if self.flush_failed() {
+            return Err(DiskError::FlushFailed);
+        }
         let mut buf = gather(mem, data, len)?;
         self.transform(Direction::Encrypt, &mut buf, sector.into());
-        self.file.write_all_at(&buf, offset)?;
+        write_full(self.file.as_ref(), &buf, offset)?;
         Ok(())
     }
 
@@ -164,14 +291,22 @@ impl Disk {
     pub fn read_plain(&self, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         let len = u32::try_from(buf.len()).map_err(|_| DiskError::OutOfRange(offset, u32::MAX))?;
         self.check_range(offset / SECTOR_SIZE, len)?;
-        self.file.read_exact_at(buf, offset)?;
+        read_full(self.file.as_ref(), buf, offset)?;
         self.transform(Direction::Decrypt, buf, (offset / SECTOR_SIZE).into());
         Ok(())
     }
 
-    /// Makes every completed write durable (fdatasync).
+    /// Makes every write completed before the call durable (fdatasync), or
+    /// fails, now and for every later call, once an fdatasync failed.
     pub fn flush(&self) -> Result<(), DiskError> {
-        self.file.sync_data()?;
+        let _serial = self.flush_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.flush_failed() {
+            return Err(DiskError::FlushFailed);
+        }
+        if let Err(e) = sync_full(self.file.as_ref()) {
+            self.flush_failed.store(true, Ordering::Release);
+            return Err(e.into());
+        }
         self.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -281,5 +416,154 @@ mod tests {
         let mut back = vec![0u8; 1024];
         mem.read_slice(&mut back, GuestAddress(0x9000)).unwrap();
         assert_eq!(back, pattern);
+    }
+
+    /// Storage in memory that interrupts every other call, moves at most
+    /// `chunk` bytes per call, fails the syncs it is told to, and logs calls.
+    struct Flaky {
+        data: Mutex<Vec<u8>>,
+        calls: AtomicU64,
+        chunk: usize,
+        failing_syncs: AtomicU64,
+        log: Mutex<Vec<&'static str>>,
+    }
+
+    impl Flaky {
+        fn new(chunk: usize) -> std::sync::Arc<Flaky> {
+            std::sync::Arc::new(Flaky {
+                data: Mutex::new(vec![0; 4096]),
+                calls: AtomicU64::new(0),
+                chunk,
+                failing_syncs: AtomicU64::new(0),
+                log: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn eintr(&self) -> io::Result<()> {
+            if self.calls.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            Ok(())
+        }
+    }
+
+    impl Storage for Flaky {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            self.eintr()?;
+            let n = buf.len().min(self.chunk);
+            let o = offset as usize;
+            buf[..n].copy_from_slice(&self.data.lock().unwrap()[o..o + n]);
+            Ok(n)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+            self.eintr()?;
+            let n = buf.len().min(self.chunk);
+            let o = offset as usize;
+            self.data.lock().unwrap()[o..o + n].copy_from_slice(&buf[..n]);
+            self.log.lock().unwrap().push("write");
+            Ok(n)
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            self.eintr()?;
+            self.log.lock().unwrap().push("sync");
+            let failing = self.failing_syncs.load(Ordering::SeqCst);
+            if failing > 0 {
+                self.failing_syncs.store(failing - 1, Ordering::SeqCst);
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn eintr_and_short_transfers_are_retried_on_every_path() {
+        let storage = Flaky::new(100);
+        let disk = Disk::with_storage(Box::new(storage.clone()), 4096, false, Transform::None);
+        let mem = create_guest_memory(16 << 20).unwrap();
+        let seg = [Segment {
+            addr: GuestAddress(0x1000),
+            len: 1024,
+        }];
+        let pattern: Vec<u8> = (0..1024u32).map(|i| (i * 13) as u8).collect();
+        mem.write_slice(&pattern, GuestAddress(0x1000)).unwrap();
+        disk.write(&mem, 2, &seg, 1024).unwrap();
+        disk.flush().unwrap();
+        mem.write_slice(&[0u8; 1024], GuestAddress(0x1000)).unwrap();
+        disk.read(&mem, 2, &seg, 1024).unwrap();
+        let mut back = vec![0u8; 1024];
+        mem.read_slice(&mut back, GuestAddress(0x1000)).unwrap();
+        assert_eq!(back, pattern);
+        let mut plain = vec![0u8; 512];
+        disk.read_plain(1024, &mut plain).unwrap();
+        assert_eq!(plain, pattern[..512]);
+        // 11 short writes, then the sync; every call was interrupted once first.
+        let log = storage.log.lock().unwrap().clone();
+        assert_eq!(log.iter().filter(|&&c| c == "write").count(), 11);
+        assert_eq!(log.last(), Some(&"sync"));
+    }
+
+    #[test]
+    fn a_failed_fdatasync_is_sticky_for_flushes_and_writes() {
+        let storage = Flaky::new(4096);
+        let disk = Disk::with_storage(Box::new(storage.clone()), 4096, false, Transform::None);
+        let mem = create_guest_memory(16 << 20).unwrap();
+        let seg = [Segment {
+            addr: GuestAddress(0x1000),
+            len: 512,
+        }];
+        disk.write(&mem, 0, &seg, 512).unwrap();
+        storage.failing_syncs.store(1, Ordering::SeqCst);
+        assert!(
+            matches!(disk.flush(), Err(DiskError::Io(e)) if e.raw_os_error() == Some(libc::EIO))
+        );
+        assert!(disk.flush_failed());
+        // The host would now report success (the error was consumed): we do not.
+        assert!(matches!(disk.flush(), Err(DiskError::FlushFailed)));
+        assert!(matches!(
+            disk.write(&mem, 1, &seg, 512),
+            Err(DiskError::FlushFailed)
+        ));
+        // The second flush and the write never reached the host.
+        let log = storage.log.lock().unwrap().clone();
+        assert_eq!(log, ["write", "sync"]);
+        // Reads still work.
+        disk.read(&mem, 0, &seg, 512).unwrap();
+        assert_eq!(disk.flushes(), 0);
+    }
+
+    #[test]
+    fn concurrent_flushes_never_overlap() {
+        struct Overlap {
+            inside: AtomicBool,
+            overlapped: AtomicBool,
+        }
+        impl Storage for Overlap {
+            fn read_at(&self, buf: &mut [u8], _: u64) -> io::Result<usize> {
+                Ok(buf.len())
+            }
+            fn write_at(&self, buf: &[u8], _: u64) -> io::Result<usize> {
+                Ok(buf.len())
+            }
+            fn sync_data(&self) -> io::Result<()> {
+                if self.inside.swap(true, Ordering::SeqCst) {
+                    self.overlapped.store(true, Ordering::SeqCst);
+                }
+                std::thread::yield_now();
+                self.inside.store(false, Ordering::SeqCst);
+                Ok(())
+            }
+        }
+        let storage = std::sync::Arc::new(Overlap {
+            inside: AtomicBool::new(false),
+            overlapped: AtomicBool::new(false),
+        });
+        let disk = Disk::with_storage(Box::new(storage.clone()), 4096, false, Transform::None);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| (0..200).for_each(|_| disk.flush().unwrap()));
+            }
+        });
+        assert_eq!(disk.flushes(), 800);
+        assert!(!storage.overlapped.load(Ordering::SeqCst));
     }
 }

@@ -2,14 +2,17 @@
 //! items, wherever the engine's policy places them.
 //!
 //! On a queue notify the notifying thread pops every available chain, parses
-//! it ([`request::parse`]) and submits one item per request. The item does
-//! the I/O ([`Disk`]), writes the status byte, puts the chain in the used ring
-//! and raises the interrupt. A chain that is not a request is answered at
+//! it ([`request::parse`]) and queues the request in the queue's
+//! [`InFlight`] accounting, submitting an engine item whenever pending
+//! requests outnumber queued items. An item takes the oldest pending request,
+//! does the I/O ([`Disk`]), writes the status byte, puts the chain in the used
+//! ring and raises the interrupt. A chain that is not a request is answered at
 //! once: IOERR if its status byte is usable, otherwise it is returned with
-//! nothing written; either way a log line says why.
+//! nothing written; either way a log line says why. Reset, re-posted heads and
+//! panics are [`InFlight`]'s business (see there).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use idlework::{Item, Submitter};
@@ -19,13 +22,14 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::GuestAddress;
 
 use super::backend::{write_guest, Disk, DiskError};
 use super::request::{self, Request, RequestKind, ID_BYTES, SECTOR_SIZE};
 use crate::memory::GuestMemory;
-use crate::virtio::{ActivateContext, VirtioDevice, VirtioInterrupt};
+use crate::virtio::in_flight::{InFlight, InFlightStats, Runner, Running};
+use crate::virtio::{ActivateContext, VirtioDevice};
 
 /// Queue size offered to the driver.
 pub const QUEUE_SIZE: u16 = 256;
@@ -43,6 +47,8 @@ pub struct BlockCounters {
     errors: AtomicU64,
     malformed: AtomicU64,
     bytes: AtomicU64,
+    /// The request queue's accounting (its refusals are reported with the counters).
+    requests: Arc<InFlight<Request>>,
 }
 
 /// A snapshot of [`BlockCounters`].
@@ -62,6 +68,8 @@ pub struct BlockStats {
     pub malformed: u64,
     /// Data bytes moved.
     pub bytes: u64,
+    /// What the request queue's in-flight accounting refused or dropped.
+    pub queue: InFlightStats,
 }
 
 impl BlockCounters {
@@ -76,6 +84,7 @@ impl BlockCounters {
             errors: g(&self.errors),
             malformed: g(&self.malformed),
             bytes: g(&self.bytes),
+            queue: self.requests.stats(),
         }
     }
 }
@@ -91,26 +100,22 @@ enum Failure {
     Disk(#[from] DiskError),
 }
 
-/// State shared by the device and its in-flight requests while active.
-struct Active {
-    mem: Arc<GuestMemory>,
-    queue: Mutex<Queue>,
-    interrupt: Arc<VirtioInterrupt>,
+/// What the device's requests need, whichever activation queued them.
+struct Shared {
     disk: Arc<Disk>,
     counters: Arc<BlockCounters>,
     id: [u8; ID_BYTES as usize],
-    /// Requests submitted and not yet completed; reset waits for zero.
-    in_flight: Mutex<usize>,
-    drained: Condvar,
 }
 
 /// virtio-blk.
 pub struct Block {
-    disk: Arc<Disk>,
-    id: [u8; ID_BYTES as usize],
+    shared: Arc<Shared>,
     work: Submitter,
-    counters: Arc<BlockCounters>,
-    active: Option<Arc<Active>>,
+    /// The request queue's accounting; lives as long as the device, so
+    /// runners queued before a reset stay counted.
+    requests: Arc<InFlight<Request>>,
+    /// Guest memory while active (for answering malformed chains).
+    mem: Option<Arc<GuestMemory>>,
     config: [u8; 8],
 }
 
@@ -123,24 +128,33 @@ impl Block {
         id_bytes[..n].copy_from_slice(&id.as_bytes()[..n]);
         // Config space: capacity in 512-byte sectors (the only field we offer).
         let config = (disk.size() / SECTOR_SIZE).to_le_bytes();
+        let counters = Arc::new(BlockCounters::default());
         Block {
-            disk: Arc::new(disk),
-            id: id_bytes,
+            requests: counters.requests.clone(),
+            shared: Arc::new(Shared {
+                disk: Arc::new(disk),
+                counters,
+                id: id_bytes,
+            }),
             work,
-            counters: Arc::default(),
-            active: None,
+            mem: None,
             config,
         }
     }
 
     /// The device's counters.
     pub fn counters(&self) -> Arc<BlockCounters> {
-        self.counters.clone()
+        self.shared.counters.clone()
     }
 
     /// The backing disk.
     pub fn disk(&self) -> &Arc<Disk> {
-        &self.disk
+        &self.shared.disk
+    }
+
+    /// The request queue's in-flight accounting (tests, fuzzers, the report).
+    pub fn requests(&self) -> &Arc<InFlight<Request>> {
+        &self.requests
     }
 }
 
@@ -151,7 +165,7 @@ impl VirtioDevice for Block {
 
     fn features(&self) -> u64 {
         let mut f = (1u64 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_BLK_F_FLUSH);
-        if self.disk.read_only() {
+        if self.shared.disk.read_only() {
             f |= 1 << VIRTIO_BLK_F_RO;
         }
         f
@@ -177,79 +191,69 @@ impl VirtioDevice for Block {
             .pop()
             .filter(|q| q.ready())
             .ok_or("request queue not ready")?;
-        self.active = Some(Arc::new(Active {
-            mem: ctx.mem,
-            queue: Mutex::new(queue),
-            interrupt: ctx.interrupt,
-            disk: self.disk.clone(),
-            counters: self.counters.clone(),
-            id: self.id,
-            in_flight: Mutex::new(0),
-            drained: Condvar::new(),
-        }));
+        self.requests
+            .activate(queue, ctx.mem.clone(), ctx.interrupt);
+        self.mem = Some(ctx.mem);
         Ok(())
     }
 
     fn queue_notify(&mut self, _queue: u16) {
-        let Some(active) = &self.active else {
+        let Some(mem) = self.mem.clone() else {
             return;
         };
-        loop {
-            let chain = {
-                let mut q = lock(&active.queue);
-                match q.iter(active.mem.as_ref()) {
-                    Ok(mut avail) => avail.next(),
-                    Err(e) => {
-                        // E.g. the avail index moved by more than the queue size:
-                        // nothing on the ring can be trusted until a reset.
-                        tracing::warn!("virtio-blk: available ring unusable: {e}");
-                        active.interrupt.signal_needs_reset();
-                        None
-                    }
-                }
-            };
-            let Some(chain) = chain else { break };
+        // pop() stops at the ring's end or at a protocol error (the device
+        // then asked for a reset).
+        while let Some(chain) = self.requests.pop() {
             let head = chain.head_index();
             match request::parse(chain) {
-                Ok(req) => submit(active, &self.work, req),
+                Ok(req) => {
+                    let cost = cost_hint(&req);
+                    if let Some(runner) = self.requests.enqueue(head, req) {
+                        submit(&self.shared, &self.work, runner, cost);
+                    }
+                }
                 Err((err, status)) => {
-                    active.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                    let c = &self.shared.counters;
+                    c.malformed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("virtio-blk: bad request (head {head}): {err}");
                     // Answer IOERR where the status byte is usable (it is then
                     // the one byte written); otherwise return the chain untouched.
-                    let status = status.map(|addr| (addr, VIRTIO_BLK_S_IOERR as u8));
-                    if status.is_some() {
-                        active.counters.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    active.complete(head, status, u32::from(status.is_some()));
+                    let used = match status {
+                        Some(addr) => {
+                            c.errors.fetch_add(1, Ordering::Relaxed);
+                            write_status(&mem, addr, VIRTIO_BLK_S_IOERR as u8);
+                            1
+                        }
+                        None => 0,
+                    };
+                    self.requests.complete_now(head, used);
                 }
             }
         }
     }
 
     fn reset(&mut self) {
-        if let Some(active) = self.active.take() {
-            // Requests in flight still write guest memory; the driver may reuse
-            // it once reset returns, so wait for them.
-            let mut n = lock(&active.in_flight);
-            while *n > 0 {
-                n = active.drained.wait(n).unwrap_or_else(|p| p.into_inner());
-            }
-        }
+        // Requests not started are dropped; running ones still write guest
+        // memory, which the driver may reuse once reset returns: wait for those.
+        self.requests.reset();
+        self.mem = None;
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+fn cost_hint(req: &Request) -> Duration {
+    let kib = u64::from(req.data_len).div_ceil(1024).max(1) as u32;
+    COST_PER_KIB * kib
 }
 
-/// Hands one request to the engine.
-fn submit(active: &Arc<Active>, work: &Submitter, req: Request) {
-    *lock(&active.in_flight) += 1;
-    let kib = u64::from(req.data_len).div_ceil(1024).max(1) as u32;
-    let cost = COST_PER_KIB * kib;
-    let item_active = active.clone();
-    let item = Item::from_fn(move || item_active.execute(req)).with_cost_hint(cost);
+/// Hands one runner to the engine: it runs the oldest pending request.
+fn submit(shared: &Arc<Shared>, work: &Submitter, runner: Runner<Request>, cost: Duration) {
+    let shared = shared.clone();
+    let item = Item::from_fn(move || {
+        if let Some(running) = runner.take() {
+            shared.execute(running);
+        }
+    })
+    .with_cost_hint(cost);
     if let Err(e) = work.submit(item) {
         // The engine is shutting down with the VM: run the request here
         // rather than leave the guest waiting for it.
@@ -257,10 +261,18 @@ fn submit(active: &Arc<Active>, work: &Submitter, req: Request) {
     }
 }
 
-impl Active {
+fn write_status(mem: &GuestMemory, addr: GuestAddress, status: u8) {
+    if let Err(e) = write_guest(mem, addr, &[status]) {
+        tracing::warn!("virtio-blk: writing status: {e}");
+    }
+}
+
+impl Shared {
     /// Runs one request to completion (on whatever thread the engine chose).
-    fn execute(&self, req: Request) {
-        let (status, written) = match self.perform(&req) {
+    fn execute(&self, running: Running<Request>) {
+        let req = running.request();
+        let mem = running.mem();
+        let (status, written) = match self.perform(mem, req) {
             Ok(written) => {
                 self.count_ok(req.kind, req.data_len);
                 (VIRTIO_BLK_S_OK, written)
@@ -279,26 +291,20 @@ impl Active {
                 (status, 0)
             }
         };
-        self.complete(req.head, Some((req.status, status as u8)), written + 1);
-        let mut n = lock(&self.in_flight);
-        *n -= 1;
-        if *n == 0 {
-            self.drained.notify_all();
-        }
+        write_status(mem, req.status, status as u8);
+        running.complete(written + 1);
     }
 
     /// Does the request's I/O; returns the bytes written into guest buffers.
-    fn perform(&self, req: &Request) -> Result<u32, Failure> {
+    fn perform(&self, mem: &GuestMemory, req: &Request) -> Result<u32, Failure> {
         match req.kind {
             RequestKind::In => {
-                self.disk
-                    .read(&self.mem, req.sector, &req.data, req.data_len)?;
+                self.disk.read(mem, req.sector, &req.data, req.data_len)?;
                 Ok(req.data_len)
             }
             RequestKind::Out if self.disk.read_only() => Err(Failure::ReadOnly),
             RequestKind::Out => {
-                self.disk
-                    .write(&self.mem, req.sector, &req.data, req.data_len)?;
+                self.disk.write(mem, req.sector, &req.data, req.data_len)?;
                 Ok(0)
             }
             RequestKind::Flush => {
@@ -311,7 +317,7 @@ impl Active {
                 let mut id = &self.id[..];
                 for seg in &req.data {
                     let (now, rest) = id.split_at((seg.len as usize).min(id.len()));
-                    write_guest(&self.mem, seg.addr, now)?;
+                    write_guest(mem, seg.addr, now)?;
                     written += now.len() as u32;
                     id = rest;
                 }
@@ -333,56 +339,63 @@ impl Active {
         counter.fetch_add(1, Ordering::Relaxed);
         c.bytes.fetch_add(bytes.into(), Ordering::Relaxed);
     }
-
-    /// Writes the status byte (if any), returns the chain and interrupts.
-    fn complete(&self, head: u16, status: Option<(GuestAddress, u8)>, used_len: u32) {
-        if let Some((addr, status)) = status {
-            if let Err(e) = write_guest(&self.mem, addr, &[status]) {
-                tracing::warn!("virtio-blk: writing status: {e}");
-            }
-        }
-        let notify = {
-            let mut q = lock(&self.queue);
-            if let Err(e) = q.add_used(self.mem.as_ref(), head, used_len) {
-                // A head the used ring cannot name (index >= queue size): the
-                // driver would wait for it forever. Tell it to reset.
-                tracing::warn!("virtio-blk: returning chain {head}: {e}");
-                drop(q);
-                self.interrupt.signal_needs_reset();
-                return;
-            }
-            q.needs_notification(self.mem.as_ref()).unwrap_or(true)
-        };
-        if notify {
-            self.interrupt.signal_used_queue();
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::virtio::block::request::tests::{TestQueue, AVAIL, QSIZE};
+    use crate::virtio::block::backend::Storage;
+    use crate::virtio::block::request::tests::{TestQueue, AVAIL, QSIZE, USED};
+    use crate::virtio::VirtioInterrupt;
+    use std::sync::Mutex;
     use virtio_bindings::virtio_blk::VIRTIO_BLK_T_GET_ID;
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
+    use virtio_queue::Queue;
     use vm_memory::Bytes;
     use vmm_sys_util::eventfd::EventFd;
 
     const N: u16 = VRING_DESC_F_NEXT as u16;
     const W: u16 = VRING_DESC_F_WRITE as u16;
 
-    /// An active device on `q`'s queue whose requests run inline.
-    fn active_block(q: &TestQueue) -> (Block, Arc<VirtioInterrupt>, tempfile::NamedTempFile) {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        file.as_file().set_len(1 << 20).unwrap();
-        let disk = Disk::open(file.path(), false, Default::default()).unwrap();
-        let engine = idlework::Engine::new(idlework::Config {
+    /// An inline engine (requests run inside the notify).
+    fn inline_engine() -> idlework::Engine {
+        idlework::Engine::new(idlework::Config {
             policy: idlework::Policy::Inline,
             max_workers: 0,
             ..Default::default()
         })
+        .unwrap()
+    }
+
+    /// `--policy idle --cpu-cap 0` with one vCPU: only `vcpu` may run work,
+    /// and it runs nothing until the test calls `run_idle` on it.
+    fn vcpu_only_engine() -> (idlework::Engine, idlework::Executor) {
+        struct Busy;
+        impl idlework::IdleHooks for Busy {
+            fn kick(&self) {}
+        }
+        let engine = idlework::Engine::new(idlework::Config {
+            policy: idlework::Policy::Idle,
+            max_workers: 1,
+            cpu_cap: Some(0),
+            idle_poll: None,
+            ..Default::default()
+        })
         .unwrap();
-        let mut block = Block::new(disk, "test", engine.submitter());
+        let vcpu = engine.register_executor("vcpu0", Busy);
+        (engine, vcpu)
+    }
+
+    fn image() -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(1 << 20).unwrap();
+        file
+    }
+
+    /// Activates `block` on `q`'s queue.
+    fn activate(block: &mut Block, q: &TestQueue) -> Arc<VirtioInterrupt> {
         let interrupt = Arc::new(VirtioInterrupt::new(
             EventFd::new(libc::EFD_NONBLOCK).unwrap(),
         ));
@@ -394,7 +407,114 @@ mod tests {
                 features: 1 << VIRTIO_F_VERSION_1,
             })
             .unwrap();
+        interrupt
+    }
+
+    /// An active device on `q`'s queue whose requests run inline.
+    fn active_block(q: &TestQueue) -> (Block, Arc<VirtioInterrupt>, tempfile::NamedTempFile) {
+        let file = image();
+        let disk = Disk::open(file.path(), false, Default::default()).unwrap();
+        let engine = inline_engine();
+        let mut block = Block::new(disk, "test", engine.submitter());
+        let interrupt = activate(&mut block, q);
         (block, interrupt, file)
+    }
+
+    /// Runs `f` on another thread; fails the test if it has not returned in 10 s.
+    fn returns<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()).unwrap());
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("{what} hung"))
+    }
+
+    fn used_idx(q: &TestQueue) -> u16 {
+        q.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+    }
+
+    /// A GET_ID chain at descriptors head..head+3 (own buffers per head).
+    fn get_id_at(q: &mut TestQueue, head: u16) {
+        let off = u64::from(head) * 0x100;
+        q.header(0x10_0000 + off, VIRTIO_BLK_T_GET_ID, 0);
+        q.offer(
+            &[
+                (head, 0x10_0000 + off, 16, N, head + 1),
+                (head + 1, 0x20_0000 + off, 20, N | W, head + 2),
+                (head + 2, 0x30_0000 + off, 1, W, 0),
+            ],
+            head,
+        );
+    }
+
+    /// A 512-byte read of `sector` at descriptors 0..3.
+    fn read_at(q: &mut TestQueue, sector: u64) {
+        q.header(
+            0x10_0000,
+            virtio_bindings::virtio_blk::VIRTIO_BLK_T_IN,
+            sector,
+        );
+        q.offer(
+            &[
+                (0, 0x10_0000, 16, N, 1),
+                (1, 0x20_0000, 512, N | W, 2),
+                (2, 0x30_0000, 1, W, 0),
+            ],
+            0,
+        );
+    }
+
+    /// Storage whose reads block until the test releases them.
+    struct GatedStorage {
+        entered: std::sync::mpsc::Sender<()>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    struct Gate {
+        entered: std::sync::mpsc::Receiver<()>,
+        release: std::sync::mpsc::Sender<()>,
+    }
+
+    impl GatedStorage {
+        fn disk() -> (Gate, Disk) {
+            let (entered_tx, entered) = std::sync::mpsc::channel();
+            let (release, release_rx) = std::sync::mpsc::channel();
+            let storage = GatedStorage {
+                entered: entered_tx,
+                release: Mutex::new(release_rx),
+            };
+            let disk = Disk::with_storage(Box::new(storage), 1 << 20, false, Default::default());
+            (Gate { entered, release }, disk)
+        }
+    }
+
+    impl Storage for GatedStorage {
+        fn read_at(&self, buf: &mut [u8], _offset: u64) -> std::io::Result<usize> {
+            self.entered.send(()).unwrap();
+            self.release.lock().unwrap().recv().unwrap();
+            buf.fill(0);
+            Ok(buf.len())
+        }
+        fn write_at(&self, buf: &[u8], _offset: u64) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Storage that panics on every read (a bug in a request's path).
+    struct PanickingStorage;
+
+    impl Storage for PanickingStorage {
+        fn read_at(&self, _buf: &mut [u8], _offset: u64) -> std::io::Result<usize> {
+            panic!("injected panic in a request");
+        }
+        fn write_at(&self, buf: &[u8], _offset: u64) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     /// A GET_ID chain at descriptors 0..3.
@@ -425,6 +545,175 @@ mod tests {
             irq.status() & virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG,
             0
         );
+        block.reset();
+    }
+
+    #[test]
+    fn a_reset_does_not_wait_for_a_request_only_the_resetting_vcpu_could_run() {
+        // Issue 9: under --policy idle --cpu-cap 0 with one vCPU, the queued
+        // request can run only on the vCPU that is now resetting the device.
+        let mut q = TestQueue::new();
+        let (engine, mut vcpu) = vcpu_only_engine();
+        let file = image();
+        let disk = Disk::open(file.path(), false, Default::default()).unwrap();
+        let mut block = Block::new(disk, "test", engine.submitter());
+        activate(&mut block, &q);
+        get_id(&mut q, 0);
+        q.mem.write_obj(0xffu8, GuestAddress(0x30_0000)).unwrap();
+        block.queue_notify(0);
+        assert_eq!(block.requests().queued_runners(), 1);
+        let requests = block.requests().clone();
+        let block = returns("reset with a queued request", move || {
+            block.reset();
+            block
+        });
+        assert_eq!(requests.stats().dropped_by_reset, 1);
+        // The vCPU runs the queued item later: a no-op, nothing lands.
+        vcpu.run_idle(std::time::Duration::from_secs(1));
+        assert_eq!(requests.queued_runners(), 0);
+        assert_eq!(used_idx(&q), 0);
+        assert_eq!(q.mem.read_obj::<u8>(GuestAddress(0x30_0000)).unwrap(), 0xff);
+        assert_eq!(block.counters().snapshot().get_ids, 0);
+    }
+
+    #[test]
+    fn queued_items_stay_bounded_however_often_the_guest_resets() {
+        let (engine, mut vcpu) = vcpu_only_engine();
+        let file = image();
+        let disk = Disk::open(file.path(), false, Default::default()).unwrap();
+        let mut block = Block::new(disk, "test", engine.submitter());
+        for _ in 0..100 {
+            let mut q = TestQueue::new();
+            activate(&mut block, &q);
+            for head in [0, 3, 6, 9] {
+                get_id_at(&mut q, head);
+            }
+            block.queue_notify(0);
+            block.reset();
+        }
+        // One runner per request the last activation queued, not 400.
+        assert_eq!(block.requests().queued_runners(), 4);
+        // Requests of a new activation are taken by the runners still queued.
+        let mut q = TestQueue::new();
+        activate(&mut block, &q);
+        get_id_at(&mut q, 0);
+        block.queue_notify(0);
+        assert_eq!(block.requests().queued_runners(), 4);
+        vcpu.run_idle(std::time::Duration::from_secs(1));
+        assert_eq!(block.counters().snapshot().get_ids, 1);
+        assert_eq!(used_idx(&q), 1);
+        block.reset();
+    }
+
+    #[test]
+    fn a_head_made_available_again_while_in_flight_asks_for_a_reset() {
+        let mut q = TestQueue::new();
+        let (engine, _vcpu) = vcpu_only_engine();
+        let file = image();
+        let disk = Disk::open(file.path(), false, Default::default()).unwrap();
+        let mut block = Block::new(disk, "test", engine.submitter());
+        let irq = activate(&mut block, &q);
+        get_id(&mut q, 0);
+        block.queue_notify(0);
+        assert!(!irq.needs_reset());
+        for _ in 0..10 {
+            get_id(&mut q, 0);
+        }
+        block.queue_notify(0);
+        assert!(irq.needs_reset());
+        // Nothing was queued for the re-posted copies.
+        assert_eq!(block.requests().in_flight(), 1);
+        assert_eq!(block.requests().queued_runners(), 1);
+        assert_eq!(block.requests().stats().protocol_errors, 1);
+        block.reset();
+    }
+
+    #[test]
+    fn a_reset_waits_for_a_running_request_and_drops_its_completion() {
+        let mut q = TestQueue::new();
+        let (gate, disk) = GatedStorage::disk();
+        let engine = idlework::Engine::new(idlework::Config {
+            policy: idlework::Policy::Workers,
+            max_workers: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut block = Block::new(disk, "test", engine.submitter());
+        activate(&mut block, &q);
+        read_at(&mut q, 0);
+        block.queue_notify(0);
+        gate.entered.recv().unwrap(); // the worker is inside pread
+        let requests = block.requests().clone();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let resetter = std::thread::spawn(move || {
+            block.reset();
+            done_tx.send(()).unwrap();
+            block
+        });
+        // The reset cannot return while the read runs: release the read, then it does.
+        while requests.stats().dropped_by_reset == 0 && requests.active() {
+            std::thread::yield_now();
+        }
+        assert!(
+            done_rx.try_recv().is_err(),
+            "reset returned during the read"
+        );
+        gate.release.send(()).unwrap();
+        done_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reset hung");
+        let _block = resetter.join().unwrap();
+        // The completion came after the reset began: dropped.
+        assert_eq!(used_idx(&q), 0);
+        assert_eq!(requests.stats().stale_completions, 1);
+    }
+
+    #[test]
+    fn a_panicking_request_neither_leaks_its_count_nor_hangs_reset() {
+        let mut q = TestQueue::new();
+        let disk = Disk::with_storage(
+            Box::new(PanickingStorage),
+            1 << 20,
+            false,
+            Default::default(),
+        );
+        let engine = inline_engine();
+        let mut block = Block::new(disk, "test", engine.submitter());
+        let irq = activate(&mut block, &q);
+        read_at(&mut q, 0);
+        block.queue_notify(0);
+        assert_eq!(engine.stats().panics(), 1);
+        // The request will never complete: the driver is told to reset.
+        assert!(irq.needs_reset());
+        assert_eq!(block.requests().stats().abandoned, 1);
+        returns("reset after a panicking request", move || block.reset());
+    }
+
+    #[test]
+    fn indirect_descriptors_are_refused() {
+        let mut q = TestQueue::new();
+        let (mut block, irq, _file) = active_block(&q);
+        q.header(0x10_0000, VIRTIO_BLK_T_GET_ID, 0);
+        // An indirect table at 0x40_0000 holding a GET_ID chain.
+        for (i, (addr, len, flags, next)) in [
+            (0x10_0000u64, 16u32, N, 1u16),
+            (0x20_0000, 20, N | W, 2),
+            (0x30_0000, 1, W, 0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let d = virtio_queue::desc::split::Descriptor::new(addr, len, flags, next);
+            q.mem
+                .write_obj(d, GuestAddress(0x40_0000 + 16 * i as u64))
+                .unwrap();
+        }
+        q.offer(&[(0, 0x40_0000, 48, VRING_DESC_F_INDIRECT as u16, 0)], 0);
+        block.queue_notify(0);
+        assert_eq!(used_idx(&q), 1, "the chain is returned");
+        assert_eq!(block.counters().snapshot().get_ids, 0, "but not run");
+        assert_eq!(block.requests().stats().indirect, 1);
+        assert!(!irq.needs_reset());
         block.reset();
     }
 
