@@ -54,5 +54,7 @@ fn build_testguest(out_dir: &Path) -> PathBuf {
         status.success(),
         "building the test guest (crates/testguest) failed"
     );
-    target_dir.join("release/nightshift-testguest")
+    // The guest's .cargo/config.toml names its target explicitly (so that its flags stay
+    // off the host-side proc macros of its dependencies), hence the triple in the path.
+    target_dir.join("x86_64-unknown-linux-gnu/release/nightshift-testguest")
 }

@@ -5,6 +5,7 @@
 
 use core::fmt;
 
+use crate::drivers_config::DriversConfig;
 use crate::MAX_CPUS;
 
 /// Most `virtio_mmio.device=` entries kept; further ones produce a warning.
@@ -32,10 +33,15 @@ pub enum Workload {
     Cpl0,
     /// Block I/O on a virtio-mmio block device (see [`BlkConfig`]).
     Blk,
+    /// ARP, ICMP echo, UDP echo and TCP services on a virtio-net device (virtio-drivers
+    /// and smoltcp; see [`NetConfig`](crate::drivers_config::NetConfig)).
+    Net,
+    /// Reads a virtio-rng device (virtio-drivers).
+    Rng,
 }
 
 impl Workload {
-    const ALL: [Workload; 7] = [
+    const ALL: [Workload; 9] = [
         Workload::Compute,
         Workload::Idle,
         Workload::Exit,
@@ -43,6 +49,8 @@ impl Workload {
         Workload::TripleFault,
         Workload::Cpl0,
         Workload::Blk,
+        Workload::Net,
+        Workload::Rng,
     ];
 
     /// The command-line spelling.
@@ -55,6 +63,8 @@ impl Workload {
             Workload::TripleFault => "triplefault",
             Workload::Cpl0 => "cpl0",
             Workload::Blk => "blk",
+            Workload::Net => "net",
+            Workload::Rng => "rng",
         }
     }
 
@@ -256,6 +266,8 @@ pub struct Config {
     pub virtio_mmio: [Option<VirtioMmioDevice>; MAX_VIRTIO_MMIO_DEVICES],
     /// The `blk_*` keys.
     pub blk: BlkConfig,
+    /// The `net_*`, `rng_*` and `blk_driver` keys.
+    pub drivers: DriversConfig,
 }
 
 impl Default for Config {
@@ -268,6 +280,7 @@ impl Default for Config {
             cpus: None,
             virtio_mmio: [None; MAX_VIRTIO_MMIO_DEVICES],
             blk: BlkConfig::default(),
+            drivers: DriversConfig::default(),
         }
     }
 }
@@ -325,7 +338,7 @@ fn parse_workloads<'a>(
                     key,
                     value: entry,
                     reason:
-                        "expected compute, idle, cpl0, blk, exit, ud or triplefault; using compute",
+                        "expected compute, idle, cpl0, blk, net, rng, exit, ud or triplefault; using compute",
                 });
                 Workload::Compute
             }
@@ -445,7 +458,11 @@ impl Config {
                     Some(v) => blk.think_us = v,
                     None => bad("expected microseconds up to 4 s; using 0"),
                 },
-                _ => {}
+                _ => {
+                    if let Err(reason) = config.drivers.parse_word(key, value) {
+                        bad(reason);
+                    }
+                }
             }
         }
         config
@@ -471,7 +488,7 @@ pub fn parse_u64(s: &str) -> Option<u64> {
 }
 
 /// Parses a size with an optional K/M/G suffix (binary units, as Linux `memparse`).
-fn parse_size(s: &str) -> Option<u64> {
+pub fn parse_size(s: &str) -> Option<u64> {
     let (digits, shift) = match s.as_bytes().last()? {
         b'k' | b'K' => (&s[..s.len() - 1], 10),
         b'm' | b'M' => (&s[..s.len() - 1], 20),
