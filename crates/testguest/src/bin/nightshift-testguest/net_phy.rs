@@ -22,6 +22,7 @@ use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::mmio::MmioTransport;
 
 use crate::dma::{self, GuestHal};
+use crate::vdevices::Resetting;
 
 /// Bytes per packet buffer: the 12-byte virtio-net header and a 1514-byte frame fit.
 const BUF: usize = 2048;
@@ -83,7 +84,7 @@ impl<const N: usize> Pool<N> {
 
 /// A virtio-net device as smoltcp sees it.
 pub struct Phy<const N: usize> {
-    net: Driver<N>,
+    net: Resetting<Driver<N>>,
     rx: Pool<N>,
     tx: Pool<N>,
     /// The receive buffer whose frame smoltcp was last handed, to re-post.
@@ -97,7 +98,7 @@ pub type PhyError = &'static str;
 
 impl<const N: usize> Phy<N> {
     /// Takes over an initialised driver and posts every receive buffer.
-    pub fn new(net: Driver<N>, peer: Ipv4Addr) -> Result<Self, PhyError> {
+    pub fn new(net: Resetting<Driver<N>>, peer: Ipv4Addr) -> Result<Self, PhyError> {
         let mut phy = Self {
             net,
             rx: Pool::new().ok_or("no-dma-memory")?,
@@ -307,7 +308,7 @@ impl<const N: usize> phy::Device for Phy<N> {
                 frame: &rx.mem[at..at + len],
             },
             TxToken {
-                net,
+                net: &mut **net,
                 pool: tx,
                 counters,
             },
@@ -319,7 +320,7 @@ impl<const N: usize> phy::Device for Phy<N> {
             return None;
         }
         Some(TxToken {
-            net: &mut self.net,
+            net: &mut *self.net,
             pool: &mut self.tx,
             counters: &mut self.counters,
         })

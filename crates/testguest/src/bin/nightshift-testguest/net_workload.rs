@@ -12,7 +12,7 @@
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet, SocketStorage};
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
-use testguest::cmdline::{Config, Workload};
+use testguest::cmdline::{Config, VirtioMmioDevice, Workload};
 use testguest::drivers_config::{NetConfig, NetWait};
 use virtio_drivers::transport::mmio::MmioTransport;
 use virtio_drivers::transport::Transport;
@@ -21,7 +21,7 @@ use crate::dma::Owned;
 use crate::idt::IrqSlot;
 use crate::net_phy::{Driver, Phy};
 use crate::net_services::Services;
-use crate::vdevices::{self, Assignment};
+use crate::vdevices::{self, Assignment, Resetting};
 use crate::{apic, println, stack, time, wait, warn, x86};
 
 /// Longest single halt: the loop re-checks its deadlines at least this often.
@@ -96,6 +96,7 @@ type Stack<const N: usize> = (Owned<Phy<N>>, Owned<Interface>, [u8; 6]);
 #[inline(never)]
 fn bring_up<const N: usize>(
     net: &NetConfig,
+    dev: VirtioMmioDevice,
     transport: MmioTransport<'static>,
     now_tsc: u64,
 ) -> Result<Stack<N>, &'static str> {
@@ -106,6 +107,7 @@ fn bring_up<const N: usize>(
         warn!("net: virtio-drivers: {e}");
         "init-failed"
     })?;
+    let driver = Resetting::new(dev, driver);
     let mut phy = Owned::new(Phy::new(driver, peer)?).ok_or("no-dma-memory")?;
     if net.wait == NetWait::Poll {
         phy.disable_interrupts();
@@ -137,7 +139,7 @@ fn serve<const N: usize>(
 ) -> Result<(), &'static str> {
     let mark = stack::paint();
     let t0 = x86::rdtsc();
-    let (mut phy, mut iface, mac) = bring_up::<N>(net, transport, t0)?;
+    let (mut phy, mut iface, mac) = bring_up::<N>(net, a.dev, transport, t0)?;
     let poll = net.wait == NetWait::Poll;
     let (Some((ip, prefix)), Some(peer)) = (net.ip, net.peer) else {
         return Err("no-ip");

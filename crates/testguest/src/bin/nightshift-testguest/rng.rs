@@ -11,7 +11,7 @@ use testguest::cmdline::{Config, Workload};
 use virtio_drivers::device::rng::VirtIORng;
 
 use crate::dma::{self, GuestHal};
-use crate::vdevices::{self, Assignment};
+use crate::vdevices::{self, Assignment, Resetting};
 use crate::{println, stack, time, warn, x86};
 
 /// Bytes asked for per request.
@@ -91,10 +91,11 @@ pub fn run(cpu: usize, config: &Config) {
 
 fn read(cpu: usize, want: u64, a: &Assignment) -> Result<(), &'static str> {
     let mark = stack::paint();
-    let mut rng = VirtIORng::<GuestHal, _>::new(a.transport()?).map_err(|e| {
+    let rng = VirtIORng::<GuestHal, _>::new(a.transport()?).map_err(|e| {
         warn!("rng: virtio-drivers: {e}");
         "init-failed"
     })?;
+    let mut rng = Resetting::new(a.dev, rng);
     rng.disable_interrupts();
     let buf = dma::alloc_bytes(CHUNK).ok_or("no-dma-memory")?;
     println!("rng dev={} base={:#x} irq={}", a.nth, a.dev.base, a.dev.irq);

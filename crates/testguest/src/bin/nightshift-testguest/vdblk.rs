@@ -19,6 +19,7 @@ use zerocopy::{FromBytes, FromZeros};
 use crate::blk::Assignment;
 use crate::dma::{self, GuestHal};
 use crate::idt::IrqSlot;
+use crate::vdevices::Resetting;
 use crate::{apic, println, stack, time, vdevices, wait, warn, x86};
 
 /// Requests in flight at most (16 descriptors, 3 per request).
@@ -34,7 +35,7 @@ const STATUS_UNTOUCHED: u8 = 0xFF;
 /// Mismatches reported in `warning:` lines per run.
 const MISMATCH_LINES: u64 = 3;
 
-type Disk = VirtIOBlk<GuestHal, MmioTransport<'static>>;
+type Disk = Resetting<VirtIOBlk<GuestHal, MmioTransport<'static>>>;
 
 /// One request slot: its request header, status and data buffer stay put while in flight.
 struct Slot {
@@ -70,10 +71,11 @@ pub fn run(cpu: usize, config: &Config, a: &Assignment) {
         return;
     }
     let disk = vdevices::transport(&a.dev).and_then(|t| {
-        Disk::new(t).map_err(|e| {
+        let disk = VirtIOBlk::new(t).map_err(|e| {
             warn!("blk dev={dev}: virtio-drivers: {e}");
             "init-failed"
-        })
+        })?;
+        Ok(Resetting::new(a.dev, disk))
     });
     let mut disk = match disk {
         Ok(d) => d,
@@ -100,11 +102,10 @@ pub fn run(cpu: usize, config: &Config, a: &Assignment) {
     if poll {
         disk.disable_interrupts();
     }
-    match verify(cpu, blk, dev, &mut disk, poll, IrqSlot::device(a.index)) {
-        Ok(()) => {}
-        Err(e) => println!(
+    if let Err(e) = verify(cpu, blk, dev, &mut disk, poll, IrqSlot::device(a.index)) {
+        println!(
             "result cpu={cpu} workload=blk mode={mode} dev={dev} error={e} driver=virtio-drivers"
-        ),
+        );
     }
 }
 

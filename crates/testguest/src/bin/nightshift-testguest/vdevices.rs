@@ -72,6 +72,47 @@ pub fn transport(dev: &VirtioMmioDevice) -> Result<MmioTransport<'static>, Devic
     })
 }
 
+/// A `virtio-drivers` driver that resets its device (Status = 0, read back) when it goes
+/// out of scope, on every path, instead of running the crate's `Drop`. That `Drop` disables
+/// each queue of the running device (QueueReady = 0 and zeroed queue registers) and spins
+/// until QueueReady reads 0: a VMM may refuse queue-register writes outside initialisation
+/// (nightshift does, and logs each), and then the guest would spin forever. A reset stops
+/// the device just as well; the driver's DMA pages are never reused anyway (`dma`).
+pub struct Resetting<D> {
+    dev: VirtioMmioDevice,
+    driver: core::mem::ManuallyDrop<D>,
+}
+
+impl<D> Resetting<D> {
+    pub fn new(dev: VirtioMmioDevice, driver: D) -> Self {
+        Self {
+            dev,
+            driver: core::mem::ManuallyDrop::new(driver),
+        }
+    }
+}
+
+impl<D> core::ops::Deref for Resetting<D> {
+    type Target = D;
+    fn deref(&self) -> &D {
+        &self.driver
+    }
+}
+
+impl<D> core::ops::DerefMut for Resetting<D> {
+    fn deref_mut(&mut self) -> &mut D {
+        &mut self.driver
+    }
+}
+
+impl<D> Drop for Resetting<D> {
+    fn drop(&mut self) {
+        let m = Mmio::new(self.dev.base);
+        m.write(reg::STATUS, 0);
+        let _ = (0..1000).any(|_| m.read(reg::STATUS) == 0);
+    }
+}
+
 type Slot = Published<Result<Assignment, (usize, DeviceError)>>;
 
 static NET: [Slot; cpu::MAX_CPUS] = [const { Published::new() }; cpu::MAX_CPUS];
