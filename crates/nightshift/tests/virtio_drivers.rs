@@ -72,7 +72,7 @@ fn blk_result(fin: &Finished, who: &str) -> HashMap<String, String> {
         "{who}: {r:?}\n{}",
         fin.stderr
     );
-    assert!(r.get("timed_out").is_none(), "{who}: {r:?}");
+    assert!(!r.contains_key("timed_out"), "{who}: {r:?}");
     r
 }
 
