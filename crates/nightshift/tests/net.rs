@@ -10,6 +10,7 @@
 
 mod netkit;
 
+use std::process::Command;
 use std::time::Duration;
 
 use netkit::{
@@ -25,16 +26,16 @@ const VMM_LIMIT: Duration = Duration::from_secs(180);
 /// MiB per TCP direction when NIGHTSHIFT_NET_TCP_MIB is not set.
 const DEFAULT_TCP_MIB: u64 = 64;
 
-fn guest_cmdline() -> String {
+fn guest_cmdline(wait: &str) -> String {
     format!(
-        "workload=net,rng {} net_ms={GUEST_MS} rng_bytes=1M",
+        "workload=net,rng {} net_ms={GUEST_MS} net_wait={wait} rng_bytes=1M",
         guest_net_args()
     )
 }
 
-/// Runs the host side against a started VMM and checks what both sides saw.
-fn exercise_and_check(ns: &Netns, mut vmm: Vmm, who: &str, exit_code: i32) {
-    let bytes = tcp_bytes(DEFAULT_TCP_MIB);
+/// Runs the host side against a started VMM (moving `bytes` each way over TCP) and checks
+/// what both sides saw.
+fn exercise_and_check(ns: &Netns, mut vmm: Vmm, who: &str, exit_code: i32, bytes: u64) {
     let up = vmm.wait_line("net dev=");
     let measured = up.and_then(|_| exercise(ns, bytes));
     let fin = vmm.finish();
@@ -57,6 +58,30 @@ fn exercise_and_check(ns: &Netns, mut vmm: Vmm, who: &str, exit_code: i32) {
     check_guest(&fin, bytes);
 }
 
+/// QEMU microvm, two vCPUs, a virtio-net device on the namespace's tap and a virtio-rng
+/// device; the guest's `net` waits with `net_wait=<wait>`.
+fn qemu_cmd(ns: &Netns, bin: &str, wait: &str) -> Command {
+    let mut cmd = ns.command(bin);
+    cmd.args(["-M", "microvm", "-enable-kvm"])
+        .args(["-cpu", "host,-arch-capabilities,+invtsc"])
+        .args(["-smp", "2", "-m", "256M", "-nodefaults", "-no-user-config"])
+        .args(["-nographic", "-serial", "stdio", "-no-reboot"])
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
+        .args(["-global", "virtio-mmio.force-legacy=false"])
+        .arg("-netdev")
+        .arg(format!("tap,id=n0,ifname={TAP},script=no,downscript=no"))
+        .args([
+            "-device",
+            "virtio-net-device,netdev=n0,mac=52:54:00:12:34:56",
+        ])
+        .args(["-object", "rng-random,id=rng0,filename=/dev/urandom"])
+        .args(["-device", "virtio-rng-device,rng=rng0"])
+        .arg("-kernel")
+        .arg(env!("NIGHTSHIFT_TESTGUEST_ELF"))
+        .args(["-append", &guest_cmdline(wait)]);
+    cmd
+}
+
 #[test]
 fn net_and_rng_under_qemu_microvm() {
     if !namespace_prerequisites() {
@@ -64,31 +89,21 @@ fn net_and_rng_under_qemu_microvm() {
     }
     let Some(bin) = qemu() else { return };
     let ns = Netns::new();
-    let mut cmd = ns.command(bin);
-    cmd.args([
-        "-M",
-        "microvm",
-        "-enable-kvm",
-        "-cpu",
-        "host,-arch-capabilities,+invtsc",
-    ])
-    .args(["-smp", "2", "-m", "256M", "-nodefaults", "-no-user-config"])
-    .args(["-nographic", "-serial", "stdio", "-no-reboot"])
-    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=4"])
-    .args(["-global", "virtio-mmio.force-legacy=false"])
-    .arg("-netdev")
-    .arg(format!("tap,id=n0,ifname={TAP},script=no,downscript=no"))
-    .args([
-        "-device",
-        "virtio-net-device,netdev=n0,mac=52:54:00:12:34:56",
-    ])
-    .args(["-object", "rng-random,id=rng0,filename=/dev/urandom"])
-    .args(["-device", "virtio-rng-device,rng=rng0"])
-    .arg("-kernel")
-    .arg(env!("NIGHTSHIFT_TESTGUEST_ELF"))
-    .args(["-append", &guest_cmdline()]);
+    let vmm = Vmm::start(qemu_cmd(&ns, bin, "irq"), VMM_LIMIT);
     // isa-debug-exit: status 0 comes out as (0 << 1) | 1.
-    exercise_and_check(&ns, Vmm::start(cmd, VMM_LIMIT), "qemu", 1);
+    exercise_and_check(&ns, vmm, "qemu", 1, tcp_bytes(DEFAULT_TCP_MIB));
+}
+
+/// The guest's polling mode (device interrupts off, no halts), with a short transfer.
+#[test]
+fn net_with_a_polling_guest_under_qemu_microvm() {
+    if !namespace_prerequisites() {
+        return;
+    }
+    let Some(bin) = qemu() else { return };
+    let ns = Netns::new();
+    let vmm = Vmm::start(qemu_cmd(&ns, bin, "poll"), VMM_LIMIT);
+    exercise_and_check(&ns, vmm, "qemu/poll", 1, 1 << 20);
 }
 
 #[test]
@@ -102,7 +117,8 @@ fn net_and_rng_under_nightshift_every_policy() {
         let mut cmd = ns.command(env!("CARGO_BIN_EXE_nightshift"));
         cmd.args(["run", "--vcpus", "2", "--mem", "256", "--policy", policy])
             .args(["--net", &format!("tap={TAP}"), "--rng"])
-            .args(["--cmdline", &guest_cmdline()]);
-        exercise_and_check(&ns, Vmm::start(cmd, VMM_LIMIT), policy, 0);
+            .args(["--cmdline", &guest_cmdline("irq")]);
+        let vmm = Vmm::start(cmd, VMM_LIMIT);
+        exercise_and_check(&ns, vmm, policy, 0, tcp_bytes(DEFAULT_TCP_MIB));
     }
 }

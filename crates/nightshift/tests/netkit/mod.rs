@@ -560,6 +560,9 @@ pub fn check_guest(fin: &Finished, tcp_bytes: u64) {
     assert!(num("arp_rx") >= 1 && num("arp_tx") >= 1, "{ctx}");
     // The guest's 64 KiB user stacks have no guard page: keep a margin.
     assert!(num("stack_used") < 56 << 10, "{ctx}");
+    // Interrupt driven unless told to poll (then no interrupt was asked for).
+    let polled = net["wait"] == "poll";
+    assert_eq!(num("irqs") == 0, polled, "{ctx}");
     check_rng(&fin.result("rng"), 1 << 20);
 }
 
