@@ -89,7 +89,7 @@ fn now(tsc: u64) -> Instant {
 }
 
 /// The device, its smoltcp interface and the MAC in use.
-type Stack<const N: usize> = (Owned<Phy<N>>, Owned<Interface>, [u8; 6]);
+type BroughtUp<const N: usize> = (Owned<Phy<N>>, Owned<Interface>, [u8; 6]);
 
 /// Brings the driver up under smoltcp. Its own (non-inlined) frame: the driver's queues
 /// are built by value, and that stack space must not stay allocated under the serving loop.
@@ -99,7 +99,7 @@ fn bring_up<const N: usize>(
     dev: VirtioMmioDevice,
     transport: MmioTransport<'static>,
     now_tsc: u64,
-) -> Result<Stack<N>, &'static str> {
+) -> Result<BroughtUp<N>, &'static str> {
     let (Some((ip, prefix)), Some(peer)) = (net.ip, net.peer) else {
         return Err("no-ip");
     };
@@ -140,73 +140,28 @@ fn serve<const N: usize>(
     let mark = stack::paint();
     let t0 = x86::rdtsc();
     let (mut phy, mut iface, mac) = bring_up::<N>(net, a.dev, transport, t0)?;
-    let poll = net.wait == NetWait::Poll;
-    let (Some((ip, prefix)), Some(peer)) = (net.ip, net.peer) else {
-        return Err("no-ip");
-    };
     let mut storage: [SocketStorage<'_>; 4] = Default::default();
     let mut sockets = SocketSet::new(&mut storage[..]);
     let mut services = Services::new(&mut sockets)?;
-
-    println!(
-        "net dev={} mac={} ip={ip}/{prefix} peer={peer} base={:#x} irq={} qsize={N} mtu=1500 wait={}",
-        a.nth,
-        Mac(mac),
-        a.dev.base,
-        a.dev.irq,
-        net.wait.name()
-    );
-
+    if let (Some((ip, prefix)), Some(peer)) = (net.ip, net.peer) {
+        println!(
+            "net dev={} mac={} ip={ip}/{prefix} peer={peer} base={:#x} irq={} qsize={N} mtu=1500 wait={}",
+            a.nth,
+            Mac(mac),
+            a.dev.base,
+            a.dev.irq,
+            net.wait.name()
+        );
+    }
     let mut waiter = Waiter::new(a.slot());
     let wakeups0 = wait::wakeups();
-    let end_at = t0 + time::us_to_tsc(net.ms.saturating_mul(1000));
-    let mut ending: Option<(End, u64)> = None;
-    let end = loop {
-        let tsc = x86::rdtsc();
-        let ts = now(tsc);
-        iface.poll(ts, &mut *phy, &mut sockets);
-        phy.repost_consumed();
-        services.step(&mut sockets);
-
-        if ending.is_none() {
-            let why = if services.quit {
-                Some(End::Quit)
-            } else if net.sessions > 0 && services.sessions() >= net.sessions {
-                Some(End::Sessions)
-            } else if tsc >= end_at {
-                Some(End::Timeout)
-            } else {
-                None
-            };
-            ending = why.map(|w| (w, tsc + time::us_to_tsc(LINGER_US)));
-        }
-        let limit = match ending {
-            Some((why, linger)) => {
-                if services.settled(&sockets) || tsc >= linger {
-                    break why;
-                }
-                linger
-            }
-            None => end_at,
-        };
-
-        let can_tx = phy.can_transmit();
-        let delay_us = iface.poll_delay(ts, &sockets).map(|d| d.total_micros());
-        if poll || (can_tx && (phy.rx_ready() || delay_us == Some(0))) {
-            continue;
-        }
-        // Nothing to do before the device interrupts (a frame, or a transmit buffer back
-        // when all are in flight) or smoltcp's timer is due.
-        let wait_us = match delay_us {
-            Some(us) if can_tx => us,
-            _ => MAX_WAIT_US,
-        };
-        let deadline = (tsc + time::us_to_tsc(wait_us.min(MAX_WAIT_US))).min(limit);
-        if waiter.wait(deadline) {
-            phy.ack_interrupt();
-        }
+    let mut stack = Stack {
+        phy: &mut phy,
+        iface: &mut iface,
+        sockets: &mut sockets,
+        services: &mut services,
     };
-    waiter.disarm();
+    let end = stack.serve(net, &mut waiter, t0);
     let elapsed_us = time::tsc_to_us(x86::rdtsc() - t0).max(1);
     let wakeups = wait::wakeups() - wakeups0;
     let s = services.stats;
@@ -241,6 +196,74 @@ fn serve<const N: usize>(
         mark.used(),
     );
     Ok(())
+}
+
+/// Everything the serving loop drives.
+struct Stack<'a, 's, const N: usize> {
+    phy: &'a mut Phy<N>,
+    iface: &'a mut Interface,
+    sockets: &'a mut SocketSet<'s>,
+    services: &'a mut Services,
+}
+
+impl<const N: usize> Stack<'_, '_, N> {
+    /// Polls smoltcp and the services, halting in between, until an end condition and
+    /// the linger after it.
+    fn serve(&mut self, net: &NetConfig, waiter: &mut Waiter, t0: u64) -> End {
+        let poll = net.wait == NetWait::Poll;
+        let end_at = t0 + time::us_to_tsc(net.ms.saturating_mul(1000));
+        let mut ending: Option<(End, u64)> = None;
+        let end = loop {
+            let tsc = x86::rdtsc();
+            let ts = now(tsc);
+            self.iface.poll(ts, &mut *self.phy, self.sockets);
+            self.phy.repost_consumed();
+            self.services.step(self.sockets);
+            if ending.is_none() {
+                ending = self
+                    .end_condition(net, tsc >= end_at)
+                    .map(|w| (w, tsc + time::us_to_tsc(LINGER_US)));
+            }
+            let limit = match ending {
+                Some((why, linger)) if self.services.settled(self.sockets) || tsc >= linger => {
+                    break why
+                }
+                Some((_, linger)) => linger,
+                None => end_at,
+            };
+            let can_tx = self.phy.can_transmit();
+            let delay_us = self
+                .iface
+                .poll_delay(ts, self.sockets)
+                .map(|d| d.total_micros());
+            if poll || (can_tx && (self.phy.rx_ready() || delay_us == Some(0))) {
+                continue;
+            }
+            // Nothing to do before the device interrupts (a frame, or a transmit buffer
+            // back when all are in flight) or smoltcp's timer is due.
+            let wait_us = match delay_us {
+                Some(us) if can_tx => us.min(MAX_WAIT_US),
+                _ => MAX_WAIT_US,
+            };
+            if waiter.wait((tsc + time::us_to_tsc(wait_us)).min(limit)) {
+                self.phy.ack_interrupt();
+            }
+        };
+        waiter.disarm();
+        end
+    }
+
+    fn end_condition(&self, net: &NetConfig, timed_out: bool) -> Option<End> {
+        if self.services.quit {
+            Some(End::Quit)
+        } else if net.sessions > 0 && self.services.sessions() >= net.sessions {
+            Some(End::Sessions)
+        } else if timed_out {
+            Some(End::Timeout)
+        } else {
+            None
+        }
+    }
 }
 
 /// A MAC address as `aa:bb:cc:dd:ee:ff`.
