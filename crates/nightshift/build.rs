@@ -3,20 +3,19 @@
 //! default kernel. Set NIGHTSHIFT_TESTGUEST_ELF to use a prebuilt ELF instead.
 
 use std::env;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=NIGHTSHIFT_TESTGUEST_ELF");
-    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let elf = match env::var_os("NIGHTSHIFT_TESTGUEST_ELF") {
         Some(prebuilt) => PathBuf::from(prebuilt),
-        None => build_testguest(&out_dir),
+        None => build_testguest(),
     };
     println!("cargo:rustc-env=NIGHTSHIFT_TESTGUEST_ELF={}", elf.display());
 }
 
-fn build_testguest(out_dir: &Path) -> PathBuf {
+fn build_testguest() -> PathBuf {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let guest_dir = manifest_dir.join("../testguest");
     for input in [
@@ -29,7 +28,11 @@ fn build_testguest(out_dir: &Path) -> PathBuf {
     ] {
         println!("cargo:rerun-if-changed={}", guest_dir.join(input).display());
     }
-    let target_dir = out_dir.join("testguest");
+    // The guest's own target directory, shared by every profile of this crate (clippy's
+    // and the tests' build scripts alike) and by cargo run inside crates/testguest: the
+    // guest is always the same release build, and with its driver stack (virtio-drivers,
+    // smoltcp) building it once per profile would cost CI a minute.
+    let target_dir = guest_dir.join("target");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&guest_dir)
@@ -54,5 +57,7 @@ fn build_testguest(out_dir: &Path) -> PathBuf {
         status.success(),
         "building the test guest (crates/testguest) failed"
     );
-    target_dir.join("release/nightshift-testguest")
+    // The guest's .cargo/config.toml names its target explicitly (so that its flags stay
+    // off the host-side proc macros of its dependencies), hence the triple in the path.
+    target_dir.join("x86_64-unknown-linux-gnu/release/nightshift-testguest")
 }

@@ -5,6 +5,7 @@
 
 use core::fmt;
 
+use crate::drivers_config::DriversConfig;
 use crate::MAX_CPUS;
 
 /// Most `virtio_mmio.device=` entries kept; further ones produce a warning.
@@ -38,10 +39,15 @@ pub enum Workload {
     Reset,
     /// Write 256 KiB of text to the serial port as fast as it goes, then exit 0.
     SerialFlood,
+    /// ARP, ICMP echo, UDP echo and TCP services on a virtio-net device (virtio-drivers
+    /// and smoltcp; see [`NetConfig`](crate::drivers_config::NetConfig)).
+    Net,
+    /// Reads a virtio-rng device (virtio-drivers).
+    Rng,
 }
 
 impl Workload {
-    const ALL: [Workload; 10] = [
+    const ALL: [Workload; 12] = [
         Workload::Compute,
         Workload::Idle,
         Workload::Exit,
@@ -52,6 +58,8 @@ impl Workload {
         Workload::PowerOff,
         Workload::Reset,
         Workload::SerialFlood,
+        Workload::Net,
+        Workload::Rng,
     ];
 
     /// The command-line spelling.
@@ -67,6 +75,8 @@ impl Workload {
             Workload::PowerOff => "poweroff",
             Workload::Reset => "reset",
             Workload::SerialFlood => "serialflood",
+            Workload::Net => "net",
+            Workload::Rng => "rng",
         }
     }
 
@@ -281,6 +291,8 @@ pub struct Config {
     pub virtio_mmio: [Option<VirtioMmioDevice>; MAX_VIRTIO_MMIO_DEVICES],
     /// The `blk_*` keys.
     pub blk: BlkConfig,
+    /// The `net_*`, `rng_*` and `blk_driver` keys.
+    pub drivers: DriversConfig,
 }
 
 impl Default for Config {
@@ -293,6 +305,7 @@ impl Default for Config {
             cpus: None,
             virtio_mmio: [None; MAX_VIRTIO_MMIO_DEVICES],
             blk: BlkConfig::default(),
+            drivers: DriversConfig::default(),
         }
     }
 }
@@ -350,7 +363,7 @@ fn parse_workloads<'a>(
                     key,
                     value: entry,
                     reason:
-                        "expected compute, idle, cpl0, blk, exit, ud or triplefault; using compute",
+                        "expected compute, idle, cpl0, blk, net, rng, exit, ud or triplefault; using compute",
                 });
                 Workload::Compute
             }
@@ -470,7 +483,11 @@ impl Config {
                     Some(v) => blk.think_us = v,
                     None => bad("expected microseconds up to 4 s; using 0"),
                 },
-                _ => {}
+                _ => {
+                    if let Err(reason) = config.drivers.parse_word(key, value) {
+                        bad(reason);
+                    }
+                }
             }
         }
         config
@@ -496,7 +513,7 @@ pub fn parse_u64(s: &str) -> Option<u64> {
 }
 
 /// Parses a size with an optional K/M/G suffix (binary units, as Linux `memparse`).
-fn parse_size(s: &str) -> Option<u64> {
+pub fn parse_size(s: &str) -> Option<u64> {
     let (digits, shift) = match s.as_bytes().last()? {
         b'k' | b'K' => (&s[..s.len() - 1], 10),
         b'm' | b'M' => (&s[..s.len() - 1], 20),

@@ -15,6 +15,7 @@ use core::sync::atomic::{compiler_fence, fence, Ordering};
 use testguest::acpi::IoApicList;
 use testguest::blk::{check_pattern, fill_pattern, id_string, Mismatch, RingLayout, Rng};
 use testguest::cmdline::{BlkConfig, BlkMode, BlkWait, Config, VirtioMmioDevice, Workload, SECTOR};
+use testguest::drivers_config::BlkDriver;
 use testguest::start_info::StartInfo;
 use testguest::stats::Histogram;
 
@@ -103,7 +104,7 @@ extern "C" {
 /// The virtio-mmio devices: the command line's `virtio_mmio.device=` entries, or if there
 /// are none, the DSDT's transports that have a device behind them (QEMU's microvm with
 /// ACPI describes its transports only there, all of them, most empty).
-fn devices(config: &Config, rsdp: Option<u64>) -> [Option<VirtioMmioDevice>; MAX_DEVICES] {
+pub fn devices(config: &Config, rsdp: Option<u64>) -> [Option<VirtioMmioDevice>; MAX_DEVICES] {
     let mut list = config.virtio_mmio;
     if list.iter().any(Option::is_some) {
         return list;
@@ -645,6 +646,9 @@ pub fn run(cpu: usize, config: &Config) {
             return;
         }
     };
+    if config.drivers.blk_driver == BlkDriver::VirtioDrivers {
+        return crate::vdblk::run(cpu, config, &assignment);
+    }
     let dev = assignment.index;
     let mut drv = Driver::new(&assignment, blk);
     let id = match bring_up(&mut drv) {

@@ -14,18 +14,27 @@ mod apic;
 mod blk;
 mod boot;
 mod cpu;
+mod dma;
 mod gdt;
 mod idt;
 mod interrupts;
 mod ioapic;
 mod machine;
 mod mem;
+mod net_phy;
+mod net_services;
+mod net_workload;
 mod physmem;
+mod rng;
 mod serial;
 mod service;
 mod smp;
+mod stack;
 mod sync;
 mod time;
+mod vdblk;
+mod vdevices;
+mod vdlog;
 mod virtio_mmio;
 mod wait;
 mod workloads;
@@ -116,8 +125,14 @@ fn bsp_main(start_info_paddr: u64) -> ! {
         Workload::PowerOff => machine::power_off(),
         Workload::Reset => machine::reset(),
         Workload::SerialFlood => machine::serial_flood(),
-        Workload::Compute | Workload::Idle | Workload::Cpl0 | Workload::Blk => {
+        Workload::Compute
+        | Workload::Idle
+        | Workload::Cpl0
+        | Workload::Blk
+        | Workload::Net
+        | Workload::Rng => {
             blk::setup(config, online, &ioapics, info.as_ref(), rsdp);
+            vdevices::setup(config, online, &ioapics, info.as_ref(), rsdp);
             smp::release_aps(online);
             workloads::run(0, config);
             smp::wait_for_aps(online - 1);

@@ -4,7 +4,7 @@ use testguest::cmdline::{Config, Workload};
 use testguest::stats::Histogram;
 
 use crate::idt::IrqSlot;
-use crate::{apic, blk, println, service, time, wait, x86};
+use crate::{apic, blk, net_workload, println, rng, service, time, wait, x86};
 
 /// Loop iterations between two TSC reads in `compute`.
 pub const COMPUTE_CHUNK: u64 = 1024;
@@ -19,6 +19,8 @@ pub fn run(cpu: usize, config: &Config) {
         Workload::Idle => idle(cpu, config.ms, config.tick_us),
         Workload::Cpl0 => cpl0(cpu, config.ms),
         Workload::Blk => blk::run(cpu, config),
+        Workload::Net => net_workload::run(cpu, config),
+        Workload::Rng => rng::run(cpu, config),
         Workload::Exit
         | Workload::Ud
         | Workload::TripleFault
