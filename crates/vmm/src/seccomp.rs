@@ -97,6 +97,8 @@ pub enum ThreadClass {
     Notifier,
     /// The thread that started the VM and waits for its end.
     Main,
+    /// The console's writer (`ns-console`) and stdin reader (`ns-stdin`).
+    Console,
 }
 
 impl fmt::Display for ThreadClass {
@@ -106,12 +108,13 @@ impl fmt::Display for ThreadClass {
             ThreadClass::Worker => "worker",
             ThreadClass::Notifier => "notifier",
             ThreadClass::Main => "main",
+            ThreadClass::Console => "console",
         })
     }
 }
 
-use ThreadClass::{Main, Notifier, Vcpu, Worker};
-const ALL: &[ThreadClass] = &[Vcpu, Worker, Notifier, Main];
+use ThreadClass::{Console, Main, Notifier, Vcpu, Worker};
+const ALL: &[ThreadClass] = &[Vcpu, Worker, Notifier, Main, Console];
 
 /// One row of the allow-list: a reason, the classes, the calls.
 struct Allow {
@@ -185,6 +188,16 @@ const ALLOWED: &[Allow] = &[
         ],
     },
     Allow {
+        why: "re-arming a host event source (a tap) from whichever thread ran the device's item",
+        classes: ALL,
+        syscalls: &[libc::SYS_epoll_ctl],
+    },
+    Allow {
+        why: "passed on to the refusing filter (see `REFUSED`): never opens anything",
+        classes: ALL,
+        syscalls: &[libc::SYS_open, libc::SYS_openat],
+    },
+    Allow {
         why: "a thread's own end",
         classes: ALL,
         syscalls: &[libc::SYS_exit, libc::SYS_exit_group],
@@ -195,8 +208,8 @@ const ALLOWED: &[Allow] = &[
         syscalls: &[libc::SYS_timer_settime, libc::SYS_timer_delete],
     },
     Allow {
-        why: "waiting for ioeventfds",
-        classes: &[Notifier],
+        why: "waiting for ioeventfds (notifier) and for stdin (the console's reader)",
+        classes: &[Notifier, Console],
         syscalls: &[libc::SYS_epoll_wait, libc::SYS_epoll_pwait],
     },
     Allow {
@@ -246,6 +259,18 @@ const ALLOWED_ARGS: &[AllowArgs] = &[
         ],
     },
     AllowArgs {
+        why: "the userspace irqchip: injecting interrupts and NMIs, starting an AP at its SIPI",
+        classes: &[Vcpu],
+        syscall: libc::SYS_ioctl,
+        arg: 1,
+        values: &[
+            kvm_ioctl::KVM_INTERRUPT,
+            kvm_ioctl::KVM_NMI,
+            kvm_ioctl::KVM_SET_REGS,
+            kvm_ioctl::KVM_SET_SREGS,
+        ],
+    },
+    AllowArgs {
         why: "reading a KVM statistic opens a reader on a duplicate of the stats fd",
         classes: &[Vcpu],
         syscall: libc::SYS_fcntl,
@@ -259,6 +284,13 @@ mod kvm_ioctl {
     const fn ior(nr: u64, size: usize) -> u64 {
         (2 << 30) | ((size as u64) << 16) | (0xAE << 8) | nr
     }
+    const fn iow(nr: u64, size: usize) -> u64 {
+        (1 << 30) | ((size as u64) << 16) | (0xAE << 8) | nr
+    }
+    pub const KVM_INTERRUPT: u64 = iow(0x86, std::mem::size_of::<kvm_bindings::kvm_interrupt>());
+    pub const KVM_NMI: u64 = (0xAE << 8) | 0x9a;
+    pub const KVM_SET_REGS: u64 = iow(0x82, std::mem::size_of::<kvm_bindings::kvm_regs>());
+    pub const KVM_SET_SREGS: u64 = iow(0x84, std::mem::size_of::<kvm_bindings::kvm_sregs>());
     pub const KVM_RUN: u64 = (0xAE << 8) | 0x80;
     pub const KVM_GET_REGS: u64 = ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>());
     pub const KVM_GET_SREGS: u64 = ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>());
@@ -322,13 +354,31 @@ pub fn filter(class: ThreadClass, mode: SeccompMode) -> Result<Option<BpfProgram
     Ok(Some(filter.try_into().map_err(build)?))
 }
 
+/// Calls that fail with `EACCES` instead of trapping: glibc opens
+/// `/proc/sys/vm/overcommit_memory` the first time it shrinks a malloc heap
+/// (at no predictable point, on any thread) and copes with the open failing;
+/// and no confined thread may open anything.
+const REFUSED: &[libc::c_long] = &[libc::SYS_open, libc::SYS_openat];
+
+/// A filter that refuses [`REFUSED`] with `EACCES` and allows the rest. It
+/// is stacked under the class filter (which allows these calls), and the
+/// kernel applies the stricter verdict: an `open` fails, never traps.
+fn refusing_filter() -> Result<BpfProgram, seccompiler::BackendError> {
+    let rules = REFUSED.iter().map(|&nr| (nr, Vec::new())).collect();
+    let refuse = SeccompAction::Errno(libc::EACCES as u32);
+    SeccompFilter::new(rules, SeccompAction::Allow, refuse, TargetArch::x86_64)?.try_into()
+}
+
 /// Confines the calling thread to `class`'s filter under `mode`.
 pub fn confine_current_thread(class: ThreadClass, mode: SeccompMode) -> Result<(), SeccompError> {
     let Some(program) = filter(class, mode)? else {
         return Ok(());
     };
     install_sigsys_handler().map_err(SeccompError::Handler)?;
-    seccompiler::apply_filter(&program).map_err(|source| SeccompError::Install { class, source })
+    let install = |source| SeccompError::Install { class, source };
+    let refusing = refusing_filter().map_err(|source| SeccompError::Build { class, source })?;
+    seccompiler::apply_filter(&refusing).map_err(install)?;
+    seccompiler::apply_filter(&program).map_err(install)
 }
 
 thread_local! {

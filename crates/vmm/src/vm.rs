@@ -211,7 +211,14 @@ impl Vm {
             Arc::new(ExitSignal::new().map_err(|e| VmError::Host("creating the exit signal", e))?);
         let threads = ThreadPolicy::new(exit.clone(), config.seccomp, fault);
         let milestones = Arc::new(BootMilestones::new(started));
-        let (pio, console) = legacy_devices(&vm_fd, &config, &exit, &milestones, irqchip.as_ref())?;
+        let (pio, console) = legacy_devices(
+            &vm_fd,
+            &config,
+            &exit,
+            &milestones,
+            irqchip.as_ref(),
+            &threads,
+        )?;
         let pio = Arc::new(pio);
         confine_helper_threads(&config);
         let engine = Arc::new(start_engine(&config.work, &threads)?);
@@ -637,6 +644,7 @@ fn legacy_devices(
     exit: &Arc<ExitSignal>,
     milestones: &Arc<BootMilestones>,
     irqchip: Option<&Arc<UserIrqChip>>,
+    threads: &ThreadPolicy,
 ) -> Result<(Bus, LegacyConsole), VmError> {
     let mut pio = Bus::new();
     let irq = IrqLine::for_gsi(vm_fd, irqchip, COM1_GSI)
@@ -656,14 +664,15 @@ fn legacy_devices(
             )
         })
         .transpose()?;
-    let console = Console::stdout(file, config.serial_file_limit_mib << 20, milestones.start())
+    let limit = config.serial_file_limit_mib << 20;
+    let console = Console::stdout(file, limit, milestones.start(), Some(threads.clone()))
         .map_err(|e| VmError::Host("starting the console writer", e))?;
     let output = console.stats_handle();
     let serial = Arc::new(Mutex::new(Serial::new(irq, console)));
     let input = match config.console_input {
         ConsoleIn::None => None,
         ConsoleIn::Stdin => Some(
-            ConsoleInput::stdin(serial.clone(), exit.clone())
+            ConsoleInput::stdin(serial.clone(), exit.clone(), Some(threads.clone()))
                 .map_err(|e| VmError::Host("starting console input", e))?,
         ),
     };

@@ -11,6 +11,8 @@
 //! `file_limit` bytes (counted in `console.file_capped_bytes`), so a flood
 //! cannot fill the host's disk.
 
+use crate::seccomp::ThreadClass;
+use crate::vmm_thread::ThreadPolicy;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
@@ -89,17 +91,28 @@ pub struct Console {
 impl Console {
     /// A console on stdout, copied to `file` (capped at `file_limit` bytes);
     /// `started` is when the VMM started.
-    pub fn stdout(file: Option<File>, file_limit: u64, started: Instant) -> io::Result<Self> {
+    /// `threads`, if given, binds and confines the writer thread.
+    pub fn stdout(
+        file: Option<File>,
+        file_limit: u64,
+        started: Instant,
+        threads: Option<ThreadPolicy>,
+    ) -> io::Result<Self> {
         let sinks = Sinks {
             primary: Box::new(io::stdout()),
             file,
             file_limit,
         };
-        Console::with_sinks(sinks, BUFFER_BYTES, started)
+        Console::with_sinks(sinks, BUFFER_BYTES, started, threads)
     }
 
     /// A console writing to `sinks` through a buffer of `capacity` bytes.
-    pub fn with_sinks(sinks: Sinks, capacity: usize, started: Instant) -> io::Result<Self> {
+    pub fn with_sinks(
+        sinks: Sinks,
+        capacity: usize,
+        started: Instant,
+        threads: Option<ThreadPolicy>,
+    ) -> io::Result<Self> {
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer {
                 data: VecDeque::new(),
@@ -115,6 +128,12 @@ impl Console {
         let handle = std::thread::Builder::new()
             .name("ns-console".into())
             .spawn(move || {
+                let _bound = threads.as_ref().map(|t| t.bind("ns-console"));
+                if let Some(t) = &threads {
+                    if let Err(e) = t.confine(ThreadClass::Console, "ns-console") {
+                        t.report(crate::ExitReason::Host(format!("ns-console: {e}")));
+                    }
+                }
                 writer_main(&thread_shared, sinks);
                 let _ = done_tx.send(());
             })?;
@@ -296,7 +315,7 @@ mod tests {
             file: Some(File::create(&path).unwrap()),
             file_limit: 10,
         };
-        let mut console = Console::with_sinks(sinks, 1024, Instant::now()).unwrap();
+        let mut console = Console::with_sinks(sinks, 1024, Instant::now(), None).unwrap();
         console.write_all(b"hello, world\n").unwrap();
         console.flush().unwrap();
         let handle = console.stats_handle();
@@ -320,7 +339,7 @@ mod tests {
             file: None,
             file_limit: 0,
         };
-        let mut console = Console::with_sinks(sinks, 4096, Instant::now()).unwrap();
+        let mut console = Console::with_sinks(sinks, 4096, Instant::now(), None).unwrap();
         let line = [b'x'; 1024];
         for _ in 0..8192 {
             // 8 MiB into a socket buffer of a few hundred KiB and a 4 KiB console buffer.

@@ -16,6 +16,8 @@
 //! serial irqfd), futex (the serial's lock, the FIFO wait), and the thread's
 //! own exit (madvise, munmap, exit).
 
+use crate::seccomp::ThreadClass;
+use crate::vmm_thread::ThreadPolicy;
 use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,12 +85,13 @@ impl ConsoleInput {
     pub fn stdin<W: io::Write + Send + 'static>(
         serial: Arc<Mutex<Serial<W>>>,
         exit: Arc<ExitSignal>,
+        threads: Option<ThreadPolicy>,
     ) -> io::Result<Self> {
         let raw = RawMode::enable()?;
         if raw.is_some() {
             eprintln!("nightshift: console on this terminal; Ctrl-A x quits");
         }
-        let mut input = ConsoleInput::start(libc::STDIN_FILENO, serial, exit)?;
+        let mut input = ConsoleInput::start(libc::STDIN_FILENO, serial, exit, threads)?;
         input._raw = raw;
         Ok(input)
     }
@@ -98,6 +101,7 @@ impl ConsoleInput {
         fd: RawFd,
         serial: Arc<Mutex<Serial<W>>>,
         exit: Arc<ExitSignal>,
+        threads: Option<ThreadPolicy>,
     ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let wake = EventFd::new(libc::EFD_NONBLOCK)?;
@@ -128,7 +132,16 @@ impl ConsoleInput {
         };
         let thread = std::thread::Builder::new()
             .name("ns-stdin".into())
-            .spawn(move || reader.run())?;
+            .spawn(move || {
+                let _bound = threads.as_ref().map(|t| t.bind("ns-stdin"));
+                if let Some(t) = &threads {
+                    if let Err(e) = t.confine(ThreadClass::Console, "ns-stdin") {
+                        t.report(crate::ExitReason::Host(format!("ns-stdin: {e}")));
+                        return;
+                    }
+                }
+                reader.run()
+            })?;
         Ok(ConsoleInput {
             stop,
             wake,
@@ -274,7 +287,8 @@ mod tests {
         let (serial, _irq) = serial();
         let exit = Arc::new(ExitSignal::new().unwrap());
         let (mut tx, rx) = UnixStream::pair().unwrap();
-        let input = ConsoleInput::start(rx.as_raw_fd(), serial.clone(), exit.clone()).unwrap();
+        let input =
+            ConsoleInput::start(rx.as_raw_fd(), serial.clone(), exit.clone(), None).unwrap();
         // More than the 64-byte FIFO: the reader waits for the guest to drain it.
         let text: Vec<u8> = (0..300).map(|i| b'a' + (i % 26) as u8).collect();
         tx.write_all(&text).unwrap();
@@ -290,11 +304,12 @@ mod tests {
         let (serial, _irq) = serial();
         let exit = Arc::new(ExitSignal::new().unwrap());
         let null = std::fs::File::open("/dev/null").unwrap();
-        drop(ConsoleInput::start(null.as_raw_fd(), serial.clone(), exit.clone()).unwrap());
+        drop(ConsoleInput::start(null.as_raw_fd(), serial.clone(), exit.clone(), None).unwrap());
         let path = std::env::temp_dir().join(format!("nightshift-input-{}", std::process::id()));
         std::fs::write(&path, b"ab").unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        let input = ConsoleInput::start(file.as_raw_fd(), serial.clone(), exit.clone()).unwrap();
+        let input =
+            ConsoleInput::start(file.as_raw_fd(), serial.clone(), exit.clone(), None).unwrap();
         assert_eq!(guest_reads(&serial, 2), b"ab");
         drop(input);
         std::fs::remove_file(&path).unwrap();
@@ -306,7 +321,7 @@ mod tests {
         let (serial, _irq) = serial();
         let exit = Arc::new(ExitSignal::new().unwrap());
         let (_tx, rx) = UnixStream::pair().unwrap();
-        let input = ConsoleInput::start(rx.as_raw_fd(), serial, exit.clone()).unwrap();
+        let input = ConsoleInput::start(rx.as_raw_fd(), serial, exit.clone(), None).unwrap();
         drop(input); // joins: the stop eventfd woke the reader
         assert!(!exit.is_reported());
     }
