@@ -88,46 +88,101 @@ pub fn all(summary: &Summary, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let p = dir.join("interference.png");
     interference(summary, &palette, &p)?;
     out.push(p);
+    for scenario in ["mixed", "bursty"] {
+        let rows: Vec<&Row> = summary
+            .rows
+            .iter()
+            .filter(|r| r.scenario == scenario && median(r, "pickup_p50_us").is_some())
+            .collect();
+        if !rows.is_empty() {
+            let p = dir.join(format!("pickup-{scenario}.png"));
+            pickup(&rows, scenario, &palette, &p)?;
+            out.push(p);
+        }
+    }
     Ok(out)
 }
 
-/// Guest-measured latency percentiles per variant: a coarse CDF (p50, p99, p99.9).
+/// Guest-measured latency percentiles per variant: a coarse CDF (p10..p99.9).
 fn latency(rows: &[&Row], scenario: &str, palette: &Palette, path: &Path) -> anyhow::Result<()> {
+    let points = [
+        ("lat_p10_us", 10.0),
+        ("lat_p25_us", 25.0),
+        ("lat_p50_us", 50.0),
+        ("lat_p75_us", 75.0),
+        ("lat_p90_us", 90.0),
+        ("lat_p99_us", 99.0),
+        ("lat_p999_us", 99.9),
+    ];
+    let caption =
+        format!("{scenario}: I/O latency CDF (guest-measured p10..p99.9, medians of runs)");
+    cdf(
+        rows,
+        &points,
+        10.0,
+        &caption,
+        "latency (µs, log scale)",
+        palette,
+        path,
+    )
+}
+
+/// Pickup latency per variant (idle policy): from the moment the VMM knew a
+/// vCPU halted with work queued to the start of its first item.
+fn pickup(rows: &[&Row], scenario: &str, palette: &Palette, path: &Path) -> anyhow::Result<()> {
+    let points = [
+        ("pickup_p50_us", 50.0),
+        ("pickup_p99_us", 99.0),
+        ("pickup_p999_us", 99.9),
+    ];
+    let caption = format!("{scenario}: pickup latency, halt known -> first item (p50, p99, p99.9)");
+    cdf(
+        rows,
+        &points,
+        0.1,
+        &caption,
+        "pickup (µs, log scale)",
+        palette,
+        path,
+    )
+}
+
+/// A coarse CDF per row from the percentile metrics in `points`, on a log
+/// x axis starting at `floor`.
+fn cdf(
+    rows: &[&Row],
+    points: &[(&str, f64)],
+    floor: f64,
+    caption: &str,
+    x_desc: &str,
+    palette: &Palette,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let last = points[points.len() - 1].0;
     let max = rows
         .iter()
-        .filter_map(|r| median(r, "lat_p999_us"))
-        .fold(1.0, f64::max)
+        .filter_map(|r| median(r, last))
+        .fold(floor * 10.0, f64::max)
         * 1.2;
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{scenario}: I/O latency CDF (guest-measured p10..p99.9, medians of runs)"),
-            ("sans-serif", 20),
-        )
+        .caption(caption, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(56)
-        .build_cartesian_2d((10f64..max).log_scale(), 0f64..100f64)?;
+        .build_cartesian_2d((floor..max).log_scale(), 0f64..100f64)?;
     chart
         .configure_mesh()
-        .x_desc("latency (µs, log scale)")
+        .x_desc(x_desc)
         .y_desc("percentile")
         .label_style(("sans-serif", 14))
         .draw()?;
     for r in rows {
-        let pts: Vec<(f64, f64)> = [
-            ("lat_p10_us", 10.0),
-            ("lat_p25_us", 25.0),
-            ("lat_p50_us", 50.0),
-            ("lat_p75_us", 75.0),
-            ("lat_p90_us", 90.0),
-            ("lat_p99_us", 99.0),
-            ("lat_p999_us", 99.9),
-        ]
-        .iter()
-        .filter_map(|(m, pct)| Some((median(r, m)?.max(10.0), *pct)))
-        .collect();
+        let pts: Vec<(f64, f64)> = points
+            .iter()
+            .filter_map(|(m, pct)| Some((median(r, m)?.max(floor), *pct)))
+            .collect();
         let c = palette.color(&r.variant);
         chart
             .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))?
