@@ -119,7 +119,8 @@ fn scenarios(args: BenchArgs) -> anyhow::Result<()> {
     let images = runner::Images::new(params.disk_mib)?;
     if with_qemu && params.xts_passes > 0 {
         // Made up front, on a quiet host: qemu-img times its key derivation.
-        for vm in scenarios.iter().flat_map(|s| &s.vms) {
+        let comparable = scenarios.iter().filter(|s| s.peer_comparable());
+        for vm in comparable.flat_map(|s| &s.vms) {
             for d in 0..vm.disks {
                 images.luks(&format!("{}{d}", vm.role))?;
             }
@@ -151,9 +152,10 @@ fn scenarios(args: BenchArgs) -> anyhow::Result<()> {
                 progress(done, total, sc.name, &v.label(), rep);
                 let scrubs = sc.vms.iter().any(|vm| vm.scrub_passes.is_some());
                 let vms = match v {
-                    // QEMU has no background scrub, and under `inline` there is no
-                    // thread to run one: maintenance compares workers and idle.
-                    Variant::Qemu { .. } if scrubs => continue,
+                    // The peer runs only where it does the same work (one
+                    // cipher pass, no scrub); under `inline` there is no
+                    // thread to run a scrub: maintenance compares workers and idle.
+                    Variant::Qemu { .. } if !sc.peer_comparable() => continue,
                     Variant::Nightshift { policy, .. } if scrubs && policy == "inline" => continue,
                     _ => runner::run_vms(&exe, v, &sc.vms, &params, &images)?,
                 };
@@ -224,7 +226,18 @@ fn print_method(
          in the guest; CPU by thread class from /proc/PID/task/*/schedstat sampled every 2 ms; threads running at once \
          = threads on a CPU for over half of a 2 ms window (sampled estimate)"
     );
-    if !qemu {
+    if qemu {
+        println!(
+            "peer: QEMU microvm runs the same guest only in scenarios where it does the same device work \
+             (one LUKS cipher pass per sector, no background scrub): {}",
+            scenarios
+                .iter()
+                .filter(|s| s.peer_comparable())
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    } else {
         println!("peer: QEMU not installed or --no-qemu: no QEMU rows");
     }
     println!(

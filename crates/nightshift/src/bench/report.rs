@@ -45,6 +45,16 @@ pub struct RunMetrics {
     /// idlework kicks sent and useful (nightshift only).
     pub kicks_sent: Option<f64>,
     pub kicks_useful: Option<f64>,
+    /// Pickup latency, µs: from the moment the VMM knew a vCPU halted with
+    /// work queued for it to the start of the first item it ran there
+    /// (idlework's `pickup`; worst VM; nightshift's idle policy only).
+    pub pickup_p50_us: Option<f64>,
+    pub pickup_p99_us: Option<f64>,
+    pub pickup_p999_us: Option<f64>,
+    /// Signals sent to vCPU threads to bring them out of `KVM_RUN`, and plain
+    /// wakes of vCPU threads halted in userspace (nightshift only).
+    pub signal_kicks: Option<f64>,
+    pub plain_wakes: Option<f64>,
     /// Device-work items by place (nightshift only).
     pub ran_executor: Option<f64>,
     pub ran_worker: Option<f64>,
@@ -134,6 +144,21 @@ impl RunMetrics {
                     .map(|a| a.iter().filter_map(|e| e[field].as_f64()).sum())
             })
         };
+        let pickup = |field: &str| {
+            let worst = vms
+                .iter()
+                .filter_map(|vm| vm.report.as_ref())
+                .filter(|v| v["work"]["pickup"]["count"].as_u64().is_some_and(|n| n > 0))
+                .filter_map(|v| v["work"]["pickup"][field].as_f64());
+            max_of(worst).map(|ns| ns / 1000.0)
+        };
+        let per_vcpu = |field: &str| {
+            report_sum(vms, |v| {
+                v["vcpus"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|c| c[field].as_f64()).sum())
+            })
+        };
         let scrub_bytes = report_sum(vms, |v| {
             v["scrubs"]
                 .as_array()
@@ -179,6 +204,11 @@ impl RunMetrics {
             ctx_switches: vms.iter().map(|vm| vm.cpu.context_switches as f64).sum(),
             kicks_sent: kicks("kicks_sent"),
             kicks_useful: kicks("kicks_useful"),
+            pickup_p50_us: pickup("p50_ns"),
+            pickup_p99_us: pickup("p99_ns"),
+            pickup_p999_us: pickup("p999_ns"),
+            signal_kicks: per_vcpu("signal_kicks"),
+            plain_wakes: per_vcpu("plain_wakes"),
             ran_executor: report_sum(vms, |v| work(v, "executor")),
             ran_worker: report_sum(vms, |v| work(v, "worker")),
             ran_inline: report_sum(vms, |v| work(v, "inline")),
@@ -245,6 +275,11 @@ const METRICS: &[(&str, Getter)] = &[
     ("ctx_switches", |m| Some(m.ctx_switches)),
     ("kicks_sent", |m| m.kicks_sent),
     ("kicks_useful", |m| m.kicks_useful),
+    ("pickup_p50_us", |m| m.pickup_p50_us),
+    ("pickup_p99_us", |m| m.pickup_p99_us),
+    ("pickup_p999_us", |m| m.pickup_p999_us),
+    ("signal_kicks", |m| m.signal_kicks),
+    ("plain_wakes", |m| m.plain_wakes),
     ("ran_executor", |m| m.ran_executor),
     ("ran_worker", |m| m.ran_worker),
     ("ran_inline", |m| m.ran_inline),
@@ -317,6 +352,10 @@ pub fn print_table(summary: &Summary) {
         "ctxsw",
         "kicks sent",
         "kicks useful",
+        "pickup p50 us",
+        "pickup p99 us",
+        "signals",
+        "wakes",
         "ran exec",
         "ran worker",
         "ran inline",
@@ -342,6 +381,10 @@ pub fn print_table(summary: &Summary) {
                 cell(r, "ctx_switches", 0),
                 cell(r, "kicks_sent", 0),
                 cell(r, "kicks_useful", 0),
+                cell(r, "pickup_p50_us", 1),
+                cell(r, "pickup_p99_us", 1),
+                cell(r, "signal_kicks", 0),
+                cell(r, "plain_wakes", 0),
                 cell(r, "ran_executor", 0),
                 cell(r, "ran_worker", 0),
                 cell(r, "ran_inline", 0),

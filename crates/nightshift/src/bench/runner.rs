@@ -172,6 +172,7 @@ fn launch_nightshift(
         policy,
         halt_poll_ns,
         cpu_cap,
+        irqchip,
     } = variant
     else {
         unreachable!("called for nightshift variants only");
@@ -186,6 +187,8 @@ fn launch_nightshift(
             "256",
             "--policy",
             policy,
+            "--irqchip",
+            irqchip,
         ])
         .args(["--cmdline", &vm.cmdline])
         .arg("--report")

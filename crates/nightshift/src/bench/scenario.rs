@@ -138,30 +138,49 @@ pub fn all(p: &Params) -> Vec<Scenario> {
             }],
             solo: solo(2, format!("workload=compute,idle {}", idle_ms(p.ms))),
         },
-        Scenario {
-            name: "neighbour",
-            about: "VM A (1 vCPU on CPU0) does heavy I/O (8x the cipher passes); VM B (1 vCPU on CPU1) computes",
-            vms: vec![
-                VmSpec {
-                    role: "A",
-                    pins: vec![0],
-                    xts_factor: 8,
-                    ..vm(1, format!("workload=blk {}", blk("randread", "")))
-                },
-                VmSpec {
-                    role: "B",
-                    pins: vec![1],
-                    disks: 0,
-                    ..vm(1, format!("workload=compute ms={}", p.ms))
-                },
-            ],
-            solo: VmSpec {
-                role: "B",
-                pins: vec![1],
-                ..solo(1, format!("workload=compute ms={}", p.ms))
-            },
-        },
+        neighbour("neighbour", 8, &blk("randread", ""), p.ms),
+        // The same at one cipher pass, the work QEMU's LUKS does: the row
+        // where the peer stands beside nightshift.
+        neighbour("neighbour-1x", 1, &blk("randread", ""), p.ms),
     ]
+}
+
+/// VM A (1 vCPU on CPU0) does I/O at `factor` times the cipher passes while
+/// VM B (1 vCPU on CPU1) computes.
+fn neighbour(name: &'static str, factor: u32, blk: &str, ms: u64) -> Scenario {
+    let vm = |role, pin, disks, cmdline: String| VmSpec {
+        role,
+        vcpus: 1,
+        pins: vec![pin],
+        cmdline,
+        disks,
+        scrub_passes: None,
+        xts_factor: factor,
+    };
+    Scenario {
+        name,
+        about: if factor == 1 {
+            "as neighbour, at one cipher pass per sector (what QEMU's LUKS does)"
+        } else {
+            "VM A (1 vCPU on CPU0) does heavy I/O (8x the cipher passes); VM B (1 vCPU on CPU1) computes"
+        },
+        vms: vec![
+            vm("A", 0, 1, format!("workload=blk {blk}")),
+            vm("B", 1, 0, format!("workload=compute ms={ms}")),
+        ],
+        solo: vm("B", 1, 0, format!("workload=compute ms={ms}")),
+    }
+}
+
+impl Scenario {
+    /// Whether the QEMU peer does the same device work as nightshift here:
+    /// its LUKS runs one cipher pass per sector, and it has no background
+    /// scrub. Peer rows are only set beside nightshift where this holds.
+    pub fn peer_comparable(&self) -> bool {
+        self.vms
+            .iter()
+            .all(|vm| vm.xts_factor == 1 && vm.scrub_passes.is_none())
+    }
 }
 
 /// The VMM running a scenario.
@@ -176,6 +195,10 @@ pub enum Variant {
         halt_poll_ns: Option<u32>,
         /// The footprint cap on non-vCPU device-work threads.
         cpu_cap: Option<usize>,
+        /// Who owns the interrupt controllers: `kernel` (KVM; guest idle
+        /// seen through the `blocking` statistic) or `user` (nightshift;
+        /// a guest HLT exits to the vCPU thread at once).
+        irqchip: &'static str,
     },
     /// QEMU microvm with virtio-blk (LUKS when the disk is encrypted).
     Qemu {
@@ -192,8 +215,12 @@ impl Variant {
                 policy,
                 halt_poll_ns,
                 cpu_cap,
+                irqchip,
             } => {
                 let mut s = policy.clone();
+                if *irqchip == "user" {
+                    s.push_str("/user");
+                }
                 if *halt_poll_ns == Some(0) {
                     s.push_str("/nopoll");
                 }
@@ -207,33 +234,39 @@ impl Variant {
         }
     }
 
-    /// nightshift under `policy` with the host's halt polling.
+    /// nightshift under `policy` with the in-kernel irqchip and the host's
+    /// halt polling.
     pub fn nightshift(policy: &str) -> Self {
+        Variant::with("kernel", policy, None, None)
+    }
+
+    fn with(
+        irqchip: &'static str,
+        policy: &str,
+        halt_poll_ns: Option<u32>,
+        cpu_cap: Option<usize>,
+    ) -> Self {
         Variant::Nightshift {
             policy: policy.into(),
-            halt_poll_ns: None,
-            cpu_cap: None,
+            halt_poll_ns,
+            cpu_cap,
+            irqchip,
         }
     }
 
-    /// The default set: the three policies, idle without halt polling and
-    /// with the footprint cap, and QEMU with and without an iothread.
+    /// The default set: the three policies under both irqchips, idle
+    /// without halt polling and with the footprint cap, and QEMU with and
+    /// without an iothread.
     pub fn defaults(with_qemu: bool) -> Vec<Variant> {
-        let mut v = vec![
-            Variant::nightshift("workers"),
-            Variant::nightshift("inline"),
-            Variant::nightshift("idle"),
-            Variant::Nightshift {
-                policy: "idle".into(),
-                halt_poll_ns: Some(0),
-                cpu_cap: None,
-            },
-            Variant::Nightshift {
-                policy: "idle".into(),
-                halt_poll_ns: None,
-                cpu_cap: Some(0),
-            },
-        ];
+        let mut v = Vec::new();
+        for irqchip in ["kernel", "user"] {
+            for policy in ["workers", "inline", "idle"] {
+                v.push(Variant::with(irqchip, policy, None, None));
+            }
+        }
+        v.push(Variant::with("kernel", "idle", Some(0), None));
+        v.push(Variant::with("kernel", "idle", None, Some(0)));
+        v.push(Variant::with("user", "idle", None, Some(0)));
         if with_qemu {
             v.push(Variant::Qemu { iothread: false });
             v.push(Variant::Qemu { iothread: true });
