@@ -389,6 +389,9 @@ fn an_executor_respects_its_budget_to_within_one_item() {
     };
     let engine = Engine::with_clock(config, clock.clock()).unwrap();
     let mut exec = engine.register_executor("vcpu0", FakeVcpu::idle());
+    // Announced idle: the first submit claims it, and with it at work the
+    // depth asks for no worker (which would otherwise share the items).
+    exec.announce_idle();
     let ran = Arc::new(AtomicUsize::new(0));
     for _ in 0..10 {
         let (clock, ran) = (clock.clone(), Arc::clone(&ran));
