@@ -7,6 +7,8 @@
 //! `o.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed`.
 
 mod common;
+// Every VMM here runs under common::timeout() (nightshift_on / run_bounded):
+// a hang fails the test instead of stalling CI.
 
 use std::path::Path;
 

@@ -2,6 +2,8 @@
 //! `./dev test` installs it, so in CI these tests always run.
 
 mod common;
+// Every VMM here runs under common::timeout() (nightshift_on / run_bounded):
+// a hang fails the test instead of stalling CI.
 
 use std::process::Command;
 
