@@ -138,6 +138,14 @@ impl<const N: usize> Phy<N> {
         self.tx.nfree > 0
     }
 
+    /// Whether the device has used every transmit buffer it was given, so each frame
+    /// smoltcp handed over is on the wire (an answer queued just before the workload
+    /// ends must not be lost with the VM).
+    pub fn transmits_done(&mut self) -> bool {
+        self.reclaim_tx();
+        self.tx.nfree == N
+    }
+
     fn post_rx(&mut self, i: u16) -> Result<(), virtio_drivers::Error> {
         let buf = self.rx.buf(usize::from(i));
         // SAFETY: the buffer belongs to the receive pool alone and is not touched again

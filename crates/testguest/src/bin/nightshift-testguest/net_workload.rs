@@ -225,7 +225,10 @@ impl<const N: usize> Stack<'_, '_, N> {
                     .map(|w| (w, tsc + time::us_to_tsc(LINGER_US)));
             }
             let limit = match ending {
-                Some((why, linger)) if self.services.settled(self.sockets) || tsc >= linger => {
+                Some((why, linger))
+                    if (self.services.settled(self.sockets) && self.phy.transmits_done())
+                        || tsc >= linger =>
+                {
                     break why
                 }
                 Some((_, linger)) => linger,
