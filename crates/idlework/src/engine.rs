@@ -242,9 +242,11 @@ impl Engine {
             Shutdown::Return => {
                 shared.set_mode(Mode::Stopping);
                 shared.gate.close();
+                shared.queues.close();
             }
             Shutdown::Drain => {
                 shared.gate.close();
+                shared.queues.close();
                 shared.set_mode(Mode::Draining);
             }
         }

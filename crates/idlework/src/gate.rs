@@ -1,5 +1,7 @@
-//! The gate every public entry point passes through, so shutdown knows when
-//! no submission or executor run is still in flight.
+//! The gate that executor runs, inline runs and lane submissions pass
+//! through, so shutdown knows when none is still in flight. A plain queued
+//! submission does not pass it: the queue's own lock refuses it after
+//! shutdown (`Queues::close`), which costs the hot path nothing extra.
 
 use crate::sync::{thread, AtomicUsize, Ordering};
 

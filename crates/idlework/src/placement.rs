@@ -42,6 +42,11 @@ impl Shared {
     /// Submits `item`. `capped` says whether an inline run on this thread
     /// counts against the CPU cap (it does not on an executor's thread).
     pub(crate) fn submit(&self, mut item: Item, capped: bool) -> Result<Submitted, SubmitError> {
+        if item.lane.is_none() && !self.runs_inline_first(&item) {
+            return self.submit_queued(item);
+        }
+        // Running on this thread, or a lane's backlog: shutdown must wait
+        // for this call to finish, so it passes the gate.
         let Some(_pass) = self.gate.enter() else {
             return Err(SubmitError::ShutDown(item));
         };
@@ -71,6 +76,25 @@ impl Shared {
         }
         self.enqueue(item, self.clock.now());
         Ok(Submitted::Queued)
+    }
+
+    /// The common path: queue `item` and find it a hand. The queue's lock
+    /// refuses it once shutdown has closed the queues, so this path needs
+    /// no gate (see `queue.rs`).
+    fn submit_queued(&self, mut item: Item) -> Result<Submitted, SubmitError> {
+        let now = self.clock.now();
+        item.stamp = now;
+        let p = item.priority();
+        self.queues.submit(item).map_err(SubmitError::ShutDown)?;
+        fence(Ordering::SeqCst);
+        self.place(p, now);
+        Ok(Submitted::Queued)
+    }
+
+    /// Whether `item` runs (a step) on the submitting thread before it is
+    /// queued, if at all.
+    fn runs_inline_first(&self, item: &Item) -> bool {
+        self.config.policy == Policy::Inline || self.below_threshold(item)
     }
 
     fn below_threshold(&self, item: &Item) -> bool {

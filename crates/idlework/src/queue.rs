@@ -9,6 +9,13 @@
 //! exact (plain stores made under the lock, read without it), and the loom
 //! build model-checks the very same queue. The lock is held only to move
 //! an item in or out; items are dropped and run outside it.
+//!
+//! The lock also decides shutdown for queued submissions: [`Queues::close`]
+//! marks every class closed under its lock, and a submission
+//! ([`Queues::submit`]) checks that mark under the same lock, so it is
+//! either queued before the close (and drained or handed back by shutdown)
+//! or refused. That costs the submit path nothing beyond the push it makes
+//! anyway, where a separate shutdown gate costs two more read-modify-writes.
 
 use crate::clock::Nanos;
 use crate::item::Item;
@@ -19,10 +26,18 @@ use std::collections::VecDeque;
 // wake-up happens: a plain std atomic even under loom.
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// What a class's lock guards: its items, and whether it still takes
+/// submissions.
+#[derive(Default)]
+struct Locked {
+    items: VecDeque<Item>,
+    closed: bool,
+}
+
 /// A locked FIFO whose length and oldest stamp are readable without the lock.
 struct Fifo {
     /// parking_lot's mutex (no poisoning to check; a loom mutex under loom).
-    items: FairMutex<VecDeque<Item>>,
+    items: FairMutex<Locked>,
     /// `items.len()`, written under the lock. Part of the sleep/wake
     /// protocol: every push is followed by the pusher's SeqCst fence (see
     /// `Shared::enqueue`), and every reader that must not miss a push looks
@@ -36,7 +51,7 @@ struct Fifo {
 impl Default for Fifo {
     fn default() -> Self {
         Fifo {
-            items: FairMutex::new(VecDeque::new()),
+            items: FairMutex::new(Locked::default()),
             len: AtomicUsize::new(0),
             front: AtomicU64::new(0),
         }
@@ -44,8 +59,24 @@ impl Default for Fifo {
 }
 
 impl Fifo {
+    /// Queues `item`, work already inside the engine (a yielding item, a
+    /// lane's next one): taken even while shutting down.
     fn push(&self, item: Item) {
-        let mut q = self.items.lock();
+        self.append(&mut self.items.lock(), item);
+    }
+
+    /// Queues a submitted `item` while the class is open, else hands it back.
+    fn submit(&self, item: Item) -> Result<(), Item> {
+        let mut locked = self.items.lock();
+        if locked.closed {
+            return Err(item);
+        }
+        self.append(&mut locked, item);
+        Ok(())
+    }
+
+    fn append(&self, locked: &mut Locked, item: Item) {
+        let q = &mut locked.items;
         if q.is_empty() {
             self.front.store(item.stamp, Ordering::Relaxed);
         }
@@ -53,11 +84,16 @@ impl Fifo {
         self.len.store(q.len(), Release);
     }
 
+    fn close(&self) {
+        self.items.lock().closed = true;
+    }
+
     fn pop_if(&self, due: impl FnOnce(Nanos) -> bool) -> Option<Item> {
         if self.len() == 0 {
             return None;
         }
-        let mut q = self.items.lock();
+        let mut locked = self.items.lock();
+        let q = &mut locked.items;
         if !due(q.front()?.stamp) {
             return None;
         }
@@ -90,9 +126,23 @@ impl Queues {
         &self.by_class[p.index()]
     }
 
-    /// Queues `item` at the back of its class; its stamp must be set.
+    /// Queues `item` at the back of its class; its stamp must be set. For
+    /// work already inside the engine (a yielding item, a lane's next one),
+    /// which is taken even while shutting down.
     pub(crate) fn push(&self, item: Item) {
         self.fifo(item.priority()).push(item);
+    }
+
+    /// Queues a submitted `item` (stamp set) unless the queues are closed;
+    /// then it comes back.
+    pub(crate) fn submit(&self, item: Item) -> Result<(), Item> {
+        self.fifo(item.priority()).submit(item)
+    }
+
+    /// Refuses submissions from now on. Every submission queued before is
+    /// visible to a later [`drain`](Self::drain) or pop.
+    pub(crate) fn close(&self) {
+        Priority::ALL.into_iter().for_each(|p| self.fifo(p).close());
     }
 
     /// Takes the oldest item of class `p`.
