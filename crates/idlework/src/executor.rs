@@ -66,6 +66,16 @@ pub trait IdleHooks: Send + Sync + 'static {
     fn probe_idle(&self) -> bool {
         false
     }
+
+    /// Whether [`probe_idle`](Self::probe_idle) can find this executor
+    /// idle: true for a vCPU whose halts only the kernel sees (it must then
+    /// override `probe_idle` too); false, the default, for one whose thread
+    /// learns of its guest's halt itself and announces it. While no
+    /// registered executor probes, the timekeeper never polls for idle ones
+    /// (there is nothing to ask: each announces itself the moment it halts).
+    fn probes(&self) -> bool {
+        false
+    }
 }
 
 /// A VMM usually shares its per-vCPU state between the vCPU thread and the
@@ -77,6 +87,10 @@ impl<T: IdleHooks> IdleHooks for std::sync::Arc<T> {
 
     fn probe_idle(&self) -> bool {
         (**self).probe_idle()
+    }
+
+    fn probes(&self) -> bool {
+        (**self).probes()
     }
 }
 
@@ -136,10 +150,16 @@ pub(crate) struct Registry {
     next: std::sync::atomic::AtomicUsize,
     /// Executors registered and not dropped (read on the submit path).
     live: std::sync::atomic::AtomicUsize,
+    /// Executors registered whose hooks probe ([`IdleHooks::probes`]).
+    probing: std::sync::atomic::AtomicUsize,
 }
 
 impl Registry {
     fn register(&self, name: String, hooks: Box<dyn IdleHooks>) -> (Arc<ExecSlot>, Option<Seat>) {
+        if hooks.probes() {
+            self.probing
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let slot = Arc::new(ExecSlot {
             name,
             hooks,
@@ -162,6 +182,12 @@ impl Registry {
     /// Registered executors (not yet dropped).
     pub(crate) fn count(&self) -> usize {
         self.live.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether any executor ever registered can be probed for idle (a
+    /// retired one still counts: a hint, only ever an extra poll).
+    pub(crate) fn any_probing(&self) -> bool {
+        self.probing.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     /// Executors kicked or running now.

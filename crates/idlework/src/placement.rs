@@ -166,7 +166,11 @@ impl Shared {
             self.sleep.arm_timer();
             // Nobody is on it yet (an executor at work places what is left
             // when it finishes): make sure the timekeeper looks for one.
-            if p != Priority::Urgent && self.executors.busy() == 0 && self.waits_for_idle() {
+            if p != Priority::Urgent
+                && self.executors.busy() == 0
+                && self.waits_for_idle()
+                && self.timekeeper_looks()
+            {
                 self.look_for_idle_soon();
             }
         }

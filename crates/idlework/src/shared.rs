@@ -232,6 +232,26 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// With the CPU cap full, the next deadline is the timekeeper's to
+    /// notice (no worker keeps time for it): how long until it, if any.
+    fn cap_deadline_wait(&self) -> Option<std::time::Duration> {
+        if self.cap.available() {
+            return None;
+        }
+        let due = self.oldest_deadline()?;
+        let left = due.saturating_sub(self.clock.now()).max(1);
+        Some(std::time::Duration::from_nanos(left))
+    }
+
+    /// Whether a just-queued item needs the timekeeper to look for an idle
+    /// executor: some executor can only be found by probing, or the CPU
+    /// cap leaves the item's deadline to the timekeeper.
+    pub(crate) fn timekeeper_looks(&self) -> bool {
+        self.executors.any_probing() || !self.cap.available()
+    }
+}
+
 impl Watch for Shared {
     fn has_work(&self) -> bool {
         if !self.cap.available() {
@@ -282,6 +302,12 @@ impl Watch for Shared {
         if !self.cap.available() && self.overdue() && self.executors.force_one(now) {
             return None;
         }
+        if !self.executors.any_probing() {
+            // Every executor announces itself when its guest halts: looking
+            // again finds nothing new. Only a deadline the cap leaves to us
+            // needs a wake-up.
+            return self.cap_deadline_wait();
+        }
         // Nobody idle: look again, less often each time nobody is (every
         // look wakes a thread, and on a host whose CPUs all run vCPUs that
         // thread pre-empts one), up to MAX_POLL_BACKOFF doublings; `idle`
@@ -297,14 +323,6 @@ impl Watch for Shared {
             shift
         };
         let next = interval.saturating_mul(1 << shift);
-        // With the cap full, the next deadline is ours to notice (no worker
-        // keeps time for it): do not sleep past it.
-        if !self.cap.available() {
-            if let Some(due) = self.oldest_deadline() {
-                let left = due.saturating_sub(self.clock.now()).max(1);
-                return Some(next.min(std::time::Duration::from_nanos(left)));
-            }
-        }
-        Some(next)
+        Some(self.cap_deadline_wait().map_or(next, |left| next.min(left)))
     }
 }

@@ -56,6 +56,9 @@ impl IdleHooks for FakeVcpu {
         }
         self.idle.load(Ordering::SeqCst)
     }
+    fn probes(&self) -> bool {
+        true
+    }
 }
 
 /// Items that report their id on a channel when done.

@@ -117,6 +117,10 @@ impl IdleHooks for Vcpu {
         self.idle
     }
 
+    fn probes(&self) -> bool {
+        true
+    }
+
     fn kick(&self) {
         let (k, cv) = &*self.kicked;
         *k.lock().unwrap() = true;

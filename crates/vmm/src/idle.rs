@@ -60,6 +60,10 @@ impl<S: BlockingStat, V: VcpuSignals> idlework::IdleHooks for KernelIdleHooks<S,
         self.blocking.blocking()
     }
 
+    fn probes(&self) -> bool {
+        true
+    }
+
     fn kick(&self) {
         self.vcpu.kick();
     }
