@@ -51,6 +51,11 @@ pub struct RunMetrics {
     pub pickup_p50_us: Option<f64>,
     pub pickup_p99_us: Option<f64>,
     pub pickup_p999_us: Option<f64>,
+    /// Queue wait, µs: from an item's submission to the start of its run,
+    /// wherever it ran (idlework's `wait`; worst VM; nightshift only). Under
+    /// `idle`, wait minus pickup is the time until the vCPU halted.
+    pub wait_p50_us: Option<f64>,
+    pub wait_p99_us: Option<f64>,
     /// Signals sent to vCPU threads to bring them out of `KVM_RUN`, and plain
     /// wakes of vCPU threads halted in userspace (nightshift only).
     pub signal_kicks: Option<f64>,
@@ -144,14 +149,15 @@ impl RunMetrics {
                     .map(|a| a.iter().filter_map(|e| e[field].as_f64()).sum())
             })
         };
-        let pickup = |field: &str| {
+        let latency = |which: &str, field: &str| {
             let worst = vms
                 .iter()
                 .filter_map(|vm| vm.report.as_ref())
-                .filter(|v| v["work"]["pickup"]["count"].as_u64().is_some_and(|n| n > 0))
-                .filter_map(|v| v["work"]["pickup"][field].as_f64());
+                .filter(|v| v["work"][which]["count"].as_u64().is_some_and(|n| n > 0))
+                .filter_map(|v| v["work"][which][field].as_f64());
             max_of(worst).map(|ns| ns / 1000.0)
         };
+        let pickup = |field: &str| latency("pickup", field);
         let per_vcpu = |field: &str| {
             report_sum(vms, |v| {
                 v["vcpus"]
@@ -207,6 +213,8 @@ impl RunMetrics {
             pickup_p50_us: pickup("p50_ns"),
             pickup_p99_us: pickup("p99_ns"),
             pickup_p999_us: pickup("p999_ns"),
+            wait_p50_us: latency("wait", "p50_ns"),
+            wait_p99_us: latency("wait", "p99_ns"),
             signal_kicks: per_vcpu("signal_kicks"),
             plain_wakes: per_vcpu("plain_wakes"),
             ran_executor: report_sum(vms, |v| work(v, "executor")),
@@ -278,6 +286,8 @@ const METRICS: &[(&str, Getter)] = &[
     ("pickup_p50_us", |m| m.pickup_p50_us),
     ("pickup_p99_us", |m| m.pickup_p99_us),
     ("pickup_p999_us", |m| m.pickup_p999_us),
+    ("wait_p50_us", |m| m.wait_p50_us),
+    ("wait_p99_us", |m| m.wait_p99_us),
     ("signal_kicks", |m| m.signal_kicks),
     ("plain_wakes", |m| m.plain_wakes),
     ("ran_executor", |m| m.ran_executor),
@@ -354,6 +364,8 @@ pub fn print_table(summary: &Summary) {
         "kicks useful",
         "pickup p50 us",
         "pickup p99 us",
+        "wait p50 us",
+        "wait p99 us",
         "signals",
         "wakes",
         "ran exec",
@@ -383,6 +395,8 @@ pub fn print_table(summary: &Summary) {
                 cell(r, "kicks_useful", 0),
                 cell(r, "pickup_p50_us", 1),
                 cell(r, "pickup_p99_us", 1),
+                cell(r, "wait_p50_us", 1),
+                cell(r, "wait_p99_us", 1),
                 cell(r, "signal_kicks", 0),
                 cell(r, "plain_wakes", 0),
                 cell(r, "ran_executor", 0),
