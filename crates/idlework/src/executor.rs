@@ -110,6 +110,8 @@ const FORCED: u8 = 4;
 pub(crate) struct ExecSlot {
     name: String,
     hooks: Box<dyn IdleHooks>,
+    /// `hooks.probes()`, asked once at registration.
+    probes: bool,
     state: AtomicU8,
     /// When the last claim found it idle with work queued (engine clock).
     /// Written before the claim's state change, read by the thread after
@@ -156,13 +158,15 @@ pub(crate) struct Registry {
 
 impl Registry {
     fn register(&self, name: String, hooks: Box<dyn IdleHooks>) -> (Arc<ExecSlot>, Option<Seat>) {
-        if hooks.probes() {
+        let probes = hooks.probes();
+        if probes {
             self.probing
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let slot = Arc::new(ExecSlot {
             name,
             hooks,
+            probes,
             state: AtomicU8::new(FREE),
             claimed_at: Default::default(),
             stats: RunnerStats::new(),
@@ -209,7 +213,8 @@ impl Registry {
         self.claim_announced(now) || self.probe_one(now)
     }
 
-    /// Kicks one free executor whose [`IdleHooks::probe_idle`] says idle.
+    /// Kicks one free executor that probes and whose
+    /// [`IdleHooks::probe_idle`] says idle.
     fn probe_one(&self, now: Nanos) -> bool {
         let slots = unpoison(self.slots.read());
         let n = slots.len();
@@ -217,7 +222,8 @@ impl Registry {
         for i in 0..n {
             let idx = (start + i) % n;
             let slot = &slots[idx];
-            if slot.state.load(Ordering::SeqCst) == FREE
+            if slot.probes
+                && slot.state.load(Ordering::SeqCst) == FREE
                 && slot.hooks.probe_idle()
                 && self.try_claim(slot, KICKED, now)
             {

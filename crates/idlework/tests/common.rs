@@ -20,6 +20,9 @@ pub struct FakeVcpu {
     pub kicks: Arc<AtomicUsize>,
     pub probes: Arc<AtomicUsize>,
     pub foreign_probes: Arc<AtomicUsize>,
+    /// Like a vCPU under a userspace irqchip: its thread announces its
+    /// halts itself, so the engine must never probe it.
+    pub announces_itself: bool,
 }
 
 impl FakeVcpu {
@@ -57,7 +60,7 @@ impl IdleHooks for FakeVcpu {
         self.idle.load(Ordering::SeqCst)
     }
     fn probes(&self) -> bool {
-        true
+        !self.announces_itself
     }
 }
 

@@ -918,3 +918,26 @@ fn the_submit_path_never_probes_the_timekeeper_does() {
         "the probe's claim is a pickup"
     );
 }
+
+#[test]
+fn an_executor_that_announces_itself_is_never_probed() {
+    // Under a userspace irqchip the vCPU thread sees its guest's HLT: there
+    // is nothing to ask it. Its probe would even say idle (if the engine
+    // asked, it would kick); the item waits for its deadline and a worker.
+    let engine = Engine::new(Config {
+        normal_deadline: Duration::from_millis(20),
+        ..patient(Policy::Idle)
+    })
+    .unwrap();
+    let vcpu = FakeVcpu {
+        announces_itself: true,
+        ..FakeVcpu::idle()
+    };
+    let _exec = engine.register_executor("vcpu0", vcpu.clone());
+    let (tx, rx) = reporting();
+    engine.submit(item(&tx, 0)).unwrap();
+    expect_each_once(&rx, 1);
+    assert_eq!(vcpu.probes.load(Ordering::SeqCst), 0, "probed");
+    assert_eq!(vcpu.kicks(), 0, "kicked without announcing");
+    assert_eq!(engine.stats().ran(Place::Worker, Priority::Normal), 1);
+}
