@@ -12,12 +12,10 @@
 //! - `vcpu`: on its thread, after setup (stats fd, pinning, self-kick timer),
 //!   just before its first `KVM_RUN`.
 //! - `notifier`: at the start of its thread.
-//! - `worker` (the engine's threads): the engine has no thread-start hook yet,
-//!   so the VM creates the engine from a short-lived thread that confines
-//!   itself first; the workers it spawns inherit the filter. The filter must
-//!   therefore also allow thread creation (clone3 and the new thread's start-up
-//!   calls). The engine's timekeeper is a role of one worker, not a thread of
-//!   its own, so it has the worker filter.
+//! - `worker` (the engine's threads): in idlework's thread-start hook, first
+//!   thing on each worker, before it takes any item. The engine's timekeeper
+//!   is a role of one worker, not a thread of its own, so it has the worker
+//!   filter.
 //! - `main`: by the embedder (the CLI) once the VM runs, after it has opened
 //!   every file it will write (see [`crate::vm::RunningVm::confine_main_thread`]).
 //!
@@ -211,18 +209,6 @@ const ALLOWED: &[Allow] = &[
         why: "waiting for ioeventfds (notifier) and for stdin (the console's reader)",
         classes: &[Notifier, Console],
         syscalls: &[libc::SYS_epoll_wait, libc::SYS_epoll_pwait],
-    },
-    Allow {
-        why: "the spawning thread creates the workers, which inherit this filter",
-        classes: &[Worker],
-        syscalls: &[
-            libc::SYS_clone,
-            libc::SYS_clone3,
-            libc::SYS_set_robust_list,
-            libc::SYS_rseq,
-            libc::SYS_prctl,
-            libc::SYS_sched_getaffinity,
-        ],
     },
     Allow {
         why: "re-reading /proc/self files opened before confinement (memory report)",

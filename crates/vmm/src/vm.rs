@@ -38,7 +38,7 @@ use crate::virtio::block::{
 use crate::virtio::net::{Net, NetError};
 use crate::virtio::notifier::{Notifier, NotifierBuilder};
 use crate::virtio::rng::Rng;
-use crate::vmm_thread::{register_worker_prefix, Binding, Fault, ThreadPolicy};
+use crate::vmm_thread::{Binding, Fault, ThreadPolicy};
 
 pub use crate::device_manager::FIRST_VIRTIO_GSI;
 /// Key of the benchmark disk transform: a cost model, not data protection.
@@ -222,7 +222,6 @@ impl Vm {
         let pio = Arc::new(pio);
         confine_helper_threads(&config);
         let engine = Arc::new(start_engine(&config.work, &threads)?);
-        register_worker_prefix(WORKER_PREFIX, &threads);
         let mut mmio = Bus::new();
         if let Some(chip) = &irqchip {
             place_ioapic(&mut mmio, chip)?;
@@ -372,8 +371,9 @@ impl Vm {
             }
         }
         if let Some(fault) = self.threads.fault().filter(|f| f.thread == "worker") {
-            // The engine has no thread-start hook to fire it in: the VM's
-            // first work item does (on a worker under the workers policy).
+            // Not fired in the workers' start hook (a panic there fails the
+            // engine's start, not a running VM): the VM's first work item
+            // does (on a worker under the workers policy).
             let fault = fault.clone();
             let _ = self
                 .engine
@@ -525,28 +525,22 @@ fn confine_helper_threads(config: &VmConfig) {
     }
 }
 
-/// Starts the engine from a thread confined as a worker, so that the
-/// workers it spawns inherit the worker filter (the engine has no
-/// thread-start hook yet; see [`crate::seccomp`]) and the affinity set by
-/// [`confine_helper_threads`].
+/// Starts the engine; each of its worker threads binds itself to this VM
+/// (a panic ends the VM naming the thread) and confines itself to the
+/// worker filter before it takes any item. The workers inherit the
+/// affinity [`confine_helper_threads`] set on this thread.
 fn start_engine(w: &WorkConfig, threads: &ThreadPolicy) -> Result<Engine, VmError> {
-    let config = engine_config(w);
     let threads = threads.clone();
-    let spawner = std::thread::Builder::new()
-        .name(format!("{WORKER_PREFIX}-spawn"))
-        .spawn(move || -> Result<Engine, VmError> {
-            threads.confine(ThreadClass::Worker, "ns-work-spawn")?;
-            Engine::new(config).map_err(|e| {
-                VmError::Host("starting the device-work engine", std::io::Error::other(e))
-            })
-        })
-        .map_err(|e| VmError::Host("starting the device-work engine", e))?;
-    spawner.join().unwrap_or_else(|_| {
-        Err(VmError::Host(
-            "starting the device-work engine",
-            std::io::Error::other("the spawning thread panicked"),
-        ))
-    })
+    let config = idlework::Config {
+        on_thread_start: Some(idlework::ThreadStartHook::new(move |t| {
+            threads.bind_for_thread_life(&t.name);
+            threads.confine(ThreadClass::Worker, &t.name)?;
+            Ok(())
+        })),
+        ..engine_config(w)
+    };
+    Engine::new(config)
+        .map_err(|e| VmError::Host("starting the device-work engine", std::io::Error::other(e)))
 }
 
 /// The engine settings for a VM's device work.

@@ -6,11 +6,9 @@
 //! `thread_helper`, where a thread's panic becomes an exit event.
 //!
 //! Binding is a thread-local set when a VMM thread starts ([`ThreadPolicy::bind`]).
-//! The engine's workers cannot be bound yet (the engine has no thread-start
-//! hook); until it has, a panic on a thread named with the engine's prefix
-//! goes to the VM that registered that prefix last ([`register_worker_prefix`]):
-//! exact for one VM per process (the CLI), a guess if one process runs
-//! several VMs at once.
+//! The engine's workers bind themselves in idlework's thread-start hook, for
+//! the rest of their life ([`ThreadPolicy::bind_for_thread_life`]), so every
+//! thread knows its own VM even when one process runs several.
 //!
 //! This also hosts the test-only fault seam, [`Fault`]: read once when a VM
 //! is built, fired once when the thread it names is confined, never looked at
@@ -19,7 +17,7 @@
 use std::cell::RefCell;
 use std::panic::PanicHookInfo;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, Once, Weak};
+use std::sync::{Arc, Once};
 
 use crate::exit::{ExitReason, ExitSignal};
 use crate::seccomp::{self, OnTrap, SeccompError, SeccompMode, ThreadClass, TrapTarget};
@@ -138,6 +136,15 @@ impl ThreadPolicy {
         self.bind_as(name, OnTrap::ExitProcess)
     }
 
+    /// Binds the calling thread until it exits, for threads whose code is
+    /// not ours to wrap (the engine's workers, from its thread-start hook).
+    /// A seccomp trap on such a thread exits the process, named: the thread
+    /// cannot park as a vCPU does, since the engine's shutdown joins it.
+    pub fn bind_for_thread_life(&self, name: &str) {
+        let binding = self.bind_as(name, OnTrap::ExitProcess);
+        LIFE_BINDING.with(|b| *b.borrow_mut() = Some(binding));
+    }
+
     fn bind_as(&self, name: &str, on_trap: OnTrap) -> Binding {
         BOUND.with(|b| {
             *b.borrow_mut() = Some(Bound {
@@ -183,25 +190,8 @@ struct Bound {
 
 thread_local! {
     static BOUND: RefCell<Option<Bound>> = const { RefCell::new(None) };
-}
-
-/// An unbound engine thread prefix: its VM, and whether its threads are filtered.
-struct WorkerPrefix {
-    prefix: String,
-    exit: Weak<ExitSignal>,
-    confined: bool,
-}
-
-static WORKER_PREFIX: Mutex<Option<WorkerPrefix>> = Mutex::new(None);
-
-/// Threads named `prefix…` that are not bound belong to the VM of `policy`
-/// (see the module docs for why this exists and its limit).
-pub fn register_worker_prefix(prefix: &str, policy: &ThreadPolicy) {
-    *WORKER_PREFIX.lock().unwrap_or_else(|p| p.into_inner()) = Some(WorkerPrefix {
-        prefix: prefix.to_owned(),
-        exit: Arc::downgrade(&policy.exit),
-        confined: policy.seccomp != SeccompMode::Off,
-    });
+    /// The binding of a thread bound for its whole life; dropped at its exit.
+    static LIFE_BINDING: RefCell<Option<Binding>> = const { RefCell::new(None) };
 }
 
 /// Installs (once per process) a panic hook that ends the VM the panicking
@@ -239,22 +229,7 @@ fn report_panic(info: &PanicHookInfo<'_>) -> Option<(String, bool)> {
         })
         .ok()
         .flatten();
-    if bound.is_some() {
-        return bound;
-    }
-    let thread = std::thread::current();
-    let name = thread.name()?;
-    let (exit, confined) = WORKER_PREFIX
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .filter(|w| name.starts_with(w.prefix.as_str()))
-        .and_then(|w| Some((w.exit.upgrade()?, w.confined)))?;
-    exit.report(ExitReason::Panic {
-        thread: name.to_owned(),
-        message,
-    });
-    Some((name.to_owned(), confined))
+    bound
 }
 
 /// The panic's message and location.
@@ -302,15 +277,24 @@ mod tests {
     }
 
     #[test]
-    fn a_panic_on_an_unbound_engine_thread_goes_to_the_registered_vm() {
+    fn an_engine_worker_binds_itself_for_life_in_the_start_hook() {
         let exit = Arc::new(ExitSignal::new().unwrap());
         let policy = ThreadPolicy::new(exit.clone(), SeccompMode::Off, None);
-        register_worker_prefix("unit-work", &policy);
-        let t = std::thread::Builder::new()
-            .name("unit-work3".into())
-            .spawn(|| panic!("in an item"))
+        let engine = idlework::Engine::new(idlework::Config {
+            policy: idlework::Policy::Workers,
+            max_workers: 1,
+            thread_name: "unit-work".into(),
+            on_thread_start: Some(idlework::ThreadStartHook::new(move |t| {
+                policy.bind_for_thread_life(&t.name);
+                Ok(())
+            })),
+            ..idlework::Config::default()
+        })
+        .unwrap();
+        // idlework catches the item's panic, but the panic hook runs first.
+        engine
+            .submit(idlework::Item::from_fn(|| panic!("in an item")))
             .unwrap();
-        assert!(t.join().is_err());
-        assert!(matches!(exit.wait(), ExitReason::Panic { thread, .. } if thread == "unit-work3"));
+        assert!(matches!(exit.wait(), ExitReason::Panic { thread, .. } if thread == "unit-work0"));
     }
 }
