@@ -15,6 +15,8 @@ pub struct RunMetrics {
     pub scenario: String,
     pub variant: String,
     pub rep: usize,
+    /// A network scenario (its own table).
+    pub net: bool,
     /// Compute rate relative to the solo run, percent.
     pub compute_pct: Option<f64>,
     /// The I/O vCPU's own computing while its requests are pending (poll
@@ -59,6 +61,26 @@ pub struct RunMetrics {
     pub ran_executor: Option<f64>,
     pub ran_worker: Option<f64>,
     pub ran_inline: Option<f64>,
+    /// Network (host-measured): UDP round trips per second and their percentiles, µs.
+    pub rr_per_s: Option<f64>,
+    pub rtt_p10_us: Option<f64>,
+    pub rtt_p25_us: Option<f64>,
+    pub rtt_p50_us: Option<f64>,
+    pub rtt_p75_us: Option<f64>,
+    pub rtt_p90_us: Option<f64>,
+    pub rtt_p99_us: Option<f64>,
+    pub rtt_p999_us: Option<f64>,
+    /// Round trips with no answer within 1 s.
+    pub rr_lost: Option<f64>,
+    /// TCP throughput host → guest and guest → host, Mbit/s.
+    pub to_guest_mbit_s: Option<f64>,
+    pub from_guest_mbit_s: Option<f64>,
+    /// VMM start → the guest's network up, ms.
+    pub net_up_ms: Option<f64>,
+    /// Per network operation (a round trip, or a MiB moved either way): the
+    /// vCPUs' exits to the VMM (nightshift only) and the guest's device interrupts.
+    pub exits_per_op: Option<f64>,
+    pub guest_irqs_per_op: Option<f64>,
 }
 
 /// `iters_per_ms` of every CPU that ran the `compute` workload.
@@ -95,14 +117,14 @@ fn report_sum(vms: &[VmOutcome], f: impl Fn(&serde_json::Value) -> Option<f64>) 
 }
 
 impl RunMetrics {
-    /// The metrics of one run.
+    /// The metrics of one run; `solo` = the solo run's compute rate (all CPUs,
+    /// one CPU) where the scenario has one.
     pub fn from_run(
         scenario: &str,
         variant: &Variant,
         rep: usize,
         vms: &[VmOutcome],
-        solo_rate: f64,
-        solo_per_cpu: f64,
+        solo: Option<(f64, f64)>,
     ) -> Self {
         let blk = || {
             vms.iter()
@@ -169,17 +191,47 @@ impl RunMetrics {
             .flat_map(|vm| &vm.results)
             .filter_map(|r| num(r, "ms"))
             .fold(0.0, f64::max);
+        let net = vms.iter().find_map(|vm| vm.net.as_ref());
+        let rtt = |q: f64| net.and_then(|n| n.rtt(q));
+        let per_op = |total: Option<f64>| {
+            let ops = net.map(|n| n.ops()).filter(|ops| *ops > 0.0)?;
+            Some(total? / ops)
+        };
+        let guest_irqs = sum_opt(
+            vms.iter()
+                .flat_map(|vm| &vm.results)
+                .filter(|r| r.get("workload").is_some_and(|w| w == "net"))
+                .filter_map(|r| num(r, "irqs")),
+        );
         RunMetrics {
             scenario: scenario.into(),
             variant: variant.label(),
             rep,
-            compute_pct: compute_rate(vms).map(|r| 100.0 * r / solo_rate),
+            net: net.is_some(),
+            rr_per_s: net.and_then(|n| n.rr_per_s()),
+            rtt_p10_us: rtt(0.10),
+            rtt_p25_us: rtt(0.25),
+            rtt_p50_us: rtt(0.50),
+            rtt_p75_us: rtt(0.75),
+            rtt_p90_us: rtt(0.90),
+            rtt_p99_us: rtt(0.99),
+            rtt_p999_us: rtt(0.999),
+            rr_lost: net.filter(|n| n.round_trips > 0).map(|n| n.lost as f64),
+            to_guest_mbit_s: net.and_then(|n| n.mbit_s_to_guest()),
+            from_guest_mbit_s: net.and_then(|n| n.mbit_s_from_guest()),
+            net_up_ms: net.map(|n| n.up_ms),
+            exits_per_op: per_op(per_vcpu("exits")),
+            guest_irqs_per_op: per_op(guest_irqs),
+            compute_pct: compute_rate(vms)
+                .zip(solo)
+                .map(|(r, (solo_rate, _))| 100.0 * r / solo_rate),
             io_vcpu_pct: sum_opt(
                 blk()
                     .filter(|r| r.get("wait").is_some_and(|w| w == "poll"))
                     .filter_map(|r| num(r, "poll_iters_per_ms")),
             )
-            .map(|r| 100.0 * r / solo_per_cpu),
+            .zip(solo)
+            .map(|(r, (_, solo_per_cpu))| 100.0 * r / solo_per_cpu),
             iops: sum_opt(blk().filter_map(|r| num(r, "iops"))),
             lat_p10_us: max_of(blk().filter_map(|r| num(r, "lat_us_p10"))),
             lat_p25_us: max_of(blk().filter_map(|r| num(r, "lat_us_p25"))),
@@ -243,6 +295,8 @@ impl Spread {
 pub struct Row {
     pub scenario: String,
     pub variant: String,
+    /// A network scenario.
+    pub net: bool,
     pub metrics: BTreeMap<&'static str, Spread>,
 }
 
@@ -283,6 +337,20 @@ const METRICS: &[(&str, Getter)] = &[
     ("ran_executor", |m| m.ran_executor),
     ("ran_worker", |m| m.ran_worker),
     ("ran_inline", |m| m.ran_inline),
+    ("rr_per_s", |m| m.rr_per_s),
+    ("rtt_p10_us", |m| m.rtt_p10_us),
+    ("rtt_p25_us", |m| m.rtt_p25_us),
+    ("rtt_p50_us", |m| m.rtt_p50_us),
+    ("rtt_p75_us", |m| m.rtt_p75_us),
+    ("rtt_p90_us", |m| m.rtt_p90_us),
+    ("rtt_p99_us", |m| m.rtt_p99_us),
+    ("rtt_p999_us", |m| m.rtt_p999_us),
+    ("rr_lost", |m| m.rr_lost),
+    ("to_guest_mbit_s", |m| m.to_guest_mbit_s),
+    ("from_guest_mbit_s", |m| m.from_guest_mbit_s),
+    ("net_up_ms", |m| m.net_up_ms),
+    ("exits_per_op", |m| m.exits_per_op),
+    ("guest_irqs_per_op", |m| m.guest_irqs_per_op),
 ];
 
 impl Summary {
@@ -312,6 +380,7 @@ impl Summary {
                     })
                     .collect();
                 Row {
+                    net: group.iter().any(|r| r.net),
                     scenario,
                     variant,
                     metrics,
@@ -333,62 +402,87 @@ fn cell(row: &Row, metric: &str, decimals: usize) -> String {
     }
 }
 
-/// Prints the results table (medians [min-max]).
+/// Prints the results tables (medians [min-max]): block and other scenarios, then the
+/// network scenarios, each with its own columns.
 pub fn print_table(summary: &Summary) {
-    let header = [
-        "scenario",
-        "variant",
-        "compute %solo",
-        "I/O vCPU %solo",
-        "IOPS",
-        "p50 us",
-        "p99 us",
-        "p99.9 us",
-        "scrub MiB/s",
-        "CPU s vcpu",
-        "CPU s dev",
-        "CPU s other",
-        "thr@once",
-        "ctxsw",
-        "kicks sent",
-        "kicks useful",
-        "pickup p50 us",
-        "pickup p99 us",
-        "signals",
-        "wakes",
-        "ran exec",
-        "ran worker",
-        "ran inline",
-    ];
-    let rows: Vec<Vec<String>> = summary
-        .rows
+    let (net, other): (Vec<&Row>, Vec<&Row>) = summary.rows.iter().partition(|r| r.net);
+    if !other.is_empty() {
+        print_rows(&other, BLOCK_COLUMNS);
+    }
+    if !net.is_empty() {
+        if !other.is_empty() {
+            println!();
+        }
+        print_rows(&net, NET_COLUMNS);
+    }
+}
+
+/// A table column: header, metric, decimals.
+type Column = (&'static str, &'static str, usize);
+
+const BLOCK_COLUMNS: &[Column] = &[
+    ("compute %solo", "compute_pct", 1),
+    ("I/O vCPU %solo", "io_vcpu_pct", 1),
+    ("IOPS", "iops", 0),
+    ("p50 us", "lat_p50_us", 0),
+    ("p99 us", "lat_p99_us", 0),
+    ("p99.9 us", "lat_p999_us", 0),
+    ("scrub MiB/s", "scrub_mib_s", 1),
+    ("CPU s vcpu", "cpu_vcpu_s", 2),
+    ("CPU s dev", "cpu_device_s", 2),
+    ("CPU s other", "cpu_other_s", 2),
+    ("thr@once", "peak_threads", 0),
+    ("ctxsw", "ctx_switches", 0),
+    ("kicks sent", "kicks_sent", 0),
+    ("kicks useful", "kicks_useful", 0),
+    ("pickup p50 us", "pickup_p50_us", 1),
+    ("pickup p99 us", "pickup_p99_us", 1),
+    ("signals", "signal_kicks", 0),
+    ("wakes", "plain_wakes", 0),
+    ("ran exec", "ran_executor", 0),
+    ("ran worker", "ran_worker", 0),
+    ("ran inline", "ran_inline", 0),
+];
+
+const NET_COLUMNS: &[Column] = &[
+    ("compute %solo", "compute_pct", 1),
+    ("RR/s", "rr_per_s", 0),
+    ("RTT p50 us", "rtt_p50_us", 0),
+    ("RTT p99 us", "rtt_p99_us", 0),
+    ("RTT p99.9 us", "rtt_p999_us", 0),
+    ("lost", "rr_lost", 0),
+    ("to guest Mbit/s", "to_guest_mbit_s", 0),
+    ("from guest Mbit/s", "from_guest_mbit_s", 0),
+    ("CPU s vcpu", "cpu_vcpu_s", 2),
+    ("CPU s dev", "cpu_device_s", 2),
+    ("CPU s other", "cpu_other_s", 2),
+    ("ctxsw", "ctx_switches", 0),
+    ("exits/op", "exits_per_op", 1),
+    ("guest irqs/op", "guest_irqs_per_op", 2),
+    ("kicks sent", "kicks_sent", 0),
+    ("pickup p50 us", "pickup_p50_us", 1),
+    ("pickup p99 us", "pickup_p99_us", 1),
+    ("signals", "signal_kicks", 0),
+    ("wakes", "plain_wakes", 0),
+    ("ran exec", "ran_executor", 0),
+    ("ran worker", "ran_worker", 0),
+    ("ran inline", "ran_inline", 0),
+    ("net up ms", "net_up_ms", 0),
+];
+
+fn print_rows(rows: &[&Row], columns: &[Column]) {
+    let header: Vec<String> = ["scenario", "variant"]
+        .into_iter()
+        .chain(columns.iter().map(|c| c.0))
+        .map(String::from)
+        .collect();
+    let rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            vec![
-                r.scenario.clone(),
-                r.variant.clone(),
-                cell(r, "compute_pct", 1),
-                cell(r, "io_vcpu_pct", 1),
-                cell(r, "iops", 0),
-                cell(r, "lat_p50_us", 0),
-                cell(r, "lat_p99_us", 0),
-                cell(r, "lat_p999_us", 0),
-                cell(r, "scrub_mib_s", 1),
-                cell(r, "cpu_vcpu_s", 2),
-                cell(r, "cpu_device_s", 2),
-                cell(r, "cpu_other_s", 2),
-                cell(r, "peak_threads", 0),
-                cell(r, "ctx_switches", 0),
-                cell(r, "kicks_sent", 0),
-                cell(r, "kicks_useful", 0),
-                cell(r, "pickup_p50_us", 1),
-                cell(r, "pickup_p99_us", 1),
-                cell(r, "signal_kicks", 0),
-                cell(r, "plain_wakes", 0),
-                cell(r, "ran_executor", 0),
-                cell(r, "ran_worker", 0),
-                cell(r, "ran_inline", 0),
-            ]
+            [r.scenario.clone(), r.variant.clone()]
+                .into_iter()
+                .chain(columns.iter().map(|(_, m, d)| cell(r, m, *d)))
+                .collect()
         })
         .collect();
     let widths: Vec<usize> = (0..header.len())
@@ -400,7 +494,7 @@ pub fn print_table(summary: &Summary) {
                 .unwrap_or(0)
         })
         .collect();
-    let line = |cells: Vec<String>| {
+    let line = |cells: &[String]| {
         cells
             .iter()
             .enumerate()
@@ -408,7 +502,7 @@ pub fn print_table(summary: &Summary) {
             .collect::<Vec<_>>()
             .join(" | ")
     };
-    println!("{}", line(header.iter().map(|s| s.to_string()).collect()));
+    println!("{}", line(&header));
     println!(
         "{}",
         widths
@@ -417,7 +511,7 @@ pub fn print_table(summary: &Summary) {
             .collect::<Vec<_>>()
             .join("-|-")
     );
-    for r in rows {
+    for r in &rows {
         println!("{}", line(r));
     }
 }
