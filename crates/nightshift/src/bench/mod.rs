@@ -170,7 +170,6 @@ fn scenarios(args: BenchArgs) -> anyhow::Result<()> {
     // slow drifts of the host spread over all of them.
     for rep in 0..reps {
         for sc in &scenarios {
-            // The solo run's compute rate: all its CPUs, and one CPU.
             let solo = match &sc.solo {
                 Some(solo) => {
                     done += 1;
@@ -183,9 +182,7 @@ fn scenarios(args: BenchArgs) -> anyhow::Result<()> {
                         &images,
                         None,
                     )?;
-                    let rate =
-                        report::compute_rate(&solo).context("solo run reported no compute rate")?;
-                    Some((rate, report::compute_rate_per_cpu(&solo).unwrap_or(rate)))
+                    Some(report::Solo::of(&solo).context("solo run reported no compute rate")?)
                 }
                 None => None,
             };
@@ -197,7 +194,7 @@ fn scenarios(args: BenchArgs) -> anyhow::Result<()> {
                 done += 1;
                 progress(done, total, sc.name, &v.label(), rep);
                 let vms = runner::run_vms(&exe, v, &sc.vms, &params, &images, net)?;
-                runs.push(RunMetrics::from_run(sc.name, v, rep, &vms, solo));
+                runs.push(RunMetrics::from_run(sc.name, v, rep, &vms, solo.as_ref()));
             }
         }
     }
@@ -267,7 +264,10 @@ fn print_method(
              guest->host (source, every byte checked), each about a sixth of the window, Mbit/s = bytes / session \
              time (connection set-up included); window = {} ms, or with a computing vCPU until its result line \
              (it starts computing at boot, so the guest's net bring-up is computed without traffic: see net up ms); \
-             ops for per-op counts = round trips (RR) or MiB moved (stream); exits = the vCPUs' KVM_RUN returns",
+             ops for per-op counts = round trips (RR) or MiB moved (stream); exits = the vCPUs' KVM_RUN returns; \
+             wait s = VMM threads runnable but not on a CPU (schedstat), host wait ms = the same for the traffic \
+             thread; bg cores = cores the rest of the host used meanwhile (/proc/stat minus the bench and its VMMs; \
+             solo bg cores: during the solo run the compute rate is compared with)",
             nightshift::netns::HOST_IP,
             nightshift::netns::GUEST_IP,
             netload::RR_PAYLOAD,

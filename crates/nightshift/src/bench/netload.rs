@@ -61,6 +61,17 @@ pub struct NetOutcome {
     pub from_guest_bytes: u64,
     pub from_guest_s: f64,
     pub sessions: u64,
+    /// The host's traffic thread over the window: time on a CPU and time runnable
+    /// but waiting for one (its schedstat), ms.
+    pub host_cpu_ms: f64,
+    pub host_wait_ms: f64,
+}
+
+/// The calling thread's (time on CPU, time waiting on a run queue), ns.
+fn thread_schedstat() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+    Some((f.next()??, f.next()??))
 }
 
 /// The percentiles reported (and plotted) for round trips.
@@ -140,12 +151,17 @@ pub fn drive(
     let up_ms = started.elapsed().as_secs_f64() * 1e3;
     let load = *load;
     let outcome = ns.run(move || -> anyhow::Result<NetOutcome> {
+        let sched0 = thread_schedstat();
         let mut window = Window::new(ms, computing.then_some(console));
         let mut out = match load {
             NetLoad::Rr => round_trips(&mut window)?,
             NetLoad::Stream => stream(&mut window, ms)?,
         };
         out.window_s = window.start.elapsed().as_secs_f64();
+        if let (Some((cpu0, wait0)), Some((cpu1, wait1))) = (sched0, thread_schedstat()) {
+            out.host_cpu_ms = cpu1.saturating_sub(cpu0) as f64 / 1e6;
+            out.host_wait_ms = wait1.saturating_sub(wait0) as f64 / 1e6;
+        }
         quit().context("ending the guest's net workload")?;
         Ok(out)
     })??;

@@ -38,6 +38,10 @@ pub struct RunMetrics {
     pub cpu_vcpu_s: f64,
     pub cpu_device_s: f64,
     pub cpu_other_s: f64,
+    /// Seconds the VMM processes' threads were runnable but waiting for a CPU, by class.
+    pub wait_vcpu_s: f64,
+    pub wait_device_s: f64,
+    pub wait_other_s: f64,
     /// Most threads of the I/O VM on a CPU at once (sampled).
     pub peak_threads: f64,
     /// vCPUs of the I/O VM (the bound `peak_threads` is compared with).
@@ -81,6 +85,34 @@ pub struct RunMetrics {
     /// vCPUs' exits to the VMM (nightshift only) and the guest's device interrupts.
     pub exits_per_op: Option<f64>,
     pub guest_irqs_per_op: Option<f64>,
+    /// Cores the rest of the host used during the run (background load), and
+    /// during its solo run.
+    pub background_cores: Option<f64>,
+    pub solo_background_cores: Option<f64>,
+    /// The host's traffic thread: on a CPU and waiting for one, ms.
+    pub host_cpu_ms: Option<f64>,
+    pub host_wait_ms: Option<f64>,
+}
+
+/// A scenario's solo run: the compute rate the others are compared with.
+pub struct Solo {
+    /// Sum of `iters_per_ms` over its computing CPUs, and their mean.
+    pub rate: f64,
+    pub rate_per_cpu: f64,
+    /// Cores the rest of the host used meanwhile.
+    pub background_cores: Option<f64>,
+}
+
+impl Solo {
+    /// The solo run's numbers (None if it reported no compute rate).
+    pub fn of(vms: &[VmOutcome]) -> Option<Self> {
+        let rate = compute_rate(vms)?;
+        Some(Solo {
+            rate,
+            rate_per_cpu: compute_rate_per_cpu(vms).unwrap_or(rate),
+            background_cores: vms.iter().find_map(|vm| vm.background_cores),
+        })
+    }
 }
 
 /// `iters_per_ms` of every CPU that ran the `compute` workload.
@@ -117,14 +149,13 @@ fn report_sum(vms: &[VmOutcome], f: impl Fn(&serde_json::Value) -> Option<f64>) 
 }
 
 impl RunMetrics {
-    /// The metrics of one run; `solo` = the solo run's compute rate (all CPUs,
-    /// one CPU) where the scenario has one.
+    /// The metrics of one run; `solo` = the scenario's solo run, where it has one.
     pub fn from_run(
         scenario: &str,
         variant: &Variant,
         rep: usize,
         vms: &[VmOutcome],
-        solo: Option<(f64, f64)>,
+        solo: Option<&Solo>,
     ) -> Self {
         let blk = || {
             vms.iter()
@@ -134,6 +165,11 @@ impl RunMetrics {
         let cpu = |class| {
             vms.iter()
                 .map(|vm| vm.cpu.cpu_s.get(&class).copied().unwrap_or(0.0))
+                .sum()
+        };
+        let wait = |class| {
+            vms.iter()
+                .map(|vm| vm.cpu.wait_s.get(&class).copied().unwrap_or(0.0))
                 .sum()
         };
         let io_vm = vms
@@ -222,16 +258,20 @@ impl RunMetrics {
             net_up_ms: net.map(|n| n.up_ms),
             exits_per_op: per_op(per_vcpu("exits")),
             guest_irqs_per_op: per_op(guest_irqs),
+            background_cores: vms.iter().find_map(|vm| vm.background_cores),
+            solo_background_cores: solo.and_then(|s| s.background_cores),
+            host_cpu_ms: net.map(|n| n.host_cpu_ms),
+            host_wait_ms: net.map(|n| n.host_wait_ms),
             compute_pct: compute_rate(vms)
                 .zip(solo)
-                .map(|(r, (solo_rate, _))| 100.0 * r / solo_rate),
+                .map(|(r, solo)| 100.0 * r / solo.rate),
             io_vcpu_pct: sum_opt(
                 blk()
                     .filter(|r| r.get("wait").is_some_and(|w| w == "poll"))
                     .filter_map(|r| num(r, "poll_iters_per_ms")),
             )
             .zip(solo)
-            .map(|(r, (_, solo_per_cpu))| 100.0 * r / solo_per_cpu),
+            .map(|(r, solo)| 100.0 * r / solo.rate_per_cpu),
             iops: sum_opt(blk().filter_map(|r| num(r, "iops"))),
             lat_p10_us: max_of(blk().filter_map(|r| num(r, "lat_us_p10"))),
             lat_p25_us: max_of(blk().filter_map(|r| num(r, "lat_us_p25"))),
@@ -246,6 +286,9 @@ impl RunMetrics {
             cpu_vcpu_s: cpu(ThreadClass::Vcpu),
             cpu_device_s: cpu(ThreadClass::Device),
             cpu_other_s: cpu(ThreadClass::Other),
+            wait_vcpu_s: wait(ThreadClass::Vcpu),
+            wait_device_s: wait(ThreadClass::Device),
+            wait_other_s: wait(ThreadClass::Other),
             peak_threads: io_vm.map_or(0.0, |vm| vm.cpu.peak_threads_running as f64),
             io_vm_vcpus: io_vm.map_or(0.0, |vm| {
                 vm.report
@@ -324,6 +367,9 @@ const METRICS: &[(&str, Getter)] = &[
     ("cpu_vcpu_s", |m| Some(m.cpu_vcpu_s)),
     ("cpu_device_s", |m| Some(m.cpu_device_s)),
     ("cpu_other_s", |m| Some(m.cpu_other_s)),
+    ("wait_vcpu_s", |m| Some(m.wait_vcpu_s)),
+    ("wait_device_s", |m| Some(m.wait_device_s)),
+    ("wait_other_s", |m| Some(m.wait_other_s)),
     ("peak_threads", |m| Some(m.peak_threads)),
     ("io_vm_vcpus", |m| Some(m.io_vm_vcpus)),
     ("ctx_switches", |m| Some(m.ctx_switches)),
@@ -351,6 +397,10 @@ const METRICS: &[(&str, Getter)] = &[
     ("net_up_ms", |m| m.net_up_ms),
     ("exits_per_op", |m| m.exits_per_op),
     ("guest_irqs_per_op", |m| m.guest_irqs_per_op),
+    ("background_cores", |m| m.background_cores),
+    ("solo_background_cores", |m| m.solo_background_cores),
+    ("host_cpu_ms", |m| m.host_cpu_ms),
+    ("host_wait_ms", |m| m.host_wait_ms),
 ];
 
 impl Summary {
@@ -446,6 +496,8 @@ const BLOCK_COLUMNS: &[Column] = &[
 
 const NET_COLUMNS: &[Column] = &[
     ("compute %solo", "compute_pct", 1),
+    ("bg cores", "background_cores", 2),
+    ("solo bg cores", "solo_background_cores", 2),
     ("RR/s", "rr_per_s", 0),
     ("RTT p50 us", "rtt_p50_us", 0),
     ("RTT p99 us", "rtt_p99_us", 0),
@@ -456,6 +508,10 @@ const NET_COLUMNS: &[Column] = &[
     ("CPU s vcpu", "cpu_vcpu_s", 2),
     ("CPU s dev", "cpu_device_s", 2),
     ("CPU s other", "cpu_other_s", 2),
+    ("wait s vcpu", "wait_vcpu_s", 2),
+    ("wait s dev", "wait_device_s", 2),
+    ("wait s other", "wait_other_s", 2),
+    ("host wait ms", "host_wait_ms", 0),
     ("ctxsw", "ctx_switches", 0),
     ("exits/op", "exits_per_op", 1),
     ("guest irqs/op", "guest_irqs_per_op", 2),

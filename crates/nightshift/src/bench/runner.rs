@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::netload::{self, NetOutcome};
 use super::scenario::{NetLoad, Params, Variant, VmSpec};
-use super::threads::{ProcessCpu, Sampler};
+use super::threads::{HostCpu, ProcessCpu, Sampler};
 
 /// The guest's MAC under both VMMs (nightshift's default for its first net device), so
 /// the tap's neighbour entry is right whichever VMM ran last.
@@ -34,6 +34,9 @@ pub struct VmOutcome {
     pub cpu: ProcessCpu,
     /// What the host measured of its network traffic (the VM with a net device).
     pub net: Option<NetOutcome>,
+    /// Cores the rest of the host (not the bench, not this run's VMMs) used on
+    /// average during the run: the background load it ran under.
+    pub background_cores: Option<f64>,
 }
 
 /// Disk images for a scenario run, made once per bench run.
@@ -155,6 +158,7 @@ pub fn run_vms(
         }
     }
     let pids: Vec<u32> = launched.iter().map(|l| l.child.id()).collect();
+    let host0 = HostCpu::now();
     let sampler = Sampler::start(&pids, Duration::from_millis(2));
     let mut net_outcome = None;
     if let Some(n) = net {
@@ -185,6 +189,8 @@ pub fn run_vms(
         statuses.push(wait_until(&mut l.child, deadline)?);
     }
     let mut cpu = sampler.finish();
+    let vmm_cpu_s: f64 = cpu.values().flat_map(|c| c.cpu_s.values()).sum();
+    let background_cores = host0.and_then(|h| h.others_since(vmm_cpu_s));
     launched
         .into_iter()
         .zip(statuses)
@@ -213,6 +219,7 @@ pub fn run_vms(
                 report,
                 cpu: cpu.remove(&pid).unwrap_or_default(),
                 net: if vm.net { net_outcome.take() } else { None },
+                background_cores,
             })
         })
         .collect()
