@@ -85,6 +85,8 @@ pub struct RunMetrics {
     /// vCPUs' exits to the VMM (nightshift only) and the guest's device interrupts.
     pub exits_per_op: Option<f64>,
     pub guest_irqs_per_op: Option<f64>,
+    /// CPU seconds the VMM's other threads ran on the computing vCPU's host CPU.
+    pub vmm_on_compute_cpu_s: Option<f64>,
     /// Cores the rest of the host used during the run (background load), and
     /// during its solo run.
     pub background_cores: Option<f64>,
@@ -113,6 +115,46 @@ impl Solo {
             background_cores: vms.iter().find_map(|vm| vm.background_cores),
         })
     }
+}
+
+/// CPU seconds the VMM's other threads ran on the host CPU of a computing vCPU
+/// (summed over computing vCPUs): what the VMM itself took from the computing
+/// vCPU's CPU, whatever else the host ran (sampled per 2 ms, see `threads`).
+fn vmm_on_compute_cpu(vms: &[VmOutcome]) -> Option<f64> {
+    let mut total = None;
+    for vm in vms {
+        let computing = vm
+            .results
+            .iter()
+            .filter(|r| r.get("workload").is_some_and(|w| w == "compute"))
+            .filter_map(|r| r.get("cpu"));
+        for k in computing {
+            let me = |name: &str| name == format!("vcpu{k}") || name == format!("CPU {k}/KVM");
+            let own = |cpu: &usize| {
+                vm.cpu.on_cpu_s[cpu]
+                    .iter()
+                    .filter(|(n, _)| me(n))
+                    .map(|(_, s)| *s)
+                    .sum::<f64>()
+            };
+            // Its host CPU: where it ran most (it is pinned).
+            let Some(host_cpu) = vm
+                .cpu
+                .on_cpu_s
+                .keys()
+                .max_by(|a, b| own(a).total_cmp(&own(b)))
+            else {
+                continue;
+            };
+            let others: f64 = vm.cpu.on_cpu_s[host_cpu]
+                .iter()
+                .filter(|(n, _)| !me(n))
+                .map(|(_, s)| *s)
+                .sum();
+            *total.get_or_insert(0.0) += others;
+        }
+    }
+    total
 }
 
 /// `iters_per_ms` of every CPU that ran the `compute` workload.
@@ -258,6 +300,7 @@ impl RunMetrics {
             net_up_ms: net.map(|n| n.up_ms),
             exits_per_op: per_op(per_vcpu("exits")),
             guest_irqs_per_op: per_op(guest_irqs),
+            vmm_on_compute_cpu_s: vmm_on_compute_cpu(vms),
             background_cores: vms.iter().find_map(|vm| vm.background_cores),
             solo_background_cores: solo.and_then(|s| s.background_cores),
             host_cpu_ms: net.map(|n| n.host_cpu_ms),
@@ -397,6 +440,7 @@ const METRICS: &[(&str, Getter)] = &[
     ("net_up_ms", |m| m.net_up_ms),
     ("exits_per_op", |m| m.exits_per_op),
     ("guest_irqs_per_op", |m| m.guest_irqs_per_op),
+    ("vmm_on_compute_cpu_s", |m| m.vmm_on_compute_cpu_s),
     ("background_cores", |m| m.background_cores),
     ("solo_background_cores", |m| m.solo_background_cores),
     ("host_cpu_ms", |m| m.host_cpu_ms),
@@ -496,6 +540,7 @@ const BLOCK_COLUMNS: &[Column] = &[
 
 const NET_COLUMNS: &[Column] = &[
     ("compute %solo", "compute_pct", 1),
+    ("VMM s on compute CPU", "vmm_on_compute_cpu_s", 3),
     ("bg cores", "background_cores", 2),
     ("solo bg cores", "solo_background_cores", 2),
     ("RR/s", "rr_per_s", 0),

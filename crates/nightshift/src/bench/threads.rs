@@ -55,6 +55,10 @@ pub struct ProcessCpu {
     pub cpu_s: HashMap<ThreadClass, f64>,
     /// Seconds runnable but waiting for a CPU (schedstat's run-queue wait), by class.
     pub wait_s: HashMap<ThreadClass, f64>,
+    /// CPU seconds by host CPU and thread name (`comm`): each window's time of a
+    /// thread is put on the CPU it was last on when sampled (an estimate: a thread
+    /// that moved within the window is put on one CPU).
+    pub on_cpu_s: HashMap<usize, HashMap<String, f64>>,
     /// Highest footprint in one window, cores.
     pub peak_cores: f64,
     /// Most threads on a CPU for over half of one window.
@@ -65,6 +69,7 @@ pub struct ProcessCpu {
 
 #[derive(Default)]
 struct Watched {
+    names: HashMap<u32, String>,
     /// Each thread's last (time on CPU, time waiting on a run queue), ns.
     last: HashMap<u32, (u64, u64)>,
     classes: HashMap<u32, ThreadClass>,
@@ -156,6 +161,7 @@ fn sample(pid: u32, w: &mut Watched, window_ns: u64) {
                 let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
                 let c = ThreadClass::of(comm.trim());
                 w.classes.insert(tid, c);
+                w.names.insert(tid, comm.trim().to_string());
                 c
             }
         };
@@ -167,6 +173,15 @@ fn sample(pid: u32, w: &mut Watched, window_ns: u64) {
         *w.result.cpu_s.entry(class).or_default() += delta as f64 / 1e9;
         *w.result.wait_s.entry(class).or_default() +=
             wait_ns.saturating_sub(prev_wait) as f64 / 1e9;
+        if let (true, Some(cpu)) = (delta > 0, last_cpu(&dir)) {
+            let name = w.names.get(&tid).cloned().unwrap_or_default();
+            *w.result
+                .on_cpu_s
+                .entry(cpu)
+                .or_default()
+                .entry(name)
+                .or_default() += delta as f64 / 1e9;
+        }
         busy_ns += delta;
         if delta * 2 > window_ns {
             running += 1;
@@ -225,6 +240,18 @@ impl HostCpu {
         let others = (now.busy_s - self.busy_s) - (now.own_s - self.own_s) - vmm_cpu_s;
         (wall > 0.0).then(|| (others / wall).max(0.0))
     }
+}
+
+/// The CPU a thread last ran on (field 39 of its `stat`).
+fn last_cpu(task_dir: &std::path::Path) -> Option<usize> {
+    let stat = fs::read_to_string(task_dir.join("stat")).ok()?;
+    // Fields after the name start at field 3.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(39 - 3)?
+        .parse()
+        .ok()
 }
 
 fn context_switches(task_dir: &std::path::Path) -> Option<u64> {
