@@ -267,9 +267,9 @@ fn print_method(
              ops for per-op counts = round trips (RR) or MiB moved (stream); exits = the vCPUs' KVM_RUN returns; \
              wait s = VMM threads runnable but not on a CPU (schedstat), host wait ms = the same for the traffic \
              thread; bg cores = cores the rest of the host used meanwhile (/proc/stat minus the bench and its VMMs: on a saturated host, the complement of what the run took; \
-             solo bg cores: during the solo run the compute rate is compared with); VMM s on compute CPU = CPU time \
+             solo bg cores: during the solo run the compute rate is compared with); VMM s from compute vCPU = CPU time \
              of the VMM's other threads on the computing vCPU's host CPU (each thread's 2 ms sample put on the CPU \
-             it was last on)",
+             it was last on) plus device work run on that vCPU's own thread",
             nightshift::netns::HOST_IP,
             nightshift::netns::GUEST_IP,
             netload::RR_PAYLOAD,

@@ -85,7 +85,8 @@ pub struct RunMetrics {
     /// vCPUs' exits to the VMM (nightshift only) and the guest's device interrupts.
     pub exits_per_op: Option<f64>,
     pub guest_irqs_per_op: Option<f64>,
-    /// CPU seconds the VMM's other threads ran on the computing vCPU's host CPU.
+    /// CPU seconds the VMM took from the computing vCPU: its other threads on that
+    /// vCPU's host CPU, and device work on the vCPU's own thread.
     pub vmm_on_compute_cpu_s: Option<f64>,
     /// Cores the rest of the host used during the run (background load), and
     /// during its solo run.
@@ -117,9 +118,10 @@ impl Solo {
     }
 }
 
-/// CPU seconds the VMM's other threads ran on the host CPU of a computing vCPU
-/// (summed over computing vCPUs): what the VMM itself took from the computing
-/// vCPU's CPU, whatever else the host ran (sampled per 2 ms, see `threads`).
+/// CPU seconds the VMM took from a computing vCPU (summed over computing vCPUs),
+/// whatever else the host ran: its other threads' time on that vCPU's host CPU
+/// (sampled per 2 ms, see `threads`) plus the device work the vCPU's own thread
+/// ran between two guest runs (nightshift's `idle_busy_ns`).
 fn vmm_on_compute_cpu(vms: &[VmOutcome]) -> Option<f64> {
     let mut total = None;
     for vm in vms {
@@ -151,7 +153,19 @@ fn vmm_on_compute_cpu(vms: &[VmOutcome]) -> Option<f64> {
                 .filter(|(n, _)| !me(n))
                 .map(|(_, s)| *s)
                 .sum();
-            *total.get_or_insert(0.0) += others;
+            let own_work = vm
+                .report
+                .as_ref()
+                .and_then(|r| {
+                    r["vcpus"]
+                        .as_array()?
+                        .iter()
+                        .find(|v| v["vcpu"].as_u64().is_some_and(|i| i.to_string() == *k))?
+                        ["idle_busy_ns"]
+                        .as_f64()
+                })
+                .unwrap_or(0.0);
+            *total.get_or_insert(0.0) += others + own_work / 1e9;
         }
     }
     total
@@ -540,7 +554,7 @@ const BLOCK_COLUMNS: &[Column] = &[
 
 const NET_COLUMNS: &[Column] = &[
     ("compute %solo", "compute_pct", 1),
-    ("VMM s on compute CPU", "vmm_on_compute_cpu_s", 3),
+    ("VMM s from compute vCPU", "vmm_on_compute_cpu_s", 3),
     ("bg cores", "background_cores", 2),
     ("solo bg cores", "solo_background_cores", 2),
     ("RR/s", "rr_per_s", 0),
