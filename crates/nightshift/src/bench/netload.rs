@@ -288,3 +288,29 @@ impl NetOutcome {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_ends_at_the_compute_result_line_only() {
+        assert!(is_compute_result(
+            "result cpu=0 workload=compute ms=1500 iters=1 iters_per_ms=1"
+        ));
+        assert!(!is_compute_result(
+            "result cpu=1 workload=net ms=3 end=quit"
+        ));
+        assert!(!is_compute_result("warning: workload=compute"));
+    }
+
+    #[test]
+    fn source_sessions_are_sized_to_a_slice_within_bounds() {
+        let slice = Duration::from_millis(250);
+        let t = |bytes, secs| Transfer { bytes, secs };
+        // 40 MB/s for a quarter second.
+        assert_eq!(sized(t(40_000_000, 1.0), slice), 10_000_000);
+        assert_eq!(sized(t(1, 1.0), slice), 64 << 10);
+        assert_eq!(sized(t(u64::MAX / 2, 1e-9), slice), 256 << 20);
+    }
+}

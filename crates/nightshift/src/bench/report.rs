@@ -630,3 +630,54 @@ fn print_rows(rows: &[&Row], columns: &[Column]) {
         println!("{}", line(r));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::threads::ProcessCpu;
+
+    fn vm(results: &[&str], on_cpu: &[(usize, &str, f64)], idle_busy_ns: u64) -> VmOutcome {
+        let mut cpu = ProcessCpu::default();
+        for (c, name, s) in on_cpu {
+            cpu.on_cpu_s
+                .entry(*c)
+                .or_default()
+                .insert(name.to_string(), *s);
+        }
+        VmOutcome {
+            role: "vm",
+            results: results
+                .iter()
+                .map(|l| crate::bench::parse::records(l, "result ").remove(0))
+                .collect(),
+            report: Some(serde_json::json!({
+                "vcpus": [{"vcpu": 0, "idle_busy_ns": idle_busy_ns}, {"vcpu": 1, "idle_busy_ns": 7}]
+            })),
+            cpu,
+            net: None,
+            background_cores: None,
+        }
+    }
+
+    #[test]
+    fn what_the_vmm_took_from_the_computing_vcpu_is_its_cpu_and_its_own_work() {
+        let v = vm(
+            &[
+                "result cpu=0 workload=compute ms=1 iters_per_ms=5",
+                "result cpu=1 workload=net ms=1",
+            ],
+            &[
+                (1, "vcpu0", 1.0),
+                (1, "ns-work0", 0.25),
+                (1, "ns-notify", 0.125),
+                (0, "vcpu1", 0.5),
+                (0, "ns-work1", 2.0),
+            ],
+            500_000_000,
+        );
+        // vCPU0 ran on CPU 1: the workers and notifier there, plus its own 0.5 s of work.
+        assert_eq!(vmm_on_compute_cpu(&[v]), Some(0.875));
+        let none = vm(&["result cpu=1 workload=net ms=1"], &[], 0);
+        assert_eq!(vmm_on_compute_cpu(&[none]), None);
+    }
+}

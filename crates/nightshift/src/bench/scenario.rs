@@ -382,3 +382,53 @@ impl Variant {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> Params {
+        Params {
+            ms: 1500,
+            req_size: 4096,
+            qd: 1,
+            xts_passes: 1,
+            disk_mib: 64,
+        }
+    }
+
+    #[test]
+    fn network_scenarios_run_under_the_policies_and_qemu_without_iothread() {
+        let all = all(&params());
+        let net: Vec<&Scenario> = all.iter().filter(|s| s.net.is_some()).collect();
+        assert_eq!(net.len(), 4);
+        let labels = |s: &Scenario| -> Vec<String> {
+            Variant::defaults(true)
+                .iter()
+                .filter(|v| s.runs_under(v))
+                .map(|v| v.label())
+                .collect()
+        };
+        for s in net {
+            assert!(s.vms.iter().any(|vm| vm.net), "{}", s.name);
+            assert_eq!(s.solo.is_some(), s.name.ends_with("+compute"), "{}", s.name);
+            assert_eq!(
+                labels(s),
+                [
+                    "workers",
+                    "inline",
+                    "idle",
+                    "workers/user",
+                    "inline/user",
+                    "idle/user",
+                    "qemu"
+                ],
+                "{}",
+                s.name
+            );
+        }
+        // The block scenarios keep their variants (the peer where comparable).
+        let mixed = all.iter().find(|s| s.name == "mixed").unwrap();
+        assert_eq!(labels(mixed).len(), Variant::defaults(true).len());
+    }
+}

@@ -299,5 +299,13 @@ mod tests {
         let cpu = &sampler.finish()[&pid];
         assert!(cpu.cpu_s[&ThreadClass::Vcpu] > 0.0, "{cpu:?}");
         assert!(cpu.context_switches > 0);
+        // Its time is also found on some CPU, under its name.
+        let on_cpus: f64 = cpu
+            .on_cpu_s
+            .values()
+            .filter_map(|names| names.get("vcpu-spin"))
+            .sum();
+        assert!(on_cpus > 0.0, "{cpu:?}");
+        assert!(cpu.wait_s.contains_key(&ThreadClass::Vcpu), "{cpu:?}");
     }
 }
