@@ -1,10 +1,10 @@
 //! Smoke test of `nightshift bench --quick`: the run completes and its table,
-//! JSON and plots are complete and well-formed. The numbers are not checked
+//! JSON and plots are complete and well-formed, network scenarios included. The numbers are not checked
 //! (they belong to the machine, not to the code).
 
 mod common;
 
-use common::{nightshift_bin, run_bounded};
+use common::{nightshift_bin, require, run_bounded};
 
 #[test]
 fn bench_quick_output_is_complete_and_well_formed() {
@@ -109,6 +109,72 @@ fn bench_quick_output_is_complete_and_well_formed() {
         }
     }
     for png in ["interference.png", "latency-mixed.png"] {
+        let bytes = std::fs::read(plots.join(png)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG"), "{png} is not a PNG");
+    }
+    check_net_rows(stdout, rows, &variants, &plots);
+}
+
+/// The network scenarios: every policy on both irqchips and QEMU (not QEMU's
+/// iothread), each with its host-measured numbers, and their plots.
+fn check_net_rows(
+    stdout: &str,
+    rows: &[serde_json::Value],
+    variants: &[&str],
+    plots: &std::path::Path,
+) {
+    if stdout.contains("network scenarios skipped") {
+        // Says why (no root, no tun, no `ip`); CI must run them.
+        require(
+            false,
+            "a network namespace with a tap (root, /dev/net/tun, ip)",
+        );
+        return;
+    }
+    for scenario in [
+        "net-rr",
+        "net-rr+compute",
+        "net-stream",
+        "net-stream+compute",
+    ] {
+        for variant in variants {
+            let runs = !variant.contains("/nopoll")
+                && !variant.contains("/cap")
+                && *variant != "qemu/iothread";
+            let row = rows
+                .iter()
+                .find(|r| r["scenario"] == scenario && r["variant"] == *variant);
+            assert_eq!(row.is_some(), runs, "{scenario} × {variant}");
+            let Some(row) = row else { continue };
+            let m = &row["metrics"];
+            let mut wanted = if scenario.starts_with("net-rr") {
+                vec!["rr_per_s", "rtt_p50_us", "rtt_p99_us", "rtt_p999_us"]
+            } else {
+                vec!["to_guest_mbit_s", "from_guest_mbit_s"]
+            };
+            if scenario.ends_with("+compute") {
+                wanted.push("compute_pct");
+            }
+            for metric in wanted {
+                assert!(
+                    m[metric]["median"].as_f64().is_some_and(|v| v > 0.0),
+                    "{scenario} × {variant}: no {metric}"
+                );
+            }
+            assert!(
+                stdout
+                    .lines()
+                    .any(|l| l.starts_with(scenario) && l.contains(&format!("| {variant} "))),
+                "{stdout}"
+            );
+        }
+    }
+    for png in [
+        "latency-net-rr.png",
+        "latency-net-rr-compute.png",
+        "net-throughput.png",
+        "net-compute.png",
+    ] {
         let bytes = std::fs::read(plots.join(png)).unwrap();
         assert!(bytes.starts_with(b"\x89PNG"), "{png} is not a PNG");
     }

@@ -5,6 +5,7 @@
 //! `--plots` keep the results. `bench boot` measures start-up.
 
 mod boot;
+mod netload;
 mod parse;
 mod plot;
 mod report;
@@ -19,7 +20,9 @@ use std::process::Command;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use nightshift::netns::Netns;
 use report::{RunMetrics, Summary};
+use runner::NetRun;
 use scenario::{Params, Variant};
 
 /// Flags of `nightshift bench`.
@@ -105,7 +108,7 @@ fn scenarios(args: BenchArgs) -> anyhow::Result<()> {
             ) || *v == Variant::Qemu { iothread: false }
         });
     }
-    let scenarios: Vec<_> = scenario::all(&params)
+    let mut scenarios: Vec<_> = scenario::all(&params)
         .into_iter()
         .filter(|s| args.scenarios.is_empty() || args.scenarios.iter().any(|n| n == s.name))
         .collect();
@@ -113,6 +116,29 @@ fn scenarios(args: BenchArgs) -> anyhow::Result<()> {
         !scenarios.is_empty(),
         "no scenario matches {:?}",
         args.scenarios
+    );
+    // The network scenarios' traffic stays in a namespace of the bench's own.
+    let mut net_skipped = None;
+    let netns = if scenarios.iter().any(|s| s.net.is_some()) {
+        match Netns::create("nightshift-bench") {
+            Ok(ns) => Some(ns),
+            Err(e) => {
+                let why = format!(
+                    "network scenarios skipped: cannot make a network namespace with a tap: {e}"
+                );
+                eprintln!("nightshift bench: {why}");
+                scenarios.retain(|s| s.net.is_none());
+                net_skipped = Some(why);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    anyhow::ensure!(
+        !scenarios.is_empty(),
+        "{}",
+        net_skipped.as_deref().unwrap_or("no scenario left")
     );
 
     let exe = std::env::current_exe().context("finding the nightshift binary")?;
@@ -127,46 +153,48 @@ fn scenarios(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     print_method(&params, reps, &variants, &scenarios, with_qemu);
+    if let Some(why) = &net_skipped {
+        println!("{why}\n");
+    }
 
-    let total = reps * scenarios.len() * (variants.len() + 1);
+    let per_rep: usize = scenarios
+        .iter()
+        .map(|s| {
+            usize::from(s.solo.is_some()) + variants.iter().filter(|v| s.runs_under(v)).count()
+        })
+        .sum();
+    let total = reps * per_rep;
     let mut done = 0;
     let mut runs: Vec<RunMetrics> = Vec::new();
     // Repetitions outermost and variants innermost, so variants alternate and
     // slow drifts of the host spread over all of them.
     for rep in 0..reps {
         for sc in &scenarios {
-            done += 1;
-            progress(done, total, sc.name, "solo", rep);
-            let solo = runner::run_vms(
-                &exe,
-                &Variant::nightshift("idle"),
-                std::slice::from_ref(&sc.solo),
-                &params,
-                &images,
-            )?;
-            let solo_rate =
-                report::compute_rate(&solo).context("solo run reported no compute rate")?;
-            let solo_per_cpu = report::compute_rate_per_cpu(&solo).unwrap_or(solo_rate);
-            for v in &variants {
+            let solo = match &sc.solo {
+                Some(solo) => {
+                    done += 1;
+                    progress(done, total, sc.name, "solo", rep);
+                    let solo = runner::run_vms(
+                        &exe,
+                        &Variant::nightshift("idle"),
+                        std::slice::from_ref(solo),
+                        &params,
+                        &images,
+                        None,
+                    )?;
+                    Some(report::Solo::of(&solo).context("solo run reported no compute rate")?)
+                }
+                None => None,
+            };
+            let net = match (sc.net, &netns) {
+                (Some(load), Some(ns)) => Some(NetRun { ns, load }),
+                _ => None,
+            };
+            for v in variants.iter().filter(|v| sc.runs_under(v)) {
                 done += 1;
                 progress(done, total, sc.name, &v.label(), rep);
-                let scrubs = sc.vms.iter().any(|vm| vm.scrub_passes.is_some());
-                let vms = match v {
-                    // The peer runs only where it does the same work (one
-                    // cipher pass, no scrub); under `inline` there is no
-                    // thread to run a scrub: maintenance compares workers and idle.
-                    Variant::Qemu { .. } if !sc.peer_comparable() => continue,
-                    Variant::Nightshift { policy, .. } if scrubs && policy == "inline" => continue,
-                    _ => runner::run_vms(&exe, v, &sc.vms, &params, &images)?,
-                };
-                runs.push(RunMetrics::from_run(
-                    sc.name,
-                    v,
-                    rep,
-                    &vms,
-                    solo_rate,
-                    solo_per_cpu,
-                ));
+                let vms = runner::run_vms(&exe, v, &sc.vms, &params, &images, net)?;
+                runs.push(RunMetrics::from_run(sc.name, v, rep, &vms, solo.as_ref()));
             }
         }
     }
@@ -226,6 +254,28 @@ fn print_method(
          in the guest; CPU by thread class from /proc/PID/task/*/schedstat sampled every 2 ms; threads running at once \
          = threads on a CPU for over half of a 2 ms window (sampled estimate)"
     );
+    if scenarios.iter().any(|s| s.net.is_some()) {
+        println!(
+            "method (network): the guest's virtio-net device on a tap in a network namespace the bench makes \
+             (host {} <-> guest {} only; nightshift --net tap=, QEMU -netdev tap, no vhost); the host side runs \
+             in this process on a thread in that namespace, unpinned, from the guest's `net dev=` line: RR = one \
+             {} B UDP datagram to the echo port at a time, round trip on the host clock into an HDR histogram, \
+             1 s timeout = lost; stream = TCP sessions alternating host->guest (sink, CRC-checked) and \
+             guest->host (source, every byte checked), each about a sixth of the window, Mbit/s = bytes / session \
+             time (connection set-up included); window = {} ms, or with a computing vCPU until its result line \
+             (it starts computing at boot, so the guest's net bring-up is computed without traffic: see net up ms); \
+             ops for per-op counts = round trips (RR) or MiB moved (stream); exits = the vCPUs' KVM_RUN returns; \
+             wait s = VMM threads runnable but not on a CPU (schedstat), host wait ms = the same for the traffic \
+             thread; bg cores = cores the rest of the host used meanwhile (/proc/stat minus the bench and its VMMs: on a saturated host, the complement of what the run took; \
+             solo bg cores: during the solo run the compute rate is compared with); VMM s from compute vCPU = CPU time \
+             of the VMM's other threads on the computing vCPU's host CPU (each thread's 2 ms sample put on the CPU \
+             it was last on) plus device work run on that vCPU's own thread",
+            nightshift::netns::HOST_IP,
+            nightshift::netns::GUEST_IP,
+            netload::RR_PAYLOAD,
+            p.ms
+        );
+    }
     if qemu {
         println!(
             "peer: QEMU microvm runs the same guest only in scenarios where it does the same device work \
@@ -248,9 +298,27 @@ fn print_method(
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let Some(net) = scenarios.iter().find(|s| s.net.is_some()) {
+        println!(
+            "variants (network scenarios): {}",
+            variants
+                .iter()
+                .filter(|v| net.runs_under(v))
+                .map(|v| v.label())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     for s in scenarios {
         println!("scenario {}: {}", s.name, s.about);
         for vm in &s.vms {
+            if vm.net {
+                println!(
+                    "  {} ({} vCPU, pinned {:?}, virtio-net on the tap): {}",
+                    vm.role, vm.vcpus, vm.pins, vm.cmdline
+                );
+                continue;
+            }
             println!(
                 "  {} ({} vCPU, pinned {:?}, {} disk(s), cipher passes x{}): {}",
                 vm.role, vm.vcpus, vm.pins, vm.disks, vm.xts_factor, vm.cmdline

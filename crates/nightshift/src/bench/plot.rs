@@ -3,10 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{register_font, FontStyle};
 
 use super::report::{Row, Summary};
+use super::scenario::Variant;
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
@@ -22,13 +25,15 @@ fn load_font() -> anyhow::Result<()> {
     .map_err(|_| anyhow::anyhow!("{FONT} is not a usable font"))
 }
 
-/// One colour per variant, the same in every plot: variants take colours in
-/// the order they first appear in the summary (the bench's variant order).
+/// One colour per variant, the same in every plot of every run: variants take
+/// colours in the bench's default variant order ([`Variant::defaults`]), then any
+/// others in the order they first appear in the summary. So a run of some
+/// scenarios or variants only (the network set) colours `qemu` as the full run does.
 struct Palette(Vec<String>);
 
 impl Palette {
     fn of(summary: &Summary) -> Self {
-        let mut seen: Vec<String> = Vec::new();
+        let mut seen: Vec<String> = Variant::defaults(true).iter().map(|v| v.label()).collect();
         for r in &summary.rows {
             if !seen.contains(&r.variant) {
                 seen.push(r.variant.clone());
@@ -52,8 +57,11 @@ impl Palette {
             RGBColor(0, 0, 0),
             RGBColor(255, 187, 120),
         ];
-        let i = self.0.iter().position(|v| v == variant).unwrap_or(0);
-        C[i % C.len()]
+        C[self.index(variant) % C.len()]
+    }
+
+    fn index(&self, variant: &str) -> usize {
+        self.0.iter().position(|v| v == variant).unwrap_or(0)
     }
 }
 
@@ -85,9 +93,15 @@ pub fn all(summary: &Summary, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             out.push(p);
         }
     }
-    let p = dir.join("interference.png");
-    interference(summary, &palette, &p)?;
-    out.push(p);
+    let interfering = summary.rows.iter().any(|r| {
+        matches!(r.scenario.as_str(), "mixed" | "neighbour" | "neighbour-1x")
+            && median(r, "iops").is_some()
+    });
+    if interfering {
+        let p = dir.join("interference.png");
+        interference(summary, &palette, &p)?;
+        out.push(p);
+    }
     for scenario in ["mixed", "bursty"] {
         let rows: Vec<&Row> = summary
             .rows
@@ -100,7 +114,179 @@ pub fn all(summary: &Summary, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             out.push(p);
         }
     }
+    out.extend(net(summary, &palette, dir)?);
     Ok(out)
+}
+
+/// The network plots: round-trip CDFs, throughput bars, compute %solo bars.
+fn net(summary: &Summary, palette: &Palette, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let of = |scenario: &str, metric: &str| -> Vec<&Row> {
+        summary
+            .rows
+            .iter()
+            .filter(|r| r.scenario == scenario && median(r, metric).is_some())
+            .collect()
+    };
+    for scenario in ["net-rr", "net-rr+compute"] {
+        let rows = of(scenario, "rtt_p50_us");
+        if rows.is_empty() {
+            continue;
+        }
+        let points = [
+            ("rtt_p10_us", 10.0),
+            ("rtt_p25_us", 25.0),
+            ("rtt_p50_us", 50.0),
+            ("rtt_p75_us", 75.0),
+            ("rtt_p90_us", 90.0),
+            ("rtt_p99_us", 99.0),
+            ("rtt_p999_us", 99.9),
+        ];
+        let caption =
+            format!("{scenario}: UDP round-trip CDF (host-measured p10..p99.9, medians of runs)");
+        let p = dir.join(format!("latency-{}.png", scenario.replace('+', "-")));
+        cdf(
+            &rows,
+            &points,
+            10.0,
+            &caption,
+            "round trip (µs, log scale)",
+            palette,
+            &p,
+        )?;
+        out.push(p);
+    }
+    let streams = ["net-stream", "net-stream+compute"];
+    if streams.iter().any(|s| !of(s, "to_guest_mbit_s").is_empty()) {
+        let p = dir.join("net-throughput.png");
+        {
+            let root = BitMapBackend::new(&p, (1400, 560)).into_drawing_area();
+            root.fill(&WHITE)?;
+            let (left, right) = root.split_horizontally(700);
+            for (area, metric, caption) in [
+                (
+                    &left,
+                    "to_guest_mbit_s",
+                    "TCP host -> guest (medians, min-max)",
+                ),
+                (
+                    &right,
+                    "from_guest_mbit_s",
+                    "TCP guest -> host (medians, min-max)",
+                ),
+            ] {
+                let groups: Vec<(&str, Vec<&Row>)> =
+                    streams.iter().map(|s| (*s, of(s, metric))).collect();
+                bars(area, caption, "Mbit/s", &groups, metric, palette)?;
+            }
+            root.present()?;
+        }
+        out.push(p);
+    }
+    let computing = ["net-rr+compute", "net-stream+compute"];
+    let groups: Vec<(&str, Vec<&Row>)> = computing
+        .iter()
+        .map(|s| (*s, of(s, "compute_pct")))
+        .collect();
+    if groups.iter().any(|g| !g.1.is_empty()) {
+        let p = dir.join("net-compute.png");
+        {
+            let root = BitMapBackend::new(&p, (900, 560)).into_drawing_area();
+            root.fill(&WHITE)?;
+            bars(
+                &root,
+                "Computing vCPU beside the traffic: loop rate, % of solo (medians, min-max)",
+                "compute rate, % of solo",
+                &groups,
+                "compute_pct",
+                palette,
+            )?;
+            root.present()?;
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// Grouped bars: one group per scenario, one bar per variant in its palette colour
+/// (the median), with a min-max whisker.
+fn bars(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    caption: &str,
+    y_desc: &str,
+    groups: &[(&str, Vec<&Row>)],
+    metric: &str,
+    palette: &Palette,
+) -> anyhow::Result<()> {
+    // Variants in palette order, so bars sit in the same place in every group.
+    let mut variants: Vec<&str> = groups
+        .iter()
+        .flat_map(|g| g.1.iter().map(|r| r.variant.as_str()))
+        .collect();
+    variants.sort_by_key(|v| palette.index(v));
+    variants.dedup();
+    let spread = |r: &Row| r.metrics.get(metric).copied();
+    let ymax = groups
+        .iter()
+        .flat_map(|g| g.1.iter().filter_map(|r| spread(r)))
+        .map(|s| s.max)
+        .fold(1.0, f64::max)
+        * 1.45;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..groups.len() as f64, 0f64..ymax)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    let width = 0.8 / variants.len().max(1) as f64;
+    for (i, variant) in variants.iter().enumerate() {
+        let c = palette.color(variant);
+        let mine: Vec<(f64, super::report::Spread)> = groups
+            .iter()
+            .enumerate()
+            .filter_map(|(g, (_, rows))| {
+                let r = rows.iter().find(|r| r.variant == *variant)?;
+                Some((g as f64 + 0.1 + i as f64 * width, spread(r)?))
+            })
+            .collect();
+        chart
+            .draw_series(mine.iter().map(|(x, s)| {
+                Rectangle::new([(*x, 0.0), (x + width * 0.9, s.median)], c.filled())
+            }))?
+            .label(variant.to_string())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], c.filled()));
+        chart.draw_series(mine.iter().map(|(x, s)| {
+            let xc = x + width * 0.45;
+            PathElement::new(vec![(xc, s.min), (xc, s.max)], BLACK.stroke_width(2))
+        }))?;
+    }
+    // Group names under the axis, in the area's own pixels.
+    let label =
+        TextStyle::from(("sans-serif", 15).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
+    let base = area.get_base_pixel();
+    for (g, (name, _)) in groups.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(g as f64 + 0.5, 0.0));
+        area.draw(&Text::new(
+            name.to_string(),
+            (x - base.0, y - base.1 + 6),
+            label.clone(),
+        ))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font(("sans-serif", 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
 }
 
 /// Guest-measured latency percentiles per variant: a coarse CDF (p10..p99.9).

@@ -2,17 +2,24 @@
 //! collecting what each guest and VMM reported.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use nightshift::netns::{Netns, TAP};
 use serde::Serialize;
 
-use super::scenario::{Params, Variant, VmSpec};
-use super::threads::{ProcessCpu, Sampler};
+use super::netload::{self, NetOutcome};
+use super::scenario::{NetLoad, Params, Variant, VmSpec};
+use super::threads::{HostCpu, ProcessCpu, Sampler};
+
+/// The guest's MAC under both VMMs (nightshift's default for its first net device), so
+/// the tap's neighbour entry is right whichever VMM ran last.
+const GUEST_MAC: &str = "52:54:00:12:34:56";
 
 /// What one VM of one run produced.
 #[derive(Clone, Debug, Serialize)]
@@ -25,6 +32,11 @@ pub struct VmOutcome {
     pub report: Option<serde_json::Value>,
     /// CPU use of the VMM process by thread class.
     pub cpu: ProcessCpu,
+    /// What the host measured of its network traffic (the VM with a net device).
+    pub net: Option<NetOutcome>,
+    /// Cores the rest of the host (not the bench, not this run's VMMs) used on
+    /// average during the run: the background load it ran under.
+    pub background_cores: Option<f64>,
 }
 
 /// Disk images for a scenario run, made once per bench run.
@@ -86,52 +98,104 @@ impl Images {
 }
 
 /// A started VM process; its output is read by two threads so it never
-/// blocks on a full pipe.
+/// blocks on a full pipe (stdout also line by line, for the network driver).
 struct Launched {
     role: &'static str,
     child: Child,
+    started: Instant,
     stdout: JoinHandle<String>,
+    console: Option<mpsc::Receiver<String>>,
     stderr: JoinHandle<String>,
     report: Option<PathBuf>,
     pin_qemu: Option<Vec<usize>>,
 }
 
-/// Runs `vms` together under `variant` and returns each VM's outcome.
+/// A network scenario's namespace and the host's side of its traffic.
+#[derive(Clone, Copy)]
+pub struct NetRun<'a> {
+    pub ns: &'a Netns,
+    pub load: NetLoad,
+}
+
+/// Runs `vms` together under `variant` (driving `net`'s traffic to the VM with a net
+/// device) and returns each VM's outcome.
 pub fn run_vms(
     exe: &Path,
     variant: &Variant,
     vms: &[VmSpec],
     params: &Params,
     images: &Images,
+    net: Option<NetRun<'_>>,
 ) -> anyhow::Result<Vec<VmOutcome>> {
     let tmp = tempfile::tempdir()?;
+    let ns = net.map(|n| n.ns);
+    if let Some(ns) = ns {
+        ns.flush_neighbours()?;
+    }
     let mut launched = Vec::new();
     for (i, vm) in vms.iter().enumerate() {
+        let ns = if vm.net {
+            Some(ns.context("a VM with a net device needs the bench's namespace")?)
+        } else {
+            None
+        };
         let l = match variant {
             Variant::Nightshift { .. } => {
-                launch_nightshift(exe, variant, vm, params, images, tmp.path(), i)?
+                let report = tmp.path().join(format!("report{i}.json"));
+                launch_nightshift(exe, variant, vm, params, images, report, ns)?
             }
-            Variant::Qemu { iothread } => launch_qemu(*iothread, vm, params, images, i)?,
+            Variant::Qemu { iothread } => launch_qemu(*iothread, vm, params, images, ns)?,
         };
+        launched.push(l);
         // Pin QEMU's vCPUs as soon as they exist (nightshift pins its own),
         // before the next VM starts.
+        let l = launched.last_mut().expect("just pushed");
         if let Some(pins) = &l.pin_qemu {
-            pin_qemu_vcpus(l.child.id(), pins)?;
+            if let Err(e) = pin_qemu_vcpus(l.child.id(), pins) {
+                kill_all(&mut launched);
+                return Err(e);
+            }
         }
-        launched.push(l);
     }
     let pids: Vec<u32> = launched.iter().map(|l| l.child.id()).collect();
+    let host0 = HostCpu::now();
     let sampler = Sampler::start(&pids, Duration::from_millis(2));
+    let mut net_outcome = None;
+    if let Some(n) = net {
+        match drive_net(n, &mut launched, vms, params) {
+            Ok(o) => net_outcome = Some(o),
+            Err(e) => {
+                kill_all(&mut launched);
+                let _ = sampler.finish();
+                let out: Vec<String> = launched
+                    .into_iter()
+                    .map(|l| {
+                        let out = l.stdout.join().unwrap_or_default();
+                        let err = l.stderr.join().unwrap_or_default();
+                        format!("{} VM:\n{out}{err}", l.role)
+                    })
+                    .collect();
+                return Err(e.context(format!(
+                    "network traffic under {} failed; output:\n{}",
+                    variant.label(),
+                    out.join("\n")
+                )));
+            }
+        }
+    }
     let deadline = Instant::now() + Duration::from_millis(params.ms * 4 + 30_000);
     let mut statuses = Vec::new();
     for l in &mut launched {
         statuses.push(wait_until(&mut l.child, deadline)?);
     }
     let mut cpu = sampler.finish();
+    let vmm_cpu_s: f64 = cpu.values().flat_map(|c| c.cpu_s.values()).sum();
+    let background_cores = host0.and_then(|h| h.others_since(vmm_cpu_s));
     launched
         .into_iter()
         .zip(statuses)
-        .map(|(l, ok)| {
+        .zip(vms)
+        .map(|((l, ok), vm)| {
             let pid = l.child.id();
             let mut out = l.stdout.join().unwrap_or_default();
             if !ok {
@@ -154,9 +218,35 @@ pub fn run_vms(
                 results,
                 report,
                 cpu: cpu.remove(&pid).unwrap_or_default(),
+                net: if vm.net { net_outcome.take() } else { None },
+                background_cores,
             })
         })
         .collect()
+}
+
+/// Drives the traffic of `net` to the (one) VM with a net device.
+fn drive_net(
+    net: NetRun<'_>,
+    launched: &mut [Launched],
+    vms: &[VmSpec],
+    params: &Params,
+) -> anyhow::Result<NetOutcome> {
+    let (l, vm) = launched
+        .iter_mut()
+        .zip(vms)
+        .find(|(_, vm)| vm.net)
+        .context("a network scenario without a VM with a net device")?;
+    let console = l.console.take().context("the console was taken")?;
+    let computing = vm.cmdline.contains("workload=compute");
+    netload::drive(net.ns, &net.load, console, l.started, params.ms, computing)
+}
+
+fn kill_all(launched: &mut [Launched]) {
+    for l in launched {
+        let _ = l.child.kill();
+        let _ = l.child.wait();
+    }
 }
 
 fn launch_nightshift(
@@ -165,8 +255,8 @@ fn launch_nightshift(
     vm: &VmSpec,
     params: &Params,
     images: &Images,
-    tmp: &Path,
-    index: usize,
+    report: PathBuf,
+    ns: Option<&Netns>,
 ) -> anyhow::Result<Launched> {
     let Variant::Nightshift {
         policy,
@@ -177,8 +267,10 @@ fn launch_nightshift(
     else {
         unreachable!("called for nightshift variants only");
     };
-    let report = tmp.join(format!("report{index}.json"));
-    let mut cmd = Command::new(exe);
+    let mut cmd = match ns {
+        Some(ns) => ns.command(exe),
+        None => Command::new(exe),
+    };
     cmd.arg("run")
         .args([
             "--vcpus",
@@ -209,6 +301,9 @@ fn launch_nightshift(
         }
         cmd.arg("--disk").arg(disk);
     }
+    if ns.is_some() {
+        cmd.args(["--net", &format!("tap={TAP},mac={GUEST_MAC}")]);
+    }
     if let Some(ns) = halt_poll_ns {
         cmd.args(["--halt-poll-ns", &ns.to_string()]);
     }
@@ -223,9 +318,13 @@ fn launch_qemu(
     vm: &VmSpec,
     params: &Params,
     images: &Images,
-    _index: usize,
+    ns: Option<&Netns>,
 ) -> anyhow::Result<Launched> {
-    let mut cmd = Command::new("qemu-system-x86_64");
+    const QEMU: &str = "qemu-system-x86_64";
+    let mut cmd = match ns {
+        Some(ns) => ns.command(QEMU),
+        None => Command::new(QEMU),
+    };
     cmd.args([
         "-M",
         "microvm",
@@ -275,6 +374,15 @@ fn launch_qemu(
             &format!("virtio-blk-device,drive=d{d}{iothread}"),
         ]);
     }
+    if ns.is_some() {
+        // The same device as nightshift's: virtio-net on the tap (no vhost here).
+        cmd.arg("-netdev")
+            .arg(format!("tap,id=n0,ifname={TAP},script=no,downscript=no"))
+            .args([
+                "-device",
+                &format!("virtio-net-device,netdev=n0,mac={GUEST_MAC}"),
+            ]);
+    }
     spawn(cmd, vm.role, None, Some(vm.pins.clone()))
 }
 
@@ -290,19 +398,38 @@ fn spawn(
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {:?}", cmd.get_program()))?;
-    let reader = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = pipe.read_to_string(&mut s);
-            s
-        })
-    };
-    let stdout = reader(Box::new(child.stdout.take().expect("piped")));
-    let stderr = reader(Box::new(child.stderr.take().expect("piped")));
+    let started = Instant::now();
+    let mut err = child.stderr.take().expect("piped");
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let out = child.stdout.take().expect("piped");
+    let (tx, console) = mpsc::channel();
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        let mut out = BufReader::new(out);
+        let mut raw = Vec::new();
+        // Bytes, not `lines()`: one bad UTF-8 byte must not stop the draining.
+        while out.read_until(b'\n', &mut raw).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&raw)
+                .trim_end_matches('\n')
+                .to_string();
+            raw.clear();
+            s.push_str(&line);
+            s.push('\n');
+            // Nobody listens once the network driver is done (or for other VMs).
+            let _ = tx.send(line);
+        }
+        s
+    });
     Ok(Launched {
         role,
         child,
+        started,
         stdout,
+        console: Some(console),
         stderr,
         report,
         pin_qemu,

@@ -34,6 +34,8 @@ pub struct VmSpec {
     pub cmdline: String,
     /// Disks it has (the guest's k-th I/O CPU uses disk k).
     pub disks: usize,
+    /// Whether it has a virtio-net device on the bench namespace's tap.
+    pub net: bool,
     /// Background scrub passes over the disk (maintenance work).
     pub scrub_passes: Option<u64>,
     /// The disk backend's cipher passes are the run's `xts_passes` times this
@@ -52,8 +54,21 @@ pub struct Scenario {
     /// The VMs.
     pub vms: Vec<VmSpec>,
     /// The baseline: the same compute without the I/O (run once per
-    /// repetition on nightshift, whose compute path does not depend on policy).
-    pub solo: VmSpec,
+    /// repetition on nightshift, whose compute path does not depend on policy);
+    /// None where no vCPU computes.
+    pub solo: Option<VmSpec>,
+    /// The host's side of the traffic, for the VM with a net device.
+    pub net: Option<NetLoad>,
+}
+
+/// What the host does with a network scenario's guest (see `netload`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetLoad {
+    /// UDP request/response: one small datagram at a time to the echo port.
+    Rr,
+    /// TCP bulk transfer, alternating host → guest and guest → host sessions.
+    Stream,
 }
 
 /// The scenarios, in the order they run.
@@ -70,15 +85,18 @@ pub fn all(p: &Params) -> Vec<Scenario> {
         pins: (0..vcpus as usize).collect(),
         cmdline,
         disks: 1,
+        net: false,
         scrub_passes: None,
         xts_factor: 1,
     };
-    let solo = |vcpus: u8, cmdline: String| VmSpec {
-        disks: 0,
-        ..vm(vcpus, cmdline)
+    let solo = |vcpus: u8, cmdline: String| {
+        Some(VmSpec {
+            disks: 0,
+            ..vm(vcpus, cmdline)
+        })
     };
     let idle_ms = |ms: u64| format!("ms={ms} tick_us=100000");
-    vec![
+    let mut v = vec![
         Scenario {
             name: "mixed",
             about: "vCPU0 computes; vCPU1 does closed-loop block I/O and idles while it waits",
@@ -87,6 +105,7 @@ pub fn all(p: &Params) -> Vec<Scenario> {
                 format!("workload=compute,blk {}", blk("randread", "")),
             )],
             solo: solo(2, format!("workload=compute,idle {}", idle_ms(p.ms))),
+            net: None,
         },
         Scenario {
             name: "bursty",
@@ -103,6 +122,7 @@ pub fn all(p: &Params) -> Vec<Scenario> {
                 )
             }],
             solo: solo(2, format!("workload=compute,idle {}", idle_ms(p.ms))),
+            net: None,
         },
         Scenario {
             name: "saturated",
@@ -112,6 +132,7 @@ pub fn all(p: &Params) -> Vec<Scenario> {
                 format!("workload=compute,blk {}", blk("randread", " blk_wait=poll")),
             )],
             solo: solo(2, format!("workload=compute,idle {}", idle_ms(p.ms))),
+            net: None,
         },
         Scenario {
             name: "async",
@@ -128,6 +149,7 @@ pub fn all(p: &Params) -> Vec<Scenario> {
                 )
             }],
             solo: solo(2, format!("workload=compute,idle {}", idle_ms(p.ms))),
+            net: None,
         },
         Scenario {
             name: "maintenance",
@@ -137,11 +159,72 @@ pub fn all(p: &Params) -> Vec<Scenario> {
                 ..vm(2, format!("workload=compute,idle {}", idle_ms(p.ms)))
             }],
             solo: solo(2, format!("workload=compute,idle {}", idle_ms(p.ms))),
+            net: None,
         },
         neighbour("neighbour", 8, &blk("randread", ""), p.ms),
         // The same at one cipher pass, the work QEMU's LUKS does: the row
         // where the peer stands beside nightshift.
         neighbour("neighbour-1x", 1, &blk("randread", ""), p.ms),
+    ];
+    v.extend(net_scenarios(p.ms));
+    v
+}
+
+/// The network scenarios: vCPU1 serves the host's traffic (`net` workload, the
+/// virtio-drivers + smoltcp stack) while vCPU0 idles (long timer ticks) or computes.
+fn net_scenarios(ms: u64) -> Vec<Scenario> {
+    // The guest's own bound, well past the host's window (the host ends it with `quit`).
+    let net_ms = (ms * 4 + 20_000).min(3_600_000);
+    let vm = |first: &str| VmSpec {
+        role: "vm",
+        vcpus: 2,
+        pins: vec![0, 1],
+        cmdline: format!(
+            "workload={first},net ms={ms} tick_us=100000 net_ms={net_ms} {}",
+            nightshift::guest_net::guest_net_args()
+        ),
+        disks: 0,
+        net: true,
+        scrub_passes: None,
+        xts_factor: 1,
+    };
+    let solo = VmSpec {
+        net: false,
+        cmdline: format!("workload=compute,idle ms={ms} tick_us=100000"),
+        ..vm("compute")
+    };
+    let net = |name, about, load, computing: bool| Scenario {
+        name,
+        about,
+        vms: vec![vm(if computing { "compute" } else { "idle" })],
+        solo: computing.then(|| solo.clone()),
+        net: Some(load),
+    };
+    vec![
+        net(
+            "net-rr",
+            "UDP request/response (64 B, one at a time) from the host to vCPU1; vCPU0 idles",
+            NetLoad::Rr,
+            false,
+        ),
+        net(
+            "net-rr+compute",
+            "as net-rr while vCPU0 computes",
+            NetLoad::Rr,
+            true,
+        ),
+        net(
+            "net-stream",
+            "TCP bulk transfer host -> guest and guest -> host (alternating sessions) with vCPU1; vCPU0 idles",
+            NetLoad::Stream,
+            false,
+        ),
+        net(
+            "net-stream+compute",
+            "as net-stream while vCPU0 computes",
+            NetLoad::Stream,
+            true,
+        ),
     ]
 }
 
@@ -154,6 +237,7 @@ fn neighbour(name: &'static str, factor: u32, blk: &str, ms: u64) -> Scenario {
         pins: vec![pin],
         cmdline,
         disks,
+        net: false,
         scrub_passes: None,
         xts_factor: factor,
     };
@@ -168,7 +252,8 @@ fn neighbour(name: &'static str, factor: u32, blk: &str, ms: u64) -> Scenario {
             vm("A", 0, 1, format!("workload=blk {blk}")),
             vm("B", 1, 0, format!("workload=compute ms={ms}")),
         ],
-        solo: vm("B", 1, 0, format!("workload=compute ms={ms}")),
+        solo: Some(vm("B", 1, 0, format!("workload=compute ms={ms}"))),
+        net: None,
     }
 }
 
@@ -180,6 +265,29 @@ impl Scenario {
         self.vms
             .iter()
             .all(|vm| vm.xts_factor == 1 && vm.scrub_passes.is_none())
+    }
+
+    /// Whether this scenario runs under `v`: the peer only where it does the same
+    /// device work; no scrub under `inline` (no thread to run it); the network
+    /// scenarios under the three policies on both irqchips (host halt polling and the
+    /// footprint cap are block-bench knobs) and QEMU without an iothread (QEMU's
+    /// virtio-net has none).
+    pub fn runs_under(&self, v: &Variant) -> bool {
+        let scrubs = self.vms.iter().any(|vm| vm.scrub_passes.is_some());
+        match v {
+            Variant::Qemu { iothread } => {
+                self.peer_comparable() && !(self.net.is_some() && *iothread)
+            }
+            Variant::Nightshift {
+                policy,
+                halt_poll_ns,
+                cpu_cap,
+                ..
+            } => {
+                !(scrubs && policy == "inline")
+                    && !(self.net.is_some() && (halt_poll_ns.is_some() || cpu_cap.is_some()))
+            }
+        }
     }
 }
 
@@ -272,5 +380,55 @@ impl Variant {
             v.push(Variant::Qemu { iothread: true });
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> Params {
+        Params {
+            ms: 1500,
+            req_size: 4096,
+            qd: 1,
+            xts_passes: 1,
+            disk_mib: 64,
+        }
+    }
+
+    #[test]
+    fn network_scenarios_run_under_the_policies_and_qemu_without_iothread() {
+        let all = all(&params());
+        let net: Vec<&Scenario> = all.iter().filter(|s| s.net.is_some()).collect();
+        assert_eq!(net.len(), 4);
+        let labels = |s: &Scenario| -> Vec<String> {
+            Variant::defaults(true)
+                .iter()
+                .filter(|v| s.runs_under(v))
+                .map(|v| v.label())
+                .collect()
+        };
+        for s in net {
+            assert!(s.vms.iter().any(|vm| vm.net), "{}", s.name);
+            assert_eq!(s.solo.is_some(), s.name.ends_with("+compute"), "{}", s.name);
+            assert_eq!(
+                labels(s),
+                [
+                    "workers",
+                    "inline",
+                    "idle",
+                    "workers/user",
+                    "inline/user",
+                    "idle/user",
+                    "qemu"
+                ],
+                "{}",
+                s.name
+            );
+        }
+        // The block scenarios keep their variants (the peer where comparable).
+        let mixed = all.iter().find(|s| s.name == "mixed").unwrap();
+        assert_eq!(labels(mixed).len(), Variant::defaults(true).len());
     }
 }

@@ -4,7 +4,8 @@
 //! (time on CPU in ns, exact) and `comm` (the thread's name) of each watched
 //! process. From consecutive samples it gets each thread's CPU time in the
 //! window, and so:
-//! - CPU time by class (vCPU threads, device-work threads, other VMM threads);
+//! - CPU time by class (vCPU threads, device-work threads, other VMM threads),
+//!   and time runnable but waiting for a CPU (schedstat's second field);
 //! - the VM's footprint in a window: the sum of its threads' CPU time divided by
 //!   the window (cores in use), and its peak over the run;
 //! - threads running at once: threads that were on a CPU for more than half
@@ -52,6 +53,12 @@ impl ThreadClass {
 pub struct ProcessCpu {
     /// CPU seconds by class.
     pub cpu_s: HashMap<ThreadClass, f64>,
+    /// Seconds runnable but waiting for a CPU (schedstat's run-queue wait), by class.
+    pub wait_s: HashMap<ThreadClass, f64>,
+    /// CPU seconds by host CPU and thread name (`comm`): each window's time of a
+    /// thread is put on the CPU it was last on when sampled (an estimate: a thread
+    /// that moved within the window is put on one CPU).
+    pub on_cpu_s: HashMap<usize, HashMap<String, f64>>,
     /// Highest footprint in one window, cores.
     pub peak_cores: f64,
     /// Most threads on a CPU for over half of one window.
@@ -62,7 +69,9 @@ pub struct ProcessCpu {
 
 #[derive(Default)]
 struct Watched {
-    last: HashMap<u32, u64>,
+    names: HashMap<u32, String>,
+    /// Each thread's last (time on CPU, time waiting on a run queue), ns.
+    last: HashMap<u32, (u64, u64)>,
     classes: HashMap<u32, ThreadClass>,
     result: ProcessCpu,
     switches: HashMap<u32, u64>,
@@ -135,9 +144,12 @@ fn sample(pid: u32, w: &mut Watched, window_ns: u64) {
             continue;
         };
         let dir = task.path();
-        let Some(ns) = fs::read_to_string(dir.join("schedstat"))
+        let Some((ns, wait_ns)) = fs::read_to_string(dir.join("schedstat"))
             .ok()
-            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .and_then(|s| {
+                let mut f = s.split_whitespace().map(|v| v.parse::<u64>().ok());
+                Some((f.next()??, f.next()??))
+            })
         else {
             continue;
         };
@@ -149,15 +161,27 @@ fn sample(pid: u32, w: &mut Watched, window_ns: u64) {
                 let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
                 let c = ThreadClass::of(comm.trim());
                 w.classes.insert(tid, c);
+                w.names.insert(tid, comm.trim().to_string());
                 c
             }
         };
         if let Some(cs) = context_switches(&dir) {
             w.switches.insert(tid, cs);
         }
-        let prev = w.last.insert(tid, ns);
-        let delta = ns.saturating_sub(prev.unwrap_or(ns));
+        let (prev, prev_wait) = w.last.insert(tid, (ns, wait_ns)).unwrap_or((ns, wait_ns));
+        let delta = ns.saturating_sub(prev);
         *w.result.cpu_s.entry(class).or_default() += delta as f64 / 1e9;
+        *w.result.wait_s.entry(class).or_default() +=
+            wait_ns.saturating_sub(prev_wait) as f64 / 1e9;
+        if let (true, Some(cpu)) = (delta > 0, last_cpu(&dir)) {
+            let name = w.names.get(&tid).cloned().unwrap_or_default();
+            *w.result
+                .on_cpu_s
+                .entry(cpu)
+                .or_default()
+                .entry(name)
+                .or_default() += delta as f64 / 1e9;
+        }
         busy_ns += delta;
         if delta * 2 > window_ns {
             running += 1;
@@ -167,6 +191,67 @@ fn sample(pid: u32, w: &mut Watched, window_ns: u64) {
         w.result.peak_cores = w.result.peak_cores.max(busy_ns as f64 / window_ns as f64);
     }
     w.result.peak_threads_running = w.result.peak_threads_running.max(running);
+}
+
+/// The host's CPU time (all CPUs, user + system) and this process's own at one
+/// moment: the background load over a run is what the host used beyond this
+/// process and the VMMs it watched (other users of a shared machine).
+pub struct HostCpu {
+    busy_s: f64,
+    own_s: f64,
+    at: Instant,
+}
+
+impl HostCpu {
+    /// Now, from /proc/stat and /proc/self/stat (None if unreadable).
+    pub fn now() -> Option<Self> {
+        let tick = rustix::param::clock_ticks_per_second() as f64;
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<f64> = stat
+            .lines()
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        // user, nice, system (guest time is inside user).
+        let busy_s = cpu.get(..3)?.iter().sum::<f64>() / tick;
+        let own = fs::read_to_string("/proc/self/stat").ok()?;
+        let fields: Vec<f64> = own
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .map(|v| v.parse().unwrap_or(0.0))
+            .collect();
+        // utime and stime: fields 14 and 15 of stat(5), 12 and 13 after the name.
+        let own_s = (fields.get(11)? + fields.get(12)?) / tick;
+        Some(Self {
+            busy_s,
+            own_s,
+            at: Instant::now(),
+        })
+    }
+
+    /// Cores used on average since `self` by everything except this process and
+    /// `vmm_cpu_s` of VMM time.
+    pub fn others_since(&self, vmm_cpu_s: f64) -> Option<f64> {
+        let now = Self::now()?;
+        let wall = now.at.duration_since(self.at).as_secs_f64();
+        let others = (now.busy_s - self.busy_s) - (now.own_s - self.own_s) - vmm_cpu_s;
+        (wall > 0.0).then(|| (others / wall).max(0.0))
+    }
+}
+
+/// The CPU a thread last ran on (field 39 of its `stat`).
+fn last_cpu(task_dir: &std::path::Path) -> Option<usize> {
+    let stat = fs::read_to_string(task_dir.join("stat")).ok()?;
+    // Fields after the name start at field 3.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(39 - 3)?
+        .parse()
+        .ok()
 }
 
 fn context_switches(task_dir: &std::path::Path) -> Option<u64> {
@@ -214,5 +299,13 @@ mod tests {
         let cpu = &sampler.finish()[&pid];
         assert!(cpu.cpu_s[&ThreadClass::Vcpu] > 0.0, "{cpu:?}");
         assert!(cpu.context_switches > 0);
+        // Its time is also found on some CPU, under its name.
+        let on_cpus: f64 = cpu
+            .on_cpu_s
+            .values()
+            .filter_map(|names| names.get("vcpu-spin"))
+            .sum();
+        assert!(on_cpus > 0.0, "{cpu:?}");
+        assert!(cpu.wait_s.contains_key(&ThreadClass::Vcpu), "{cpu:?}");
     }
 }

@@ -11,32 +11,22 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The tap's side and the guest's side of the test link.
-pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
-pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
-/// The tap's name inside the namespace (every test has its own namespace).
-pub const TAP: &str = "tap0";
-/// The guest's fixed ports (testguest::net).
-pub const ECHO_PORT: u16 = 7;
-pub const CONTROL_PORT: u16 = 9;
-pub const SINK_PORT: u16 = 5001;
-pub const SOURCE_PORT: u16 = 5002;
-/// Largest UDP payload at a 1500-byte MTU.
-pub const UDP_MAX: usize = 1472;
-
-/// The `net_*` command-line words for the test link.
-pub fn guest_net_args() -> String {
-    format!("net_ip={GUEST_IP}/24 net_peer={HOST_IP}")
-}
+// The shared implementation (nightshift's library, also the bench's), under the names the
+// tests use; each test binary uses some of them.
+#[allow(unused_imports)]
+pub use nightshift::guest_net::{
+    fill_stream, guest_net_args, quit, tcp_from_guest, tcp_to_guest, udp_sweep, Transfer,
+    CONTROL_PORT, ECHO_PORT, GUEST_IP, HOST_IP, SINK_PORT, SOURCE_PORT, UDP_MAX,
+};
+#[allow(unused_imports)]
+pub use nightshift::netns::TAP;
 
 /// A check this environment cannot run: fails the test when `CI` is set (CI must run
 /// everything), else says it was skipped. Returns false so the caller can return.
@@ -95,73 +85,31 @@ pub fn qemu() -> Option<&'static str> {
     }
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace holding one tap with [`HOST_IP`]/24; deleted on drop.
-pub struct Netns {
-    name: String,
-}
-
-static SERIAL: AtomicUsize = AtomicUsize::new(0);
+/// A network namespace holding one tap with [`HOST_IP`]/24 (nightshift's own
+/// [`nightshift::netns::Netns`]); deleted on drop. A test that gets this far has checked
+/// [`namespace_prerequisites`], so failing to make one fails the test.
+pub struct Netns(nightshift::netns::Netns);
 
 impl Netns {
     pub fn new() -> Self {
-        let name = format!(
-            "nightshift-test-{}-{}",
-            std::process::id(),
-            SERIAL.fetch_add(1, Ordering::Relaxed)
-        );
-        ip(&["netns", "add", &name]);
-        let ns = Self { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        ip(&["-n", &ns.name, "tuntap", "add", "dev", TAP, "mode", "tap"]);
-        ip(&[
-            "-n",
-            &ns.name,
-            "addr",
-            "add",
-            &format!("{HOST_IP}/24"),
-            "dev",
-            TAP,
-        ]);
-        ip(&["-n", &ns.name, "link", "set", TAP, "up"]);
-        ns
+        Self(
+            nightshift::netns::Netns::create("nightshift-test").expect("making the test namespace"),
+        )
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.0.name()
     }
 
     /// A command that runs `program` inside the namespace.
     pub fn command(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
+        self.0.command(program)
     }
 
     /// Runs `f` on a thread that has moved into the namespace (sockets it opens live
     /// there) and returns its result.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("opening the namespace");
-            rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&ns),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .expect("setns into the test namespace");
-            f()
-        })
-        .join()
-        .expect("namespace thread panicked")
+        self.0.run(f).expect("running in the test namespace")
     }
 
     /// `ping` from the tap's side: `count` echoes of `size` payload bytes, all answered,
@@ -192,14 +140,6 @@ impl Netns {
                 String::from_utf8_lossy(&out.stderr)
             ))
         }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 
@@ -342,151 +282,6 @@ impl Drop for Vmm {
 
 // ---- the guest's services, from the host side ----------------------------------------
 
-/// Byte `o` of the guest's TCP source stream: byte `o % 8` of the little-endian word
-/// `(o & !7) * 0x9E37_79B9_7F4A_7C15 ^ seed` (the block workloads' pattern as a stream).
-pub fn fill_stream(buf: &mut [u8], offset: u64, seed: u64) {
-    for (i, b) in buf.iter_mut().enumerate() {
-        let o = offset + i as u64;
-        let word = (o & !7).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed;
-        *b = word.to_le_bytes()[(o & 7) as usize];
-    }
-}
-
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-const CHUNK: usize = 1 << 20;
-
-fn guest(port: u16) -> SocketAddr {
-    SocketAddr::from((GUEST_IP, port))
-}
-
-/// UDP echo: one datagram of every size in `sizes`, each answered within 2 s with the same
-/// bytes. Returns how many were echoed.
-pub fn udp_sweep(sizes: std::ops::RangeInclusive<usize>) -> Result<usize, String> {
-    let sock = UdpSocket::bind((HOST_IP, 0)).map_err(|e| e.to_string())?;
-    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    sock.connect(guest(ECHO_PORT)).map_err(|e| e.to_string())?;
-    let mut reply = vec![0u8; 2048];
-    let mut echoed = 0;
-    for size in sizes {
-        let payload: Vec<u8> = (0..size).map(|i| (i * 31 + size * 7) as u8).collect();
-        sock.send(&payload)
-            .map_err(|e| format!("size {size}: send: {e}"))?;
-        let n = sock
-            .recv(&mut reply)
-            .map_err(|e| format!("size {size}: no echo: {e}"))?;
-        if reply[..n] != payload[..] {
-            return Err(format!("size {size}: echo of {n} bytes differs"));
-        }
-        echoed += 1;
-    }
-    Ok(echoed)
-}
-
-/// The control datagram: `quit`, answered `bye`.
-pub fn quit() -> Result<(), String> {
-    let sock = UdpSocket::bind((HOST_IP, 0)).map_err(|e| e.to_string())?;
-    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    sock.connect(guest(CONTROL_PORT))
-        .map_err(|e| e.to_string())?;
-    let mut reply = [0u8; 16];
-    for _ in 0..3 {
-        sock.send(b"quit").map_err(|e| e.to_string())?;
-        if let Ok(n) = sock.recv(&mut reply) {
-            return (&reply[..n] == b"bye")
-                .then_some(())
-                .ok_or_else(|| format!("control answered {:?}", &reply[..n]));
-        }
-    }
-    Err("no answer to quit".into())
-}
-
-fn connect(port: u16) -> Result<TcpStream, String> {
-    let s = TcpStream::connect_timeout(&guest(port), IO_TIMEOUT).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    Ok(s)
-}
-
-/// A finished bulk transfer: bytes and seconds.
-#[derive(Clone, Copy, Debug)]
-pub struct Transfer {
-    pub bytes: u64,
-    pub secs: f64,
-}
-
-impl Transfer {
-    pub fn mbit_s(&self) -> f64 {
-        self.bytes as f64 * 8.0 / self.secs / 1e6
-    }
-}
-
-/// To the guest's sink: `bytes` of the stream for `seed`, then FIN; the guest's answer
-/// must give the same count and CRC32.
-pub fn tcp_to_guest(bytes: u64, seed: u64) -> Result<Transfer, String> {
-    let mut s = connect(SINK_PORT)?;
-    let t0 = Instant::now();
-    let mut crc = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut sent = 0u64;
-    while sent < bytes {
-        let n = (bytes - sent).min(CHUNK as u64) as usize;
-        fill_stream(&mut buf[..n], sent, seed);
-        crc.update(&buf[..n]);
-        s.write_all(&buf[..n])
-            .map_err(|e| format!("sink: write at {sent}: {e}"))?;
-        sent += n as u64;
-    }
-    s.shutdown(std::net::Shutdown::Write)
-        .map_err(|e| e.to_string())?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)
-        .map_err(|e| format!("sink: reply: {e}"))?;
-    let secs = t0.elapsed().as_secs_f64();
-    let want = format!("bytes={bytes} crc32={:08x}\n", crc.finalize());
-    if reply != want {
-        return Err(format!("sink answered {reply:?}, expected {want:?}"));
-    }
-    Ok(Transfer { bytes, secs })
-}
-
-/// From the guest's source: asks for `bytes` of the stream for `seed` and checks every
-/// byte and the count.
-pub fn tcp_from_guest(bytes: u64, seed: u64) -> Result<Transfer, String> {
-    let mut s = connect(SOURCE_PORT)?;
-    let t0 = Instant::now();
-    s.write_all(format!("{bytes} {seed}\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut want = vec![0u8; CHUNK];
-    let mut got = 0u64;
-    loop {
-        let n = s
-            .read(&mut buf)
-            .map_err(|e| format!("source: read at {got}: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        if got + n as u64 > bytes {
-            return Err(format!("source sent more than {bytes} bytes"));
-        }
-        fill_stream(&mut want[..n], got, seed);
-        if let Some(i) = (0..n).find(|&i| buf[i] != want[i]) {
-            return Err(format!(
-                "source: byte {} is {:#04x}, expected {:#04x}",
-                got + i as u64,
-                buf[i],
-                want[i]
-            ));
-        }
-        got += n as u64;
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    if got != bytes {
-        return Err(format!("source sent {got} bytes, expected {bytes}"));
-    }
-    Ok(Transfer { bytes, secs })
-}
-
 /// Bytes per TCP direction: `NIGHTSHIFT_NET_TCP_MIB` MiB if set, else `default_mib`.
 pub fn tcp_bytes(default_mib: u64) -> u64 {
     let mib = std::env::var("NIGHTSHIFT_NET_TCP_MIB")
@@ -528,6 +323,7 @@ pub fn exercise(ns: &Netns, tcp_bytes: u64) -> Result<Measured, String> {
             from_guest,
         })
     })
+    .map_err(|e: nightshift::guest_net::GuestNetError| e.to_string())
 }
 
 /// Checks the guest's own account of an [`exercise`]d run (`net` on one CPU, `rng` on
