@@ -559,6 +559,7 @@ impl Driver {
     /// spins on the used index.
     fn wait(&mut self, deadline: u64) -> Option<u64> {
         loop {
+            let epoch = wait::irq_epoch();
             let irqs = wait::irq_count(self.slot);
             let interrupted = irqs != self.seen_irqs;
             self.seen_irqs = irqs;
@@ -590,7 +591,7 @@ impl Driver {
                 continue;
             }
             self.arm_watchdog(now, deadline);
-            wait::halt();
+            wait::halt_since(epoch);
         }
     }
 

@@ -40,6 +40,10 @@ pub struct FaultRecord {
 pub struct KernelCpu {
     /// Interrupts taken per device vector slot (slot 0 is the LAPIC timer).
     pub irq_count: [AtomicU64; IRQ_SLOTS],
+    /// Interrupts taken in all slots: the epoch a halt compares with (see
+    /// `wait::halt_since`), so one that arrives between CPL3's last look and
+    /// its HLT is not slept through.
+    pub irq_total: AtomicU64,
     pub fault: FaultRecord,
 }
 
@@ -62,6 +66,7 @@ impl KernelStack {
     const NEW: Self = Self {
         cpu: KernelCpu {
             irq_count: [const { AtomicU64::new(0) }; IRQ_SLOTS],
+            irq_total: AtomicU64::new(0),
             fault: FaultRecord {
                 count: AtomicU64::new(0),
                 vector: AtomicU64::new(0),

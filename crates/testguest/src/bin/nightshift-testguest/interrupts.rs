@@ -1,8 +1,8 @@
 //! Interrupt and exception entry stubs (CPL0) and what CPL3 sees of them.
 //!
 //! Device interrupts (vectors `idt::IRQ_VECTOR_BASE..+16`) only count: the stub increments
-//! the CPU's `KernelCpu::irq_count[slot]`, sends the LAPIC EOI and returns — eight
-//! instructions. CPL3 code waits for a count to change with `wait::wait_irq`.
+//! the CPU's `KernelCpu::irq_count[slot]` and `irq_total`, sends the LAPIC EOI and returns
+//! — nine instructions. CPL3 code waits for a count to change with `wait::wait_irq`.
 //!
 //! CPU exceptions are recorded in the CPU's `KernelCpu::fault`. One raised at CPL3 is
 //! turned into a call of [`fault_report`] at CPL3, which prints a `fault` line and exits
@@ -44,6 +44,7 @@ core::arch::global_asm!(
     "    mov %rsp, %rax",
     "    and ${kstack_mask}, %rax",
     "    incq ({irq_count} + 8 * \\slot)(%rax)",
+    "    incq {irq_total}(%rax)",
     "    mov ${lapic_eoi}, %eax",
     "    movl $0, (%rax)",
     "    pop %rax",
@@ -120,6 +121,7 @@ core::arch::global_asm!(
     ".popsection",
     kstack_mask = const -(cpu::KERNEL_STACK_SIZE as i64),
     irq_count = const offset_of!(KernelCpu, irq_count),
+    irq_total = const offset_of!(KernelCpu, irq_total),
     lapic_eoi = const apic::EOI_ADDRESS,
     f_count = const offset_of!(KernelCpu, fault) + offset_of!(FaultRecord, count),
     f_vector = const offset_of!(KernelCpu, fault) + offset_of!(FaultRecord, vector),

@@ -309,6 +309,7 @@ impl Waiter {
     /// Whether the device interrupted (else the deadline passed).
     fn wait(&mut self, deadline: u64) -> bool {
         loop {
+            let epoch = wait::irq_epoch();
             let irqs = wait::irq_count(self.slot);
             if irqs != self.seen_irqs {
                 self.irqs += irqs - self.seen_irqs;
@@ -320,7 +321,7 @@ impl Waiter {
                 return false;
             }
             self.arm(now, deadline);
-            wait::halt();
+            wait::halt_since(epoch);
         }
     }
 

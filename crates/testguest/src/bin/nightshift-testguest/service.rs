@@ -24,7 +24,10 @@ pub const EXIT_PORT: u16 = 0xF4;
 #[repr(u64)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Call {
-    /// `sti; hlt`: return after the next interrupt has been handled.
+    /// `sti; hlt` unless an interrupt was taken since the caller read the epoch `rdi`
+    /// (`KernelCpu::irq_total`): return after the next interrupt has been handled, or at
+    /// once. The gate clears IF, so the comparison and the HLT (in STI's shadow) cannot
+    /// miss an interrupt in between.
     Idle = 0,
     /// Write `rdi` to the exit port, then halt for good.
     Exit = 1,
@@ -61,9 +64,13 @@ core::arch::global_asm!(
     "    iretq",
     "",
     "service_idle:",
+    "    mov %rsp, %rax",
+    "    and ${kstack_mask}, %rax",
+    "    cmp {irq_total}(%rax), %rdi",
+    "    jne 4f",
     "    sti",
     "    hlt",
-    "    iretq",
+    "4:  iretq",
     "",
     "service_exit:",
     "    mov %edi, %eax",
@@ -120,6 +127,8 @@ core::arch::global_asm!(
     ".popsection",
     calls = const Call::COUNT,
     exit_port = const EXIT_PORT,
+    kstack_mask = const -(crate::cpu::KERNEL_STACK_SIZE as i64),
+    irq_total = const core::mem::offset_of!(crate::cpu::KernelCpu, irq_total),
     options(att_syntax),
 );
 
@@ -132,12 +141,15 @@ pub fn entry() -> u64 {
     service_entry as *const () as u64
 }
 
-/// Halts until the next interrupt has been handled on this CPU.
-pub fn idle() {
+/// Halts until the next interrupt has been handled on this CPU, unless one was handled
+/// since the caller read `epoch` (this CPU's `KernelCpu::irq_total`); then returns at once.
+pub fn idle(epoch: u64) {
     // SAFETY: the service-call gate switches to this CPU's kernel stack (the user stack is
     // untouched) and returns with all registers but rax preserved. Interrupt handlers
     // write memory (counters) that the caller may read afterwards, so no `nomem`.
-    unsafe { asm!("int3", inlateout("rax") Call::Idle as u64 => _, options(nostack)) };
+    unsafe {
+        asm!("int3", inlateout("rax") Call::Idle as u64 => _, in("rdi") epoch, options(nostack))
+    };
 }
 
 /// Requests exit with `status` through the exit port; does not return (if the VMM ignores

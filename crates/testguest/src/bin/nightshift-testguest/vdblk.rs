@@ -333,6 +333,7 @@ impl Waiter {
     /// `deadline`.
     fn wait_used(&mut self, disk: &mut Disk, deadline: u64) -> Option<u64> {
         loop {
+            let epoch = wait::irq_epoch();
             let irqs = wait::irq_count(self.slot);
             let interrupted = irqs != self.seen_irqs;
             self.seen_irqs = irqs;
@@ -362,7 +363,7 @@ impl Waiter {
                 apic::arm_timer(time::tsc_to_apic(want - now));
                 self.timer_at = Some(want);
             }
-            wait::halt();
+            wait::halt_since(epoch);
         }
     }
 

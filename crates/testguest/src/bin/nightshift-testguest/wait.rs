@@ -14,10 +14,21 @@ use crate::{apic, cpu, service, time, x86};
 /// Per CPU: returns from HLT (`service::idle`) so far.
 static WAKEUPS: [AtomicU64; cpu::MAX_CPUS] = [const { AtomicU64::new(0) }; cpu::MAX_CPUS];
 
-/// Halts until the next interrupt has been handled on this CPU, counting the wake-up.
-/// Every halt of the guest's CPL3 code goes through here.
-pub fn halt() {
-    service::idle();
+/// This CPU's interrupt epoch: read it *before* looking at whatever a halt waits for, and
+/// pass it to [`halt_since`].
+pub fn irq_epoch() -> u64 {
+    cpu::kernel(cpu::current())
+        .irq_total
+        .load(Ordering::Acquire)
+}
+
+/// Halts until the next interrupt has been handled on this CPU, counting the wake-up;
+/// returns at once if one was handled since `epoch` was read ([`irq_epoch`]), so an
+/// interrupt that arrives after the caller's last look and before its HLT is not slept
+/// through (it would be until the next interrupt: a lost wake-up). Every halt of the
+/// guest's CPL3 code goes through here.
+pub fn halt_since(epoch: u64) {
+    service::idle(epoch);
     WAKEUPS[cpu::current()].fetch_add(1, Ordering::Relaxed);
 }
 
@@ -35,11 +46,12 @@ pub fn irq_count(slot: IrqSlot) -> u64 {
 /// the new count. The guest's "HLT until my interrupt arrives" primitive.
 pub fn wait_irq(slot: IrqSlot, seen: u64) -> u64 {
     loop {
+        let epoch = irq_epoch();
         let now = irq_count(slot);
         if now != seen {
             return now;
         }
-        halt();
+        halt_since(epoch);
     }
 }
 
@@ -53,6 +65,7 @@ pub fn halt_until(deadline: Option<u64>, cond: impl Fn() -> bool) -> bool {
         return true;
     }
     let met = loop {
+        let epoch = irq_epoch();
         if cond() {
             break true;
         }
@@ -63,7 +76,7 @@ pub fn halt_until(deadline: Option<u64>, cond: impl Fn() -> bool) -> bool {
             }
             apic::arm_timer(time::tsc_to_apic(deadline - now));
         }
-        halt();
+        halt_since(epoch);
     };
     if deadline.is_some() {
         apic::arm_timer(0);
