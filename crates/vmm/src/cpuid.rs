@@ -21,9 +21,14 @@
 //! (../shared/PLATFORM.md). Hiding them makes the kernel use FXSAVE and skip
 //! CX16 users; Linux also drops what depends on XSAVE (AVX and the rest).
 //! Measured on this project's PVM hosts (2026-12-01): KVM's supported leaf 1
-//! has no XSAVE to begin with, yet Debian's kernel still enabled OSXSAVE and
-//! died on `xrstor64`, so there the guest kernel's view of XSAVE does not come
-//! from this table; on hardware KVM it does.
+//! ECX is a minimal set (0x81202000, no XSAVE or AVX), but `KVM_SET_CPUID2`
+//! then stores a fuller leaf 1 (0xf7f81203 when XSAVE, AVX and CX16 were
+//! cleared): PVM sets XSAVE and AVX again (guest user mode runs natively, with
+//! the host's XCR0), while CX16 stays cleared. The guest sees exactly what
+//! `KVM_GET_CPUID2` returns, at CPL0 and CPL3 alike (the test guest's `cpl0`
+//! workload prints both). So on PVM hiding XSAVE takes a guest-side switch too
+//! (Linux's `noxsave`); [`hidden_but_visible`] finds such features after the
+//! table is set, and the VM warns about them. On hardware KVM the table holds.
 //!
 //! Under the userspace irqchip the guest sees only what `irqchip` emulates:
 //! an xAPIC (no x2APIC, no TSC-deadline timer mode) and none of KVM's
@@ -122,6 +127,26 @@ impl HiddenFeatures {
             cx16: features.contains(&CpuFeature::Cx16),
         }
     }
+}
+
+/// The features `hidden` asked to hide that `cpuid` (as KVM stored it, read
+/// back with `KVM_GET_CPUID2`) still shows in leaf 1.
+pub fn hidden_but_visible(cpuid: &CpuId, hidden: HiddenFeatures) -> Vec<CpuFeature> {
+    let Some(leaf1) = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 1 && e.index == 0)
+    else {
+        return Vec::new();
+    };
+    let mut visible = Vec::new();
+    if hidden.xsave && leaf1.ecx & LEAF1_ECX_XSAVE != 0 {
+        visible.push(CpuFeature::Xsave);
+    }
+    if hidden.cx16 && leaf1.ecx & LEAF1_ECX_CX16 != 0 {
+        visible.push(CpuFeature::Cx16);
+    }
+    visible
 }
 
 /// Adjusts KVM's supported CPUID for one vCPU.
@@ -354,5 +379,28 @@ mod tests {
         assert_eq!(leaf(&c, 1, 0).ecx, 1 | LEAF1_ECX_HYPERVISOR);
         assert_eq!(leaf(&c, XSAVE_LEAF, 0).ecx, 0);
         assert!("avx".parse::<CpuFeature>().is_err());
+    }
+
+    #[test]
+    fn a_hidden_feature_the_stored_table_still_shows_is_found() {
+        let stored = |ecx| {
+            let leaf1 = kvm_cpuid_entry2 {
+                function: 1,
+                ecx,
+                ..Default::default()
+            };
+            CpuId::from_entries(&[leaf1]).unwrap()
+        };
+        let both = HiddenFeatures {
+            xsave: true,
+            cx16: true,
+        };
+        // What PVM stores after XSAVE, AVX and CX16 were cleared.
+        assert_eq!(
+            hidden_but_visible(&stored(0xf7f8_1203), both),
+            vec![CpuFeature::Xsave]
+        );
+        assert!(hidden_but_visible(&stored(0x8120_0000), both).is_empty());
+        assert!(hidden_but_visible(&stored(0xf7f8_3203), HiddenFeatures::default()).is_empty());
     }
 }

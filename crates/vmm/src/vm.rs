@@ -15,7 +15,7 @@ use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use crate::boot::{self, BootConfig, BootError, BootSummary, EntryState, KernelImage};
 use crate::bus::Bus;
 use crate::config::{ConfigError, ConsoleIn, DiskConfig, VmConfig, WorkConfig};
-use crate::cpuid::{filter_cpuid, CpuidParams, HiddenFeatures};
+use crate::cpuid::{filter_cpuid, hidden_but_visible, CpuidParams, HiddenFeatures};
 use crate::device_manager::{DeviceError, DeviceManager, DeviceReport, Devices, Slot};
 use crate::devices::console::ConsoleStatsHandle;
 use crate::devices::{
@@ -525,6 +525,21 @@ fn confine_helper_threads(config: &VmConfig) {
     }
 }
 
+/// Warns if KVM stored a CPUID that still shows a feature `--hide-cpu-feature`
+/// hid (PVM sets XSAVE again: see [`crate::cpuid`]).
+fn warn_if_platform_shows_hidden(fd: &VcpuFd, hidden: HiddenFeatures) {
+    let Ok(stored) = fd.get_cpuid2(KVM_MAX_CPUID_ENTRIES) else {
+        return;
+    };
+    for feature in hidden_but_visible(&stored, hidden) {
+        tracing::warn!(
+            ?feature,
+            "KVM kept this CPU feature visible to the guest although it was hidden \
+             (PVM does so for XSAVE); tell the guest itself, e.g. Linux's `noxsave`"
+        );
+    }
+}
+
 /// Starts the engine; each of its worker threads binds itself to this VM
 /// (a panic ends the VM naming the thread) and confines itself to the
 /// worker filter before it takes any item. The workers inherit the
@@ -715,6 +730,9 @@ fn create_vcpus(
         };
         filter_cpuid(&mut cpuid, &params);
         fd.set_cpuid2(&cpuid).map_err(kvm_err("setting CPUID"))?;
+        if index == 0 {
+            warn_if_platform_shows_hidden(&fd, params.hidden);
+        }
 
         if config.irqchip == IrqChipKind::Kernel {
             let mut lapic = fd.get_lapic().map_err(kvm_err("reading the local APIC"))?;

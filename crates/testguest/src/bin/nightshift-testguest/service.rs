@@ -46,11 +46,15 @@ pub enum Call {
     /// Run a two-instruction loop `rdi` (>= 1) times at CPL0 (measures the cost of a CPL0
     /// instruction).
     Spin = 8,
+    /// CPUID leaf `rdi`, subleaf `rsi`, executed at CPL0: returns eax, ebx, ecx, edx in
+    /// rax, rsi, rcx, rdx (what the guest kernel sees, which a VMM's CPUID table decides;
+    /// CPL3's own CPUID may be answered differently by the platform).
+    Cpuid = 9,
 }
 
 impl Call {
     /// Number of calls (size of the dispatch table).
-    const COUNT: u64 = 9;
+    const COUNT: u64 = 10;
 }
 
 core::arch::global_asm!(
@@ -109,6 +113,15 @@ core::arch::global_asm!(
     "    dec %rdi",
     "    jnz service_spin",
     "    iretq",
+    "",
+    "service_cpuid:",
+    "    mov %edi, %eax",
+    "    mov %esi, %ecx",
+    "    push %rbx",
+    "    cpuid",
+    "    mov %ebx, %esi",
+    "    pop %rbx",
+    "    iretq",
     ".popsection",
     "",
     // Indexed by `Call`.
@@ -124,6 +137,7 @@ core::arch::global_asm!(
     "    .quad service_out32",
     "    .quad service_nop",
     "    .quad service_spin",
+    "    .quad service_cpuid",
     ".popsection",
     calls = const Call::COUNT,
     exit_port = const EXIT_PORT,
@@ -201,6 +215,25 @@ pub fn out32(port: u16, value: u32) {
         asm!("int3", inlateout("rax") Call::Out32 as u64 => _, in("rdi") u64::from(port),
              in("rsi") u64::from(value), lateout("rdx") _, options(nostack, nomem));
     }
+}
+
+/// CPUID `leaf`/`subleaf` as CPL0 sees it: (eax, ebx, ecx, edx).
+pub fn cpuid_cpl0(leaf: u32, subleaf: u32) -> (u32, u32, u32, u32) {
+    let (a, b, c, d): (u64, u64, u64, u64);
+    // SAFETY: the service call runs CPUID at CPL0 and returns its four results in rax,
+    // rsi, rcx and rdx, preserving every other register; it touches no memory.
+    unsafe {
+        asm!(
+            "int3",
+            inlateout("rax") Call::Cpuid as u64 => a,
+            in("rdi") u64::from(leaf),
+            inlateout("rsi") u64::from(subleaf) => b,
+            lateout("rcx") c,
+            lateout("rdx") d,
+            options(nostack, nomem),
+        )
+    };
+    (a as u32, b as u32, c as u32, d as u32)
 }
 
 /// A service call that does nothing.

@@ -116,7 +116,15 @@ fn cpl0(cpu: usize, ms: u64) {
     let call_ns = time::tsc_to_ns((t1 - t0) / calls);
     let spin_ns = time::tsc_to_ns((t2 - t1) / spins);
     let insn_ns = spin_ns.saturating_sub(call_ns) / (2 * SPIN_ITERATIONS);
+    // What each privilege level is told of XSAVE (leaf 1 ECX bit 26) and AVX2/AVX-512F
+    // (leaf 7 EBX bits 5 and 16): a VMM's CPUID table answers CPL0; a platform may answer
+    // CPL3 itself.
+    let (_, _, ecx0, _) = service::cpuid_cpl0(1, 0);
+    let (_, ebx0, _, _) = service::cpuid_cpl0(7, 0);
+    let ecx3 = x86::cpuid(1, 0).ecx;
+    let ebx3 = x86::cpuid(7, 0).ebx;
     println!(
-        "result cpu={cpu} workload=cpl0 ms={ms} calls={calls} call_ns={call_ns} insn_ns={insn_ns}"
+        "result cpu={cpu} workload=cpl0 ms={ms} calls={calls} call_ns={call_ns} insn_ns={insn_ns} \
+         cpuid1_ecx_cpl0={ecx0:#x} cpuid1_ecx_cpl3={ecx3:#x} cpuid7_ebx_cpl0={ebx0:#x} cpuid7_ebx_cpl3={ebx3:#x}"
     );
 }
