@@ -117,6 +117,27 @@ fn tap_stats(ns: &str) -> TapStats {
     }
 }
 
+/// Waits (at most 10 s) until the tap is up for the kernel: the VMM holding it open gives
+/// it a carrier, and only then (through the kernel's link watch, up to a second later)
+/// does it get a working queue; until then the host's frames are dropped before the tap.
+fn wait_tap_up(ns: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("ip")
+            .args(["-n", ns, "-j", "link", "show", "dev", TAP])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v[0]["operstate"] == "UP" {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("the tap did not come up: {v}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// What the host side did.
 #[derive(Debug)]
 struct HostSaw {
@@ -139,6 +160,7 @@ fn host_side(vmm: &mut Vmm, ns: &str) -> Result<HostSaw, String> {
     let sock = UdpSocket::bind((HOST_IP, 0)).map_err(|e| e.to_string())?;
     let send = |p: &[u8], port| sock.send_to(p, guest(port)).map_err(|e| e.to_string());
     vmm.wait_line("net dev=")?;
+    wait_tap_up(ns)?;
 
     vmm.wait_line("nethostile want=big-frames")?;
     for i in 0..BIG_FRAMES {
@@ -251,7 +273,13 @@ fn hostile_run(policy: &str, irqchip: &str) {
 }
 
 fn check_run(what: &str, ns: &Netns, fin: &Finished, saw: &HostSaw, report: &std::path::Path) {
-    let ctx = format!("{what}: {saw:?}\n{}\n{}", fin.stdout, fin.stderr);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report).expect("no report")).unwrap();
+    // Where the device work ran (a case that waited in vain shows there too).
+    let ctx = format!(
+        "{what}: {saw:?}\n{}\n{}\nwork: {}",
+        fin.stdout, fin.stderr, report["work"]
+    );
     assert_eq!(fin.code(), Some(0), "{ctx}");
     assert!(!fin.stderr.contains("panicked"), "{ctx}");
     let cases = records(&fin.stdout, "hostile ");
@@ -270,8 +298,6 @@ fn check_run(what: &str, ns: &Netns, fin: &Finished, saw: &HostSaw, report: &std
     // The flood overflowed the tap's queue: nobody read it while the guest had no buffers.
     assert!(saw.flood_dropped > 0, "{ctx}");
 
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(report).expect("no report")).unwrap();
     let dev = report["devices"]
         .as_array()
         .and_then(|d| d.iter().find(|d| d["name"] == "net0"))
