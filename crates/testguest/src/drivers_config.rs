@@ -47,6 +47,25 @@ impl NetWait {
     }
 }
 
+/// What the `net` workload does (`net_mode=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetMode {
+    /// smoltcp's services on `virtio-drivers` (the default).
+    Serve,
+    /// The hostile cases on the guest's own raw virtqueues (docs/guest-abi.md).
+    Hostile,
+}
+
+impl NetMode {
+    /// The command-line spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            NetMode::Serve => "serve",
+            NetMode::Hostile => "hostile",
+        }
+    }
+}
+
 /// The `net_*` keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetConfig {
@@ -62,6 +81,8 @@ pub struct NetConfig {
     pub wait: NetWait,
     /// `net_dev=`: index among the network devices of the first one used.
     pub dev: usize,
+    /// `net_mode=`.
+    pub mode: NetMode,
 }
 
 /// Default `net_ms`: one minute.
@@ -76,6 +97,7 @@ impl Default for NetConfig {
             ms: NET_MS_DEFAULT,
             wait: NetWait::Irq,
             dev: 0,
+            mode: NetMode::Serve,
         }
     }
 }
@@ -155,6 +177,13 @@ impl DriversConfig {
                 }
             }
             "net_dev" => net.dev = device_index(value).ok_or("expected 0..=7; using 0")?,
+            "net_mode" => {
+                net.mode = match value {
+                    "serve" => NetMode::Serve,
+                    "hostile" => NetMode::Hostile,
+                    _ => return Err("expected serve or hostile; using serve"),
+                }
+            }
             "rng_bytes" => {
                 self.rng.bytes = parse_size(value)
                     .filter(|v| (1..=RNG_BYTES_MAX).contains(v))
@@ -198,7 +227,7 @@ mod tests {
     fn all_keys() {
         let (c, w) = parse(
             "net_ip=10.99.0.2/24 net_peer=10.99.0.1 net_sessions=2 net_ms=5000 net_wait=poll \
-             net_dev=1 rng_bytes=64K rng_dev=2 blk_driver=virtio-drivers",
+             net_dev=1 net_mode=hostile rng_bytes=64K rng_dev=2 blk_driver=virtio-drivers",
         );
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(
@@ -211,6 +240,7 @@ mod tests {
                     ms: 5000,
                     wait: NetWait::Poll,
                     dev: 1,
+                    mode: NetMode::Hostile,
                 },
                 rng: RngConfig {
                     bytes: 64 << 10,
@@ -225,10 +255,10 @@ mod tests {
     fn invalid_values_keep_defaults_and_warn() {
         let (c, w) = parse(
             "net_ip=10.99.0.2 net_peer=10.99.0 net_sessions=x net_ms=0 net_wait=spin net_dev=8 \
-             rng_bytes=0 rng_bytes=257M rng_dev=9 blk_driver=linux",
+             net_mode=x rng_bytes=0 rng_bytes=257M rng_dev=9 blk_driver=linux",
         );
         assert_eq!(c, DriversConfig::default());
-        assert_eq!(w.len(), 10, "{w:?}");
+        assert_eq!(w.len(), 11, "{w:?}");
         assert!(w[0].contains("net_ip"), "{}", w[0]);
     }
 }

@@ -19,6 +19,7 @@ pub mod cmdline;
 pub mod drivers_config;
 pub mod linebuf;
 pub mod net;
+pub mod net_hostile;
 pub mod physmem;
 pub mod start_info;
 pub mod stats;

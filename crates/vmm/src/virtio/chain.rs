@@ -10,7 +10,7 @@
 use std::ops::Deref;
 
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::DescriptorChain;
+use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 use crate::memory::GuestMemory as Mem;
@@ -62,6 +62,9 @@ pub enum ChainError {
     /// The buffers add up to more than the device takes.
     #[error("chain holds {0} bytes, more than {1}")]
     TooLong(u64, u64),
+    /// A descriptor refers to an indirect table, a feature the device did not offer.
+    #[error("indirect descriptor (VIRTIO_F_INDIRECT_DESC was not offered)")]
+    Indirect,
 }
 
 /// Checks `chain`'s buffers; `max` bounds their total length.
@@ -105,6 +108,55 @@ where
         segments,
         len: total as u32,
     })
+}
+
+/// [`buffers`] of a chain popped from `queue`, refusing indirect descriptors
+/// first: virtio-queue would follow them even though the device does not
+/// offer `VIRTIO_F_INDIRECT_DESC`, so a driver could make the device read a
+/// table it never agreed to.
+pub fn checked_buffers<M>(
+    queue: &impl QueueT,
+    chain: DescriptorChain<M>,
+    direction: Direction,
+    max: u64,
+) -> Result<Buffers, ChainError>
+where
+    M: Deref,
+    M::Target: GuestMemory,
+{
+    if uses_indirect(
+        chain.memory(),
+        queue.desc_table(),
+        queue.size(),
+        chain.head_index(),
+    ) {
+        return Err(ChainError::Indirect);
+    }
+    buffers(chain, direction, max)
+}
+
+/// Whether the chain at `head` of the table at `table` (`size` entries) has a
+/// descriptor with VIRTQ_DESC_F_INDIRECT. Walks at most `size` descriptors,
+/// as virtio-queue does; an unreadable descriptor ends the walk (the chain
+/// check then refuses the chain for its own reason).
+pub fn uses_indirect<G: GuestMemory + ?Sized>(mem: &G, table: u64, size: u16, head: u16) -> bool {
+    let mut index = head;
+    for _ in 0..size {
+        let at = u64::from(index)
+            .checked_mul(16)
+            .and_then(|o| table.checked_add(o));
+        let Some(desc) = at.and_then(|a| mem.read_obj::<Descriptor>(GuestAddress(a)).ok()) else {
+            return false;
+        };
+        if desc.refers_to_indirect_table() {
+            return true;
+        }
+        if !desc.has_next() || desc.next() >= size {
+            return false;
+        }
+        index = desc.next();
+    }
+    false
 }
 
 /// Whether the `n`th guest error of a kind is logged: the first few, then

@@ -213,7 +213,7 @@ fn run(epoll: &Epoll, mut sources: Vec<Source>, stop_token: u64, _stop: EventFd)
                     transport
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .notify(*queue);
+                        .notify_async(*queue);
                 }
                 Some(Source::Host(callback)) => callback(),
                 _ => {}

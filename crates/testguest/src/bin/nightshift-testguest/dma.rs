@@ -53,6 +53,12 @@ pub fn init(info: Option<&StartInfo>) -> u64 {
     end - start
 }
 
+/// End of the allocator's range: the end of the RAM region it hands pages out of (0
+/// before [`init`]).
+pub fn end() -> u64 {
+    END.load(Ordering::Relaxed)
+}
+
 /// `pages` zeroed, contiguous pages; `None` when the range is exhausted.
 pub fn alloc_pages(pages: usize) -> Option<u64> {
     let len = (pages as u64).checked_mul(PAGE)?;

@@ -21,6 +21,7 @@ mod interrupts;
 mod ioapic;
 mod machine;
 mod mem;
+mod net_hostile;
 mod net_phy;
 mod net_services;
 mod net_workload;

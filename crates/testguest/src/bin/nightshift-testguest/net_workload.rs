@@ -13,7 +13,7 @@ use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet, SocketStorage}
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr};
 use testguest::cmdline::{Config, VirtioMmioDevice, Workload};
-use testguest::drivers_config::{NetConfig, NetWait};
+use testguest::drivers_config::{NetConfig, NetMode, NetWait};
 use virtio_drivers::transport::mmio::MmioTransport;
 use virtio_drivers::transport::Transport;
 
@@ -54,6 +54,7 @@ impl End {
 pub fn run(cpu: usize, config: &Config) {
     let net = &config.drivers.net;
     let (nth, result) = match vdevices::assignment(cpu, Workload::Net) {
+        Some(Ok(a)) if net.mode == NetMode::Hostile => (a.nth, crate::net_hostile::run(cpu, &a)),
         Some(Ok(a)) => (a.nth, start(cpu, net, &a)),
         Some(Err((nth, e))) => (nth, Err(e)),
         None => (net.dev, Err("not-set-up")),

@@ -79,7 +79,10 @@ impl RxQueue {
             return Outcome::Stop;
         };
         let head = chain.head_index();
-        let bufs = match chain::buffers(chain, Direction::DeviceWrites, u64::MAX) {
+        // A used length is a u32: no chain may hold more (virtio-queue also
+        // ends a chain there, which shows as an unterminated one).
+        let max = u64::from(u32::MAX);
+        let bufs = match chain::checked_buffers(&*q, chain, Direction::DeviceWrites, max) {
             Ok(b) if b.len as usize >= VNET_HDR_LEN => b,
             bad => {
                 let why = bad

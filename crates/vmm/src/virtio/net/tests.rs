@@ -176,6 +176,17 @@ fn pair() -> (Tap, UnixDatagram) {
     (Tap::from_fd(dev.into(), "pair"), host)
 }
 
+/// VIRTQ_DESC_F_INDIRECT.
+const INDIRECT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+
+/// Writes a one-entry indirect table at `table`: a buffer at `buf` of `len`
+/// bytes with `flags`.
+fn indirect_table(d: &Driver, table: u64, buf: u64, len: u32, flags: u16) {
+    use vm_memory::{Bytes, GuestAddress};
+    let desc = virtio_queue::desc::split::Descriptor::new(buf, len, flags, 0);
+    d.mem.write_obj(desc, GuestAddress(table)).unwrap();
+}
+
 fn frame(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
@@ -235,6 +246,10 @@ fn hostile_tx_chains_are_returned_unsent_and_counted() {
         &[(200, 0x50_0000, 64, 1, 201), (201, 0x50_1000, 64, 1, 200)],
         200,
     );
+    // An indirect table holding a good frame: the feature was not offered.
+    rig.tx.write(0x71_0000, &[0; VNET_HDR_LEN + 60]);
+    indirect_table(&rig.tx, 0x70_0000, 0x71_0000, (VNET_HDR_LEN + 60) as u32, 0);
+    rig.tx.offer_raw(&[(210, 0x70_0000, 16, INDIRECT, 0)], 210);
     rig.net.queue_notify(TX_QUEUE);
     let good = frame(100, 9);
     rig.send(&good, 0x60_0000, 50);
@@ -244,9 +259,9 @@ fn hostile_tx_chains_are_returned_unsent_and_counted() {
         "a bad chain reached the tap"
     );
     let used = rig.tx.used_entries();
-    assert_eq!(used.len(), 6);
+    assert_eq!(used.len(), 7);
     assert!(used.iter().all(|&(_, len)| len == 0));
-    assert_eq!((rig.count("tx_bad_chains"), rig.count("tx_frames")), (5, 1));
+    assert_eq!((rig.count("tx_bad_chains"), rig.count("tx_frames")), (6, 1));
     assert!(!rig.irq.needs_reset());
 }
 
@@ -299,14 +314,27 @@ fn bad_rx_chains_are_returned_empty() {
     let readable = rig.rx.offer(&[(0x10_0000, 1526)], 0);
     let tiny = rig.rx.offer(&[(0x10_0000, 8)], W);
     let outside = rig.rx.offer(&[(0xdead_0000_0000, 1526)], W);
+    indirect_table(&rig.rx, 0x30_0000, 0x31_0000, 1526, W);
+    rig.rx.offer_raw(&[(100, 0x30_0000, 16, INDIRECT, 0)], 100);
     let good = rig.post_rx(1, 0x20_0000, 1526);
     host_send(&host, &frame(100, 3)).unwrap();
-    let used = rig.wait_rx(4);
+    let used = rig.wait_rx(5);
     assert_eq!(
         used,
-        vec![(readable, 0), (tiny, 0), (outside, 0), (good[0], 112)]
+        vec![
+            (readable, 0),
+            (tiny, 0),
+            (outside, 0),
+            (100, 0),
+            (good[0], 112)
+        ]
     );
-    assert_eq!(rig.count("rx_bad_chains"), 3);
+    assert_eq!(rig.count("rx_bad_chains"), 4);
+    assert_eq!(
+        rig.rx.read(0x31_0000, 4),
+        vec![0; 4],
+        "the indirect buffer was written"
+    );
     assert!(!rig.irq.needs_reset());
 }
 

@@ -88,7 +88,7 @@ impl QueueWork for TxQueue {
             };
             let head = chain.head_index();
             let max = (VNET_HDR_LEN + MAX_FRAME) as u64;
-            match chain::buffers(chain, Direction::DeviceReads, max) {
+            match chain::checked_buffers(&*q, chain, Direction::DeviceReads, max) {
                 Ok(b) if b.len as usize >= VNET_HDR_LEN + MIN_FRAME => self.send(&b, &mut frame),
                 bad => {
                     let why = bad

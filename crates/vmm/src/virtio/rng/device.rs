@@ -123,7 +123,7 @@ impl QueueWork for RequestQueue {
             let chain = next_chain(&mut q, &self.mem, &self.interrupt, "virtio-rng");
             let Some(chain) = chain else { break };
             let head = chain.head_index();
-            let len = match chain::buffers(chain, Direction::DeviceWrites, u64::MAX) {
+            let len = match chain::checked_buffers(&*q, chain, Direction::DeviceWrites, u64::MAX) {
                 Ok(bufs) => self.fill(&bufs),
                 Err(e) => {
                     let n = self.counters.malformed.fetch_add(1, Ordering::Relaxed) + 1;
@@ -247,12 +247,23 @@ mod tests {
         let readable = d.offer(&[(0x10_0000, 64)], 0);
         let outside = d.offer(&[(0xdead_0000_0000, 64)], W);
         let huge = d.offer(&[(0x20_0000, 1 << 20)], W);
+        // An indirect table (not offered) holding a good buffer: not filled.
+        let desc = virtio_queue::desc::split::Descriptor::new(0x41_0000, 64, W, 0);
+        vm_memory::Bytes::write_obj(d.mem.as_ref(), desc, vm_memory::GuestAddress(0x40_0000))
+            .unwrap();
+        let indirect = virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+        d.offer_raw(&[(50, 0x40_0000, 16, indirect, 0)], 50);
         rng.queue_notify(0);
         assert_eq!(
             d.used_entries(),
-            vec![(readable, 0), (outside, 0), (huge, MAX_FILL)]
+            vec![(readable, 0), (outside, 0), (huge, MAX_FILL), (50, 0)]
         );
-        assert_eq!(rng.counters().malformed.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            d.read(0x41_0000, 8),
+            vec![0; 8],
+            "the indirect buffer was filled"
+        );
+        assert_eq!(rng.counters().malformed.load(Ordering::Relaxed), 3);
         assert!(!irq.needs_reset());
         // More chains than one batch: all are served, in order.
         let heads: Vec<u16> = (0..40)
