@@ -402,6 +402,7 @@ impl Net {
     /// the ring, so a completion racing the acknowledgement is not lost.
     fn wait_used(&mut self, q: u16, deadline: u64) -> Waited {
         loop {
+            let epoch = wait::irq_epoch();
             let irqs = wait::irq_count(self.slot);
             let interrupted = irqs != self.seen_irqs;
             self.seen_irqs = irqs;
@@ -423,7 +424,7 @@ impl Net {
                 return Waited::Timeout;
             }
             self.arm_watchdog(now, deadline);
-            wait::halt();
+            wait::halt_since(epoch);
         }
     }
 
