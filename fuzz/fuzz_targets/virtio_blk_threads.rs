@@ -59,7 +59,9 @@ fn used_idx(mem: &vmm::memory::GuestMemory) -> u16 {
 }
 
 /// Waits (bounded) until no runner of the queue is waiting in the engine.
-fn drain(block: &std::sync::Arc<vmm::virtio::in_flight::InFlight<vmm::virtio::block::request::Request>>) {
+fn drain(
+    block: &std::sync::Arc<vmm::virtio::in_flight::InFlight<vmm::virtio::block::request::Request>>,
+) {
     let until = Instant::now() + Duration::from_secs(5);
     while block.queued_runners() > 0 {
         assert!(Instant::now() < until, "queued items never ran");
@@ -99,7 +101,11 @@ fuzz_target!(|data: &[u8]| {
                 // Every item still queued runs now; none may complete into the old ring.
                 let frozen = used_idx(&mem);
                 drain(&requests);
-                assert_eq!(used_idx(&mem), frozen, "a completion landed after its reset");
+                assert_eq!(
+                    used_idx(&mem),
+                    frozen,
+                    "a completion landed after its reset"
+                );
             }
             2 if !active => {
                 mem.write_obj(0u16, GuestAddress(USED + 2)).unwrap();
@@ -110,7 +116,8 @@ fuzz_target!(|data: &[u8]| {
             3 => {
                 let idx: u16 = mem.read_obj(GuestAddress(AVAIL + 2)).unwrap_or(0);
                 let step = u16::from(arg % 8) + 1;
-                mem.write_obj(idx.wrapping_add(step), GuestAddress(AVAIL + 2)).unwrap();
+                mem.write_obj(idx.wrapping_add(step), GuestAddress(AVAIL + 2))
+                    .unwrap();
             }
             4 => write_reg(&mut t, reg::INTERRUPT_ACK, irq.status()),
             5 => {
@@ -123,7 +130,8 @@ fuzz_target!(|data: &[u8]| {
             }
             6 => {
                 let slot = u64::from(u16::from(arg) % size);
-                mem.write_obj(u16::from(arg), GuestAddress(AVAIL + 4 + 2 * slot)).unwrap();
+                mem.write_obj(u16::from(arg), GuestAddress(AVAIL + 4 + 2 * slot))
+                    .unwrap();
             }
             7 => faults.fail_next_sync(),
             _ => {}
@@ -131,8 +139,14 @@ fuzz_target!(|data: &[u8]| {
         if debug() {
             eprintln!("op {op} arg {arg}: {:?}, {:?}", started.elapsed(), requests);
         }
-        assert!(requests.queued_runners() <= usize::from(size), "unbounded queued items");
-        assert!(requests.in_flight() <= usize::from(size), "unbounded in-flight heads");
+        assert!(
+            requests.queued_runners() <= usize::from(size),
+            "unbounded queued items"
+        );
+        assert!(
+            requests.in_flight() <= usize::from(size),
+            "unbounded in-flight heads"
+        );
         let now = counters.snapshot();
         if faults.sync_failed() {
             // Successes counted after the failure was seen must not grow.

@@ -90,7 +90,8 @@ impl QueueImage {
         let mut rest = input.get(Self::HEADER..).unwrap_or(&[]);
         let mut put = |addr: u64, max: usize| {
             let (now, later) = rest.split_at(max.min(rest.len()));
-            mem.write_slice(now, GuestAddress(addr)).expect("fixed layout is in memory");
+            mem.write_slice(now, GuestAddress(addr))
+                .expect("fixed layout is in memory");
             rest = later;
         };
         let size = usize::from(img.size);
@@ -98,7 +99,8 @@ impl QueueImage {
         put(AVAIL + 4, 2 * size);
         put(DATA, DATA_MAX);
         // flags = 0 (interrupts wanted), then the index.
-        mem.write_obj(img.avail_idx, GuestAddress(AVAIL + 2)).unwrap();
+        mem.write_obj(img.avail_idx, GuestAddress(AVAIL + 2))
+            .unwrap();
         img
     }
 }
@@ -109,11 +111,16 @@ impl QueueImage {
 pub fn scratch_disk(read_only: bool, encrypted: bool) -> Disk {
     let (file, path) = scratch_file();
     // Each sector holds its own number, so misdirected I/O is visible.
-    let pattern: Vec<u8> = (0..DISK_BYTES).map(|i| (i / 512) as u8 ^ (i as u8)).collect();
+    let pattern: Vec<u8> = (0..DISK_BYTES)
+        .map(|i| (i / 512) as u8 ^ (i as u8))
+        .collect();
     file.write_all_at(&pattern, 0).expect("reset scratch disk");
     file.set_len(DISK_BYTES as u64).expect("size scratch disk");
     let transform = if encrypted {
-        Transform::Xts { key: [0x5a; 64], passes: 1 }
+        Transform::Xts {
+            key: [0x5a; 64],
+            passes: 1,
+        }
     } else {
         Transform::None
     };
@@ -250,7 +257,11 @@ pub fn assert_no_item_panicked_in(engine: &idlework::Engine) {
 
 /// A virtio-blk device on the scratch disk.
 pub fn block_device(read_only: bool, encrypted: bool) -> Block {
-    Block::new(scratch_disk(read_only, encrypted), DISK_ID, engine().submitter())
+    Block::new(
+        scratch_disk(read_only, encrypted),
+        DISK_ID,
+        engine().submitter(),
+    )
 }
 
 /// The interrupt a transport raises (an eventfd nobody reads; non-blocking so
@@ -268,11 +279,32 @@ pub mod reg {
     /// Every defined register (and two config-space offsets), for targets
     /// that pick offsets from a table rather than at random.
     pub const ALL: [u64; 26] = [
-        MAGIC, VERSION, DEVICE_ID, VENDOR_ID, DEVICE_FEATURES, DEVICE_FEATURES_SEL,
-        DRIVER_FEATURES, DRIVER_FEATURES_SEL, QUEUE_SEL, QUEUE_NUM_MAX, QUEUE_NUM,
-        QUEUE_READY, QUEUE_NOTIFY, INTERRUPT_STATUS, INTERRUPT_ACK, STATUS,
-        QUEUE_DESC_LOW, QUEUE_DESC_HIGH, QUEUE_AVAIL_LOW, QUEUE_AVAIL_HIGH,
-        QUEUE_USED_LOW, QUEUE_USED_HIGH, CONFIG_GENERATION, CONFIG, CONFIG + 4, CONFIG + 8,
+        MAGIC,
+        VERSION,
+        DEVICE_ID,
+        VENDOR_ID,
+        DEVICE_FEATURES,
+        DEVICE_FEATURES_SEL,
+        DRIVER_FEATURES,
+        DRIVER_FEATURES_SEL,
+        QUEUE_SEL,
+        QUEUE_NUM_MAX,
+        QUEUE_NUM,
+        QUEUE_READY,
+        QUEUE_NOTIFY,
+        INTERRUPT_STATUS,
+        INTERRUPT_ACK,
+        STATUS,
+        QUEUE_DESC_LOW,
+        QUEUE_DESC_HIGH,
+        QUEUE_AVAIL_LOW,
+        QUEUE_AVAIL_HIGH,
+        QUEUE_USED_LOW,
+        QUEUE_USED_HIGH,
+        CONFIG_GENERATION,
+        CONFIG,
+        CONFIG + 4,
+        CONFIG + 8,
     ];
 }
 
@@ -293,16 +325,25 @@ pub fn read_reg(t: &mut MmioTransport, offset: u64) -> u32 {
 /// DRIVER_OK.
 pub fn bring_up(t: &mut MmioTransport, size: u16) {
     write_reg(t, reg::STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-    write_reg(t, reg::STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
+    write_reg(
+        t,
+        reg::STATUS,
+        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+    );
     for sel in 0..2 {
         write_reg(t, reg::DEVICE_FEATURES_SEL, sel);
         let offered = read_reg(t, reg::DEVICE_FEATURES);
         write_reg(t, reg::DRIVER_FEATURES_SEL, sel);
         write_reg(t, reg::DRIVER_FEATURES, offered);
     }
-    let features_ok = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
+    let features_ok =
+        VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
     write_reg(t, reg::STATUS, features_ok);
-    assert_ne!(t.status() & VIRTIO_CONFIG_S_FEATURES_OK, 0, "device refused VERSION_1 features");
+    assert_ne!(
+        t.status() & VIRTIO_CONFIG_S_FEATURES_OK,
+        0,
+        "device refused VERSION_1 features"
+    );
     write_reg(t, reg::QUEUE_SEL, 0);
     write_reg(t, reg::QUEUE_NUM, u32::from(size));
     write_reg(t, reg::QUEUE_DESC_LOW, DESC as u32);
