@@ -14,7 +14,7 @@
 //! | 2  | bring the device up again (after a reset) |
 //! | 3  | move avail.idx forward by `arg % 8 + 1` (re-posts whatever heads the ring holds) |
 //! | 4  | INTERRUPT_ACK |
-//! | 5  | busy-wait `arg * 500` spins, then yield if `arg` is odd (lets workers run) |
+//! | 5  | busy-wait `arg * SPIN_UNIT` spins, then yield if `arg` is odd (lets workers run) |
 //! | 6  | point avail slot `arg % size` at head `arg` |
 //! | 7  | next fdatasync fails (sticky from then on) |
 //!
@@ -39,6 +39,11 @@ const MAX_OPS: usize = 64;
 /// Requests that may have passed the sticky-failure check before the failure
 /// was recorded and count their success afterwards: one per worker.
 const SLACK: u64 = 2;
+/// Spins per unit of op 5's argument. A spin (`pause`) is ~25 ns here, so op
+/// 5 waits up to ~120 µs: longer than a worker takes to wake and run a few
+/// requests, so every interleaving stays reachable. (It was 500, up to
+/// ~0.4 ms per op: a third of the target's time went into spinning.)
+const SPIN_UNIT: u32 = 150;
 
 fn engine() -> &'static idlework::Engine {
     static ENGINE: OnceLock<idlework::Engine> = OnceLock::new();
@@ -123,7 +128,7 @@ fuzz_target!(|data: &[u8]| {
             5 => {
                 // A short busy wait (workers run on the other CPUs meanwhile); a
                 // yield only when asked, since on a loaded host one costs a timeslice.
-                (0..u32::from(arg) * 500).for_each(|_| std::hint::spin_loop());
+                (0..u32::from(arg) * SPIN_UNIT).for_each(|_| std::hint::spin_loop());
                 if arg & 1 != 0 {
                     std::thread::yield_now();
                 }
