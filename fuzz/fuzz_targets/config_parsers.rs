@@ -13,15 +13,22 @@ use vmm::config::{parse_pin, CpuList, DiskConfig, MAX_XTS_PASSES};
 use vmm::VmConfig;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
 
     if let Ok(list) = s.parse::<CpuList>() {
         let cpus = list.cpus();
         assert!(!cpus.is_empty(), "empty CPU list from {s:?}");
-        assert!(cpus.windows(2).all(|w| w[0] < w[1]), "not sorted/deduplicated: {cpus:?}");
+        assert!(
+            cpus.windows(2).all(|w| w[0] < w[1]),
+            "not sorted/deduplicated: {cpus:?}"
+        );
         assert!(cpus.iter().all(|&c| c < 1024), "CPU out of range: {cpus:?}");
         let shown = list.to_string();
-        let again: CpuList = shown.parse().unwrap_or_else(|e| panic!("{shown:?} does not parse back: {e}"));
+        let again: CpuList = shown
+            .parse()
+            .unwrap_or_else(|e| panic!("{shown:?} does not parse back: {e}"));
         assert_eq!(again, list, "Display/parse round trip");
     }
 
@@ -30,9 +37,15 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if let Ok(disk) = s.parse::<DiskConfig>() {
-        assert!(!disk.path.as_os_str().is_empty(), "empty disk path from {s:?}");
+        assert!(
+            !disk.path.as_os_str().is_empty(),
+            "empty disk path from {s:?}"
+        );
         // Ranges are VmConfig::validate's job (one check for flags and JSON).
-        let config = VmConfig { disks: vec![disk.clone()], ..VmConfig::default() };
+        let config = VmConfig {
+            disks: vec![disk.clone()],
+            ..VmConfig::default()
+        };
         if config.validate().is_ok() {
             if let Some(n) = disk.xts_passes {
                 assert!((1..=MAX_XTS_PASSES).contains(&n));

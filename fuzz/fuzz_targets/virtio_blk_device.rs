@@ -46,7 +46,11 @@ fuzz_target!(|data: &[u8]| {
     if img.flags & 2 != 0 {
         write_reg(&mut t, reg::QUEUE_NOTIFY, 0);
     }
-    assert_eq!(t.protocol_errors(), before, "notify of a live queue was refused");
+    assert_eq!(
+        t.protocol_errors(),
+        before,
+        "notify of a live queue was refused"
+    );
     check_interrupt(&counters.snapshot(), irq.status());
 
     if img.flags & 4 != 0 {
@@ -55,16 +59,25 @@ fuzz_target!(|data: &[u8]| {
         write_reg(&mut t, reg::INTERRUPT_ACK, VIRTIO_MMIO_INT_VRING);
         let done = counters.snapshot();
         let idx: u16 = mem.read_obj(GuestAddress(AVAIL + 2)).unwrap_or(0);
-        mem.write_obj(idx.wrapping_add(img.next_avail), GuestAddress(AVAIL + 2)).unwrap();
+        mem.write_obj(idx.wrapping_add(img.next_avail), GuestAddress(AVAIL + 2))
+            .unwrap();
         write_reg(&mut t, reg::QUEUE_NOTIFY, 0);
         let now = counters.snapshot();
         if served(&now) > served(&done) {
-            assert_ne!(irq.status() & VIRTIO_MMIO_INT_VRING, 0, "completion without interrupt");
+            assert_ne!(
+                irq.status() & VIRTIO_MMIO_INT_VRING,
+                0,
+                "completion without interrupt"
+            );
         }
     }
 
     if debug() {
-        eprintln!("{img:?}: {:?}, interrupt status {:#x}", counters.snapshot(), irq.status());
+        eprintln!(
+            "{img:?}: {:?}, interrupt status {:#x}",
+            counters.snapshot(),
+            irq.status()
+        );
     }
     if img.flags & 8 == 0 {
         // Device reset must return: nothing may stay in flight.
@@ -84,6 +97,10 @@ fn served(s: &vmm::virtio::block::BlockStats) -> u64 {
 fn check_interrupt(s: &vmm::virtio::block::BlockStats, status: u32) {
     // Without EVENT_IDX every returned chain interrupts.
     if served(s) > 0 {
-        assert_ne!(status & VIRTIO_MMIO_INT_VRING, 0, "completion without interrupt");
+        assert_ne!(
+            status & VIRTIO_MMIO_INT_VRING,
+            0,
+            "completion without interrupt"
+        );
     }
 }

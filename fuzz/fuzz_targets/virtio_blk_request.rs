@@ -42,7 +42,10 @@ fuzz_target!(|data: &[u8]| {
     let mut popped: u16 = 0;
     while let Some(chain) = queue.pop_descriptor_chain(mem.as_ref()) {
         popped += 1;
-        assert!(popped <= limit, "queue offered {popped} chains, driver made {limit} available");
+        assert!(
+            popped <= limit,
+            "queue offered {popped} chains, driver made {limit} available"
+        );
         let head = chain.head_index();
         match request::parse(chain) {
             Ok(req) => {
@@ -50,7 +53,10 @@ fuzz_target!(|data: &[u8]| {
                 assert!(in_memory(&mem, req.status, 1), "status byte outside memory");
                 let mut total: u64 = 0;
                 for seg in &req.data {
-                    assert!(in_memory(&mem, seg.addr, seg.len), "segment {seg:?} outside memory");
+                    assert!(
+                        in_memory(&mem, seg.addr, seg.len),
+                        "segment {seg:?} outside memory"
+                    );
                     total += u64::from(seg.len);
                 }
                 assert_eq!(total, u64::from(req.data_len), "data_len does not add up");
@@ -66,7 +72,10 @@ fuzz_target!(|data: &[u8]| {
             Err((err, status)) => {
                 assert_eq!(status.is_some(), err.status_usable(), "{err}");
                 if let Some(status) = status {
-                    assert!(in_memory(&mem, status, 1), "usable status byte outside memory");
+                    assert!(
+                        in_memory(&mem, status, 1),
+                        "usable status byte outside memory"
+                    );
                 }
             }
         }

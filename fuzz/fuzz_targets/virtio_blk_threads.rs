@@ -14,7 +14,7 @@
 //! | 2  | bring the device up again (after a reset) |
 //! | 3  | move avail.idx forward by `arg % 8 + 1` (re-posts whatever heads the ring holds) |
 //! | 4  | INTERRUPT_ACK |
-//! | 5  | busy-wait `arg * 500` spins, then yield if `arg` is odd (lets workers run) |
+//! | 5  | busy-wait `arg * SPIN_UNIT` spins, then yield if `arg` is odd (lets workers run) |
 //! | 6  | point avail slot `arg % size` at head `arg` |
 //! | 7  | next fdatasync fails (sticky from then on) |
 //!
@@ -39,6 +39,11 @@ const MAX_OPS: usize = 64;
 /// Requests that may have passed the sticky-failure check before the failure
 /// was recorded and count their success afterwards: one per worker.
 const SLACK: u64 = 2;
+/// Spins per unit of op 5's argument. A spin (`pause`) is ~25 ns here, so op
+/// 5 waits up to ~120 µs: longer than a worker takes to wake and run a few
+/// requests, so every interleaving stays reachable. (It was 500, up to
+/// ~0.4 ms per op: a third of the target's time went into spinning.)
+const SPIN_UNIT: u32 = 150;
 
 fn engine() -> &'static idlework::Engine {
     static ENGINE: OnceLock<idlework::Engine> = OnceLock::new();
@@ -59,7 +64,9 @@ fn used_idx(mem: &vmm::memory::GuestMemory) -> u16 {
 }
 
 /// Waits (bounded) until no runner of the queue is waiting in the engine.
-fn drain(block: &std::sync::Arc<vmm::virtio::in_flight::InFlight<vmm::virtio::block::request::Request>>) {
+fn drain(
+    block: &std::sync::Arc<vmm::virtio::in_flight::InFlight<vmm::virtio::block::request::Request>>,
+) {
     let until = Instant::now() + Duration::from_secs(5);
     while block.queued_runners() > 0 {
         assert!(Instant::now() < until, "queued items never ran");
@@ -99,7 +106,11 @@ fuzz_target!(|data: &[u8]| {
                 // Every item still queued runs now; none may complete into the old ring.
                 let frozen = used_idx(&mem);
                 drain(&requests);
-                assert_eq!(used_idx(&mem), frozen, "a completion landed after its reset");
+                assert_eq!(
+                    used_idx(&mem),
+                    frozen,
+                    "a completion landed after its reset"
+                );
             }
             2 if !active => {
                 mem.write_obj(0u16, GuestAddress(USED + 2)).unwrap();
@@ -110,20 +121,22 @@ fuzz_target!(|data: &[u8]| {
             3 => {
                 let idx: u16 = mem.read_obj(GuestAddress(AVAIL + 2)).unwrap_or(0);
                 let step = u16::from(arg % 8) + 1;
-                mem.write_obj(idx.wrapping_add(step), GuestAddress(AVAIL + 2)).unwrap();
+                mem.write_obj(idx.wrapping_add(step), GuestAddress(AVAIL + 2))
+                    .unwrap();
             }
             4 => write_reg(&mut t, reg::INTERRUPT_ACK, irq.status()),
             5 => {
                 // A short busy wait (workers run on the other CPUs meanwhile); a
                 // yield only when asked, since on a loaded host one costs a timeslice.
-                (0..u32::from(arg) * 500).for_each(|_| std::hint::spin_loop());
+                (0..u32::from(arg) * SPIN_UNIT).for_each(|_| std::hint::spin_loop());
                 if arg & 1 != 0 {
                     std::thread::yield_now();
                 }
             }
             6 => {
                 let slot = u64::from(u16::from(arg) % size);
-                mem.write_obj(u16::from(arg), GuestAddress(AVAIL + 4 + 2 * slot)).unwrap();
+                mem.write_obj(u16::from(arg), GuestAddress(AVAIL + 4 + 2 * slot))
+                    .unwrap();
             }
             7 => faults.fail_next_sync(),
             _ => {}
@@ -131,8 +144,14 @@ fuzz_target!(|data: &[u8]| {
         if debug() {
             eprintln!("op {op} arg {arg}: {:?}, {:?}", started.elapsed(), requests);
         }
-        assert!(requests.queued_runners() <= usize::from(size), "unbounded queued items");
-        assert!(requests.in_flight() <= usize::from(size), "unbounded in-flight heads");
+        assert!(
+            requests.queued_runners() <= usize::from(size),
+            "unbounded queued items"
+        );
+        assert!(
+            requests.in_flight() <= usize::from(size),
+            "unbounded in-flight heads"
+        );
         let now = counters.snapshot();
         if faults.sync_failed() {
             // Successes counted after the failure was seen must not grow.

@@ -72,13 +72,28 @@ impl VirtioDevice for Dummy {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), String> {
         let mut s = self.0.lock().unwrap();
         assert!(s.active.is_none(), "activated twice without a reset");
-        assert_eq!(ctx.queues.len(), DUMMY_QUEUES.len(), "transport dropped a queue");
-        assert_ne!(ctx.features & (1 << VIRTIO_F_VERSION_1), 0, "activated without VERSION_1");
-        assert_eq!(ctx.features & !self.features(), 0, "activated with unoffered features");
+        assert_eq!(
+            ctx.queues.len(),
+            DUMMY_QUEUES.len(),
+            "transport dropped a queue"
+        );
+        assert_ne!(
+            ctx.features & (1 << VIRTIO_F_VERSION_1),
+            0,
+            "activated without VERSION_1"
+        );
+        assert_eq!(
+            ctx.features & !self.features(),
+            0,
+            "activated with unoffered features"
+        );
         for (i, q) in ctx.queues.iter().enumerate() {
             assert!(q.size() <= DUMMY_QUEUES[i]);
             if q.ready() {
-                assert!(q.is_valid(ctx.mem.as_ref()), "queue {i} handed over invalid");
+                assert!(
+                    q.is_valid(ctx.mem.as_ref()),
+                    "queue {i} handed over invalid"
+                );
             }
         }
         s.active = Some((ctx.mem, ctx.queues));
@@ -89,7 +104,9 @@ impl VirtioDevice for Dummy {
         let Some((mem, queues)) = s.active.as_mut() else {
             panic!("queue {queue} notified while the device is not active");
         };
-        let q = queues.get_mut(usize::from(queue)).expect("notify of a queue that does not exist");
+        let q = queues
+            .get_mut(usize::from(queue))
+            .expect("notify of a queue that does not exist");
         let mut n = 0;
         while let Some(chain) = q.pop_descriptor_chain(mem.as_ref()) {
             let _ = request::parse(chain);
@@ -108,7 +125,11 @@ fn check_status(t: &MmioTransport, dummy_active: Option<bool>) {
     let s = t.status();
     if let Some(active) = dummy_active {
         if active {
-            assert_ne!(s & VIRTIO_CONFIG_S_DRIVER_OK, 0, "device active without DRIVER_OK ({s:#x})");
+            assert_ne!(
+                s & VIRTIO_CONFIG_S_DRIVER_OK,
+                0,
+                "device active without DRIVER_OK ({s:#x})"
+            );
         } else {
             assert!(
                 s & VIRTIO_CONFIG_S_DRIVER_OK == 0 || s & VIRTIO_CONFIG_S_NEEDS_RESET != 0,
@@ -123,7 +144,10 @@ fn check_status(t: &MmioTransport, dummy_active: Option<bool>) {
             (VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_DRIVER),
             (VIRTIO_CONFIG_S_DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK),
         ] {
-            assert!(s & bit == 0 || s & needs != 0, "status {s:#x} has {bit:#x} without {needs:#x}");
+            assert!(
+                s & bit == 0 || s & needs != 0,
+                "status {s:#x} has {bit:#x} without {needs:#x}"
+            );
         }
         let defined = VIRTIO_CONFIG_S_ACKNOWLEDGE
             | VIRTIO_CONFIG_S_DRIVER
@@ -165,7 +189,11 @@ fuzz_target!(|data: &[u8]| {
         let offset = match (ctl >> 4) & 3 {
             0 | 1 => {
                 let r = reg::ALL[usize::from(a) % reg::ALL.len()];
-                if ctl & 0x80 != 0 { r + u64::from(b & 3) } else { r }
+                if ctl & 0x80 != 0 {
+                    r + u64::from(b & 3)
+                } else {
+                    r
+                }
             }
             2 => u64::from(u16::from_le_bytes([a, b])) & 0xfff,
             _ => u64::from_le_bytes([a, b, v0, v1, v2, v3, v4, ctl]),
@@ -191,17 +219,27 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        check_status(&t, (mode & 1 != 0).then(|| dummy.lock().unwrap().active.is_some()));
+        check_status(
+            &t,
+            (mode & 1 != 0).then(|| dummy.lock().unwrap().active.is_some()),
+        );
     }
 
     if debug() {
         let stats = counters.as_ref().map(|c| c.snapshot());
-        eprintln!("status {:#x}, {} protocol errors, {stats:?}", t.status(), t.protocol_errors());
+        eprintln!(
+            "status {:#x}, {} protocol errors, {stats:?}",
+            t.status(),
+            t.protocol_errors()
+        );
     }
     write_reg(&mut t, reg::STATUS, 0);
     assert_eq!(t.status(), 0, "reset did not clear the status");
     if mode & 1 != 0 {
-        assert!(dummy.lock().unwrap().active.is_none(), "reset left the device active");
+        assert!(
+            dummy.lock().unwrap().active.is_none(),
+            "reset left the device active"
+        );
     }
     assert_no_item_panicked();
 });

@@ -23,12 +23,18 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     assert!((1..=MAX_VCPUS).contains(&config.vcpus), "{config:?}");
-    assert!(config.mem_mib >= 1 && config.mem_mib <= 1 << 20, "{config:?}");
+    assert!(
+        config.mem_mib >= 1 && config.mem_mib <= 1 << 20,
+        "{config:?}"
+    );
     assert!(config.disks.len() <= MAX_DISKS);
     let allowed = allowed_cpus();
     for (&vcpu, cpus) in &config.pin {
         assert!(vcpu < config.vcpus, "pin names vCPU {vcpu}: {config:?}");
-        assert!(cpus.cpus().iter().all(|c| allowed.cpus().contains(c)), "{config:?}");
+        assert!(
+            cpus.cpus().iter().all(|c| allowed.cpus().contains(c)),
+            "{config:?}"
+        );
     }
     for d in &config.disks {
         if let Some(n) = d.xts_passes {
@@ -38,10 +44,13 @@ fuzz_target!(|data: &[u8]| {
     }
     let w = &config.work;
     assert!(w.workers <= MAX_WORKERS);
-    assert!(w.workers > 0 || w.policy == idlework::Policy::Inline, "{config:?}");
+    assert!(
+        w.workers > 0 || w.policy == idlework::Policy::Inline,
+        "{config:?}"
+    );
     let text = serde_json::to_string(&config).expect("a parsed config serializes");
-    let back: VmConfig = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{text} does not parse back: {e}"));
+    let back: VmConfig =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text} does not parse back: {e}"));
     assert_eq!(back, config, "round trip");
     assert!(back.validate().is_ok());
 });
