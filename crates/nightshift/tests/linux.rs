@@ -11,7 +11,7 @@
 //! that `int3` with the RIP and the instruction bytes. On hardware KVM the guest boots on: it loads the virtio
 //! modules, reads and writes the disk, and powers off.
 
-mod timed;
+mod common;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -33,7 +33,7 @@ fn limit() -> Duration {
 
 /// The kit's directory, built (or found in the cache) by the kit script.
 fn kit() -> Option<PathBuf> {
-    let script = timed::workspace_root().join("scripts/linux-guest.sh");
+    let script = common::workspace_root().join("scripts/linux-guest.sh");
     let out = Command::new(&script).stderr(Stdio::inherit()).output();
     match out {
         Ok(out) if out.status.success() => {
@@ -155,15 +155,14 @@ fn boot(kernel: &str) {
         "--cmdline",
         &cmdline,
     ];
-    let run = timed::run(&args, limit(), Stdio::null(), None);
+    let run = common::nightshift_io(&args, limit(), Stdio::null(), None);
     let context = format!(
         "console (tail):\n{}\nstderr:\n{}",
-        timed::tail(&run.stdout, 6000),
+        common::tail(&run.stdout, 6000),
         run.stderr
     );
     let report = run
-        .report
-        .clone()
+        .try_report()
         .unwrap_or_else(|| panic!("no report\n{context}"));
     let lines = kernel_lines(&run.stdout);
     let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));

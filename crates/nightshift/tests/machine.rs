@@ -2,7 +2,7 @@
 //! console; stdin reaches the guest's serial port. All with the built-in test
 //! guest, each run under a deadline.
 
-mod timed;
+mod common;
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -11,17 +11,17 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 #[test]
 fn acpi_power_off_exits_0_and_i8042_reset_exits_123() {
-    let off = timed::run(
+    let off = common::nightshift_io(
         &["--vcpus", "1", "--cmdline", "workload=poweroff"],
         LIMIT,
         Stdio::null(),
         None,
     );
     assert_eq!(off.code, Some(0), "{}\n{}", off.stdout, off.stderr);
-    let report = off.report.unwrap();
+    let report = off.try_report().unwrap();
     assert_eq!(report["exit"], "guest powered off (ACPI S5)");
 
-    let reset = timed::run(
+    let reset = common::nightshift_io(
         &["--vcpus", "1", "--cmdline", "workload=reset"],
         LIMIT,
         Stdio::null(),
@@ -43,14 +43,14 @@ fn acpi_power_off_exits_0_and_i8042_reset_exits_123() {
 #[test]
 fn serial_flood_into_a_stalled_pipe_neither_stalls_nor_grows() {
     let (reader, writer) = std::io::pipe().unwrap();
-    let run = timed::run(
+    let run = common::nightshift_io(
         &["--vcpus", "1", "--cmdline", "workload=serialflood"],
         LIMIT,
         Stdio::null(),
         Some(writer.into()),
     );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let report = run.report.unwrap();
+    let report = run.try_report().unwrap();
     let console = &report["console"];
     let bytes = console["bytes"].as_u64().unwrap();
     let written = console["written_bytes"].as_u64().unwrap();
@@ -78,7 +78,7 @@ fn stdin_escape_quits_the_vm() {
     // The idle guest runs far longer than the test; only the escape can end it in time.
     writer.write_all(b"hello guest\x01x").unwrap();
     drop(writer);
-    let run = timed::run(
+    let run = common::nightshift_io(
         &[
             "--vcpus",
             "1",
@@ -93,7 +93,7 @@ fn stdin_escape_quits_the_vm() {
     );
     assert_eq!(run.code, Some(0), "{}\n{}", run.stdout, run.stderr);
     assert_eq!(
-        run.report.unwrap()["exit"],
+        run.try_report().unwrap()["exit"],
         "quit from the console (Ctrl-A x)"
     );
 }

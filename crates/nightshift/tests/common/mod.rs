@@ -3,8 +3,9 @@
 //! The rules every integration test follows (and the helpers that make them easy):
 //! - Every VMM (or peer VMM) a test starts is bounded: [`nightshift`],
 //!   [`run_bounded`] and [`Spawned`] kill it and fail the test after
-//!   [`TIMEOUT`] (`NIGHTSHIFT_TEST_TIMEOUT_S` overrides it); an in-process VM
-//!   is waited for with [`within`]. A hang fails the test instead of stalling CI.
+//!   [`TIMEOUT`] (`NIGHTSHIFT_TEST_TIMEOUT_S` overrides it), [`nightshift_io`]
+//!   after the limit its caller gives, all through [`wait_within`]; an
+//!   in-process VM is waited for with [`within`]. A hang fails the test instead of stalling CI.
 //! - A test that cannot run its check (no strace, no QEMU, no /dev/kvm) calls
 //!   [`require`]: it skips with a message on a developer's machine and fails
 //!   when `CI` is set.
@@ -16,7 +17,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -83,6 +84,69 @@ impl Run {
         let text = std::fs::read_to_string(&self.report).expect("run wrote no report");
         serde_json::from_str(&text).expect("report is JSON")
     }
+
+    /// The run's JSON report, if it wrote a readable one.
+    pub fn try_report(&self) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.report).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+/// Runs `nightshift run ARGS --report <tmp>` with the caller's stdin and,
+/// if given, stdout (else stdout is collected); kills it and fails the test
+/// after `limit` (tests whose VMM runs longer or shorter than [`timeout`]).
+pub fn nightshift_io(args: &[&str], limit: Duration, stdin: Stdio, stdout: Option<Stdio>) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let collect = stdout.is_none();
+    let stdout = stdout.unwrap_or_else(|| std::fs::File::create(&out_path).unwrap().into());
+    let mut child = nightshift_bin()
+        .arg("run")
+        .args(args)
+        .arg("--report")
+        .arg(&report)
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("starting nightshift");
+    let status = wait_within(&mut child, limit);
+    let read =
+        |p: &PathBuf| String::from_utf8_lossy(&std::fs::read(p).unwrap_or_default()).into_owned();
+    let stdout = if collect {
+        read(&out_path)
+    } else {
+        String::new()
+    };
+    let stderr = read(&err_path);
+    let Ok(status) = status else {
+        panic!(
+            "nightshift did not end within {limit:?} (killed)\nstdout (tail):\n{}\nstderr:\n{stderr}",
+            tail(&stdout, 4000)
+        );
+    };
+    Run {
+        code: status.code(),
+        stdout,
+        stderr,
+        report,
+        _dir: dir,
+    }
+}
+
+/// The last `n` bytes of `s` (on a char boundary).
+pub fn tail(s: &str, n: usize) -> &str {
+    let mut at = s.len().saturating_sub(n);
+    while !s.is_char_boundary(at) {
+        at += 1;
+    }
+    &s[at..]
+}
+
+/// The workspace root (for scripts).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The nightshift binary.
@@ -219,32 +283,16 @@ impl Spawned {
     /// Waits for the child to end within [`timeout`]; kills it and fails the
     /// test if it does not. Returns its exit code (None if killed by a signal).
     pub fn wait(&mut self) -> Option<i32> {
-        let pid = self.child.id();
-        let (stop, stopped) = mpsc::channel::<()>();
-        let watchdog = std::thread::spawn(move || {
-            let expired = matches!(
-                stopped.recv_timeout(timeout()),
-                Err(mpsc::RecvTimeoutError::Timeout)
-            );
-            if expired {
-                // SAFETY: kill(2) on our own child, which is not reaped yet
-                // (`wait_exited` does not reap), so its pid is still its own.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        match wait_within(&mut self.child, timeout()) {
+            Ok(status) => status.code(),
+            Err(_) => {
+                let (out, err) = self.output();
+                panic!(
+                    "nightshift did not finish within {:?} (killed):\nstdout:\n{out}\nstderr:\n{err}",
+                    timeout()
+                );
             }
-            expired
-        });
-        wait_exited(pid);
-        let _ = stop.send(());
-        let timed_out = watchdog.join().unwrap_or(false);
-        let status = self.child.wait().expect("reaping nightshift");
-        if timed_out {
-            let (out, err) = self.output();
-            panic!(
-                "nightshift did not finish within {:?} (killed):\nstdout:\n{out}\nstderr:\n{err}",
-                timeout()
-            );
         }
-        status.code()
     }
 
     /// Kills the child (if still running).
@@ -273,6 +321,35 @@ impl Drop for Spawned {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits for `child` to end within `limit`. If it has not, kills it and
+/// returns `Err` with the status of the killed child. The one bound every
+/// VMM a test starts goes through.
+pub fn wait_within(child: &mut Child, limit: Duration) -> Result<ExitStatus, ExitStatus> {
+    let pid = child.id();
+    let (stop, stopped) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let expired = matches!(
+            stopped.recv_timeout(limit),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        );
+        if expired {
+            // SAFETY: kill(2) on our own child, which is not reaped yet
+            // (`wait_exited` does not reap), so its pid is still its own.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        expired
+    });
+    wait_exited(pid);
+    let _ = stop.send(());
+    let timed_out = watchdog.join().unwrap_or(false);
+    let status = child.wait().expect("reaping the child");
+    if timed_out {
+        Err(status)
+    } else {
+        Ok(status)
     }
 }
 
