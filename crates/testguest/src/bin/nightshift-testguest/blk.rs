@@ -19,6 +19,7 @@ use testguest::drivers_config::BlkDriver;
 use testguest::start_info::StartInfo;
 use testguest::stats::Histogram;
 
+use crate::dma::{r16, r32, r8, w16, w32, w64, w8};
 use crate::idt::IrqSlot;
 use crate::physmem::{Identity, MAPPED_END};
 use crate::sync::Published;
@@ -217,36 +218,6 @@ fn assign(
 }
 
 // ---- guest-memory access to the DMA area -------------------------------------------------
-
-fn w8(addr: u64, v: u8) {
-    // SAFETY: every caller passes an address inside the calling CPU's DMA area: RAM past
-    // the image that only this CPU and its device use, identity mapped and user writable.
-    unsafe { (addr as *mut u8).write_volatile(v) }
-}
-fn r8(addr: u64) -> u8 {
-    // SAFETY: as `w8`.
-    unsafe { (addr as *const u8).read_volatile() }
-}
-fn w16(addr: u64, v: u16) {
-    // SAFETY: as `w8`; the address is 2-byte aligned.
-    unsafe { (addr as *mut u16).write_volatile(v) }
-}
-fn r16(addr: u64) -> u16 {
-    // SAFETY: as `w16`.
-    unsafe { (addr as *const u16).read_volatile() }
-}
-fn w32(addr: u64, v: u32) {
-    // SAFETY: as `w8`; the address is 4-byte aligned.
-    unsafe { (addr as *mut u32).write_volatile(v) }
-}
-fn r32(addr: u64) -> u32 {
-    // SAFETY: as `w32`.
-    unsafe { (addr as *const u32).read_volatile() }
-}
-fn w64(addr: u64, v: u64) {
-    // SAFETY: as `w8`; the address is 8-byte aligned.
-    unsafe { (addr as *mut u64).write_volatile(v) }
-}
 
 /// A data buffer of the DMA area as a slice.
 ///

@@ -159,3 +159,39 @@ unsafe impl Hal for GuestHal {
 
     unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
 }
+
+// ---- volatile access to DMA memory -------------------------------------------------------
+//
+// The guest's own drivers (blk, the hostile net cases) lay out their rings and buffers in
+// DMA memory they own: RAM below 4 GiB, identity mapped and user writable, used only by the
+// calling CPU and its device. Every caller passes such an address, aligned to the access
+// size.
+
+pub fn w8(addr: u64, v: u8) {
+    // SAFETY: `addr` is in DMA memory the calling CPU owns (see above).
+    unsafe { (addr as *mut u8).write_volatile(v) }
+}
+pub fn r8(addr: u64) -> u8 {
+    // SAFETY: as `w8`.
+    unsafe { (addr as *const u8).read_volatile() }
+}
+pub fn w16(addr: u64, v: u16) {
+    // SAFETY: as `w8`; the address is 2-byte aligned.
+    unsafe { (addr as *mut u16).write_volatile(v) }
+}
+pub fn r16(addr: u64) -> u16 {
+    // SAFETY: as `w16`.
+    unsafe { (addr as *const u16).read_volatile() }
+}
+pub fn w32(addr: u64, v: u32) {
+    // SAFETY: as `w8`; the address is 4-byte aligned.
+    unsafe { (addr as *mut u32).write_volatile(v) }
+}
+pub fn r32(addr: u64) -> u32 {
+    // SAFETY: as `w32`.
+    unsafe { (addr as *const u32).read_volatile() }
+}
+pub fn w64(addr: u64, v: u64) {
+    // SAFETY: as `w8`; the address is 8-byte aligned.
+    unsafe { (addr as *mut u64).write_volatile(v) }
+}

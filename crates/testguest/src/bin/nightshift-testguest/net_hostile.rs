@@ -16,6 +16,7 @@ use core::sync::atomic::{compiler_fence, fence, Ordering};
 use testguest::blk::RingLayout;
 use testguest::net_hostile::{self as proto, Tag};
 
+use crate::dma::{r16, r32, w16, w32, w64};
 use crate::idt::IrqSlot;
 use crate::vdevices::{Assignment, DEVICE_ID_NET};
 use crate::virtio_mmio::{reg, status, Mmio, INT_CONFIG, MAGIC};
@@ -108,29 +109,6 @@ const CASES: [&str; 26] = [
 ];
 
 // ---- memory of the DMA area ----------------------------------------------------------
-
-fn w16(addr: u64, v: u16) {
-    // SAFETY: every caller passes a 2-byte aligned address inside this CPU's DMA area
-    // (pages from the allocator: RAM below 4 GiB, identity mapped, user writable, used by
-    // this CPU and its device only).
-    unsafe { (addr as *mut u16).write_volatile(v) }
-}
-fn r16(addr: u64) -> u16 {
-    // SAFETY: as `w16`.
-    unsafe { (addr as *const u16).read_volatile() }
-}
-fn w32(addr: u64, v: u32) {
-    // SAFETY: as `w16`; 4-byte aligned.
-    unsafe { (addr as *mut u32).write_volatile(v) }
-}
-fn r32(addr: u64) -> u32 {
-    // SAFETY: as `w32`.
-    unsafe { (addr as *const u32).read_volatile() }
-}
-fn w64(addr: u64, v: u64) {
-    // SAFETY: as `w16`; 8-byte aligned.
-    unsafe { (addr as *mut u64).write_volatile(v) }
-}
 
 /// `len` bytes of the DMA area at `addr` as a slice.
 ///
