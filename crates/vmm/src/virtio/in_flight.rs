@@ -33,10 +33,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress};
 
 use super::VirtioInterrupt;
 use crate::memory::GuestMemory;
@@ -321,27 +318,16 @@ impl<R> State<R> {
     }
 }
 
-/// Whether `chain` has a descriptor with VIRTQ_DESC_F_INDIRECT. Walks the
-/// table the way virtio-queue will (at most `size` descriptors); only a
-/// conformance check: virtio-queue bounds indirect tables on its own.
+/// Whether `chain` has a descriptor with VIRTQ_DESC_F_INDIRECT (see
+/// [`super::chain::uses_indirect`]); only a conformance check: virtio-queue bounds
+/// indirect tables on its own.
 fn uses_indirect(chain: &Chain, ring: &Ring) -> bool {
-    let table = ring.queue.desc_table();
-    let size = ring.queue.size();
-    let mut index = chain.head_index();
-    for _ in 0..size {
-        let at = table.checked_add(u64::from(index) * 16).map(GuestAddress);
-        let Some(desc) = at.and_then(|a| ring.mem.read_obj::<Descriptor>(a).ok()) else {
-            return false;
-        };
-        if desc.flags() & VRING_DESC_F_INDIRECT as u16 != 0 {
-            return true;
-        }
-        if desc.flags() & VRING_DESC_F_NEXT as u16 == 0 || desc.next() >= size {
-            return false;
-        }
-        index = desc.next();
-    }
-    false
+    super::chain::uses_indirect(
+        &*ring.mem,
+        ring.queue.desc_table(),
+        ring.queue.size(),
+        chain.head_index(),
+    )
 }
 
 /// The right to run one pending request: what an engine item carries. It
