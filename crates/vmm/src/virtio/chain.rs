@@ -67,7 +67,9 @@ pub enum ChainError {
     Indirect,
 }
 
-/// Checks `chain`'s buffers; `max` bounds their total length.
+/// Checks `chain`'s buffers; `max` bounds their total length, and so does
+/// `u32::MAX` whatever `max` says (a used length is a u32: a longer chain
+/// is refused, never counted short).
 pub fn buffers<M>(
     mut chain: DescriptorChain<M>,
     direction: Direction,
@@ -77,6 +79,7 @@ where
     M: Deref,
     M::Target: GuestMemory,
 {
+    let max = max.min(u64::from(u32::MAX));
     let head = chain.head_index();
     let descs: Vec<Descriptor> = chain.by_ref().collect();
     let mem = chain.memory();

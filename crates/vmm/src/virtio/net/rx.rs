@@ -79,10 +79,8 @@ impl RxQueue {
             return Outcome::Stop;
         };
         let head = chain.head_index();
-        // A used length is a u32: no chain may hold more (virtio-queue also
-        // ends a chain there, which shows as an unterminated one).
-        let max = u64::from(u32::MAX);
-        let bufs = match chain::checked_buffers(&*q, chain, Direction::DeviceWrites, max) {
+        // No bound but a used length's (chain::buffers applies it).
+        let bufs = match chain::checked_buffers(&*q, chain, Direction::DeviceWrites, u64::MAX) {
             Ok(b) if b.len as usize >= VNET_HDR_LEN => b,
             bad => {
                 let why = bad
