@@ -1,5 +1,5 @@
 //! The disk behind virtio-blk: a raw image file, optionally encrypted per
-//! sector with AES-256-XTS (as dm-crypt does), so the device's work costs real
+//! sector with AES-256-XTS (as dm-crypt does, [`super::xts`]), so the device's work costs real
 //! CPU. `passes` repeats the cipher to scale that cost for benchmarks.
 //!
 //! I/O goes through a bounce buffer: positional reads and writes on the file
@@ -26,12 +26,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use aes::cipher::{Array, KeyInit};
-use aes::Aes256;
 use vm_memory::{Bytes, GuestAddress};
-use xts_mode::{get_tweak_default, Xts128};
 
 use super::request::{Segment, SECTOR_SIZE};
+use super::xts::{Direction, Xts};
 use crate::image::DiskImage;
 use crate::memory::GuestMemory;
 
@@ -147,19 +145,12 @@ fn sync_full(s: &dyn Storage) -> io::Result<()> {
     }
 }
 
-/// Which way the cipher runs.
-#[derive(Clone, Copy)]
-enum Direction {
-    Encrypt,
-    Decrypt,
-}
-
 /// A raw disk image.
 pub struct Disk {
     file: Box<dyn Storage>,
     size: u64,
     read_only: bool,
-    cipher: Option<(Xts128<Aes256>, u32)>,
+    cipher: Option<(Xts, u32)>,
     flushes: AtomicU64,
     /// Held across each fdatasync (flushes are serialised).
     flush_lock: Mutex<()>,
@@ -190,12 +181,7 @@ impl Disk {
         let size = size / SECTOR_SIZE * SECTOR_SIZE;
         let cipher = match transform {
             Transform::None => None,
-            Transform::Xts { key, passes } => {
-                let (k1, k2) = key.split_at(32);
-                let c1 = Aes256::new(&Array::try_from(k1).expect("32-byte half"));
-                let c2 = Aes256::new(&Array::try_from(k2).expect("32-byte half"));
-                Some((Xts128::new(c1, c2), passes.max(1)))
-            }
+            Transform::Xts { key, passes } => Some((Xts::new(&key), passes.max(1))),
         };
         Disk {
             file: storage,
@@ -230,18 +216,8 @@ impl Disk {
 
     /// Runs the configured cipher over `buf`, whose first sector is `first_sector`.
     fn transform(&self, dir: Direction, buf: &mut [u8], first_sector: u128) {
-        let Some((xts, passes)) = &self.cipher else {
-            return;
-        };
-        for _ in 0..*passes {
-            match dir {
-                Direction::Encrypt => {
-                    xts.encrypt_area(buf, SECTOR_SIZE as usize, first_sector, get_tweak_default)
-                }
-                Direction::Decrypt => {
-                    xts.decrypt_area(buf, SECTOR_SIZE as usize, first_sector, get_tweak_default)
-                }
-            }
+        if let Some((xts, passes)) = &self.cipher {
+            xts.apply(dir, buf, first_sector, *passes);
         }
     }
 

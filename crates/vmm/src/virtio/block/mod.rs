@@ -4,6 +4,7 @@ pub mod backend;
 pub mod device;
 pub mod request;
 pub mod scrub;
+pub mod xts;
 
 pub use backend::{Disk, Transform};
 pub use device::{Block, BlockCounters, BlockStats};
