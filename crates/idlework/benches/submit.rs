@@ -87,7 +87,8 @@ fn wait_ran(target: u64) {
 fn submit_run(c: &mut Criterion) {
     println!(
         "submit_run/*: per item; executor_uncontended*, inline: this thread's CPU time \
-         (submit + executor run on one thread, batches of {BATCH}); others: wall time until all ran"
+         (submit + executor run on one thread, batches of {BATCH}); others: wall time until all \
+         ran. executor_pickup/*: this thread's CPU time per iteration."
     );
     let mut g = c.benchmark_group("submit_run");
 
