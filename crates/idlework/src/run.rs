@@ -73,7 +73,7 @@ pub(crate) fn account(tally: &mut Tally, p: crate::Priority, outcome: Outcome) -
 /// and the budget check before the next item starts, which holds a run to
 /// within one item of its budget (`tests/interleavings.rs` checks it).
 /// Reading it only every few quick items would save most of one `rdtsc`
-/// per item (about 20 ns under this project's hypervisor), but a run could
+/// per item (about 20 ns on the PVM test host), but a run could
 /// then start items past its budget.
 pub(crate) struct Session<'a> {
     shared: &'a Shared,
