@@ -527,6 +527,10 @@ impl Executor {
     /// one's start is a pickup sample if the guest is known idle `since`.
     /// Returns items finished and time spent.
     fn run_items(&self, budget: Duration, since: Option<Nanos>) -> (u64, u64) {
+        if self.shared.queues.all_empty() {
+            // Nothing to run: no session, so no clock reading.
+            return (0, 0);
+        }
         let budget = nanos(budget);
         let mut session = Session::new(&self.shared, &self.slot.stats, Place::Executor);
         let mut items = 0;

@@ -97,21 +97,23 @@ where
     }
 }
 
-/// Adapts a one-shot closure to [`Work`].
-struct Once<F>(Option<F>);
-
-impl<F: FnOnce() + Send + 'static> Work for Once<F> {
-    fn run(&mut self, _cx: &Context) -> Step {
-        if let Some(f) = self.0.take() {
-            f();
-        }
-        Step::Done
-    }
+/// What an item runs. A one-shot closure is boxed as `dyn FnOnce` rather
+/// than adapted to [`Work`] (an `Option` around it to call it through
+/// `&mut`): a closure that captures nothing is then zero-sized and boxing
+/// it allocates nothing, which was a malloc and a free on the submit →
+/// pickup path (a sixth of it in `examples/hot_path.rs`, on the PVM test
+/// host). Capturing closures allocate once, as any boxed work does.
+enum Body {
+    Once(Box<dyn FnOnce() + Send>),
+    Work(Box<dyn Work>),
+    /// A one-shot closure that has run.
+    Spent,
 }
 
 /// A boxed unit of work with its priority and cost hint, ready to submit.
 ///
-/// Building an item is its only allocation.
+/// Building an item is its only allocation, and none for a closure that
+/// captures nothing.
 ///
 /// ```
 /// use idlework::{Item, Priority};
@@ -123,7 +125,7 @@ impl<F: FnOnce() + Send + 'static> Work for Once<F> {
 /// assert_eq!(item.priority(), Priority::Urgent);
 /// ```
 pub struct Item {
-    work: Box<dyn Work>,
+    body: Body,
     priority: Priority,
     cost_hint: Option<Duration>,
     /// When the item was last queued (engine clock).
@@ -135,8 +137,12 @@ pub struct Item {
 impl Item {
     /// A `normal` item running `work`.
     pub fn new(work: impl Work) -> Self {
+        Self::with_body(Body::Work(Box::new(work)))
+    }
+
+    fn with_body(body: Body) -> Self {
         Item {
-            work: Box::new(work),
+            body,
             priority: Priority::Normal,
             cost_hint: None,
             stamp: 0,
@@ -146,7 +152,7 @@ impl Item {
 
     /// A `normal` item that calls `f` once.
     pub fn from_fn(f: impl FnOnce() + Send + 'static) -> Self {
-        Item::new(Once(Some(f)))
+        Self::with_body(Body::Once(Box::new(f)))
     }
 
     /// Sets the priority.
@@ -193,7 +199,16 @@ impl Item {
 
     /// Runs one step.
     pub(crate) fn step(&mut self, cx: &Context) -> Step {
-        self.work.run(cx)
+        match &mut self.body {
+            Body::Work(work) => work.run(cx),
+            Body::Once(_) => {
+                if let Body::Once(f) = std::mem::replace(&mut self.body, Body::Spent) {
+                    f();
+                }
+                Step::Done
+            }
+            Body::Spent => Step::Done,
+        }
     }
 }
 
