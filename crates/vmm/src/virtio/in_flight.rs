@@ -42,7 +42,7 @@
 //!   chain is returned unanswered (used length 0) and counted.
 //!
 //! Which chain comes next, and when the driver is asked to notify again
-//! (EVENT_IDX's `avail_event`), is decided in one place: [`Ring::next_available`].
+//! (EVENT_IDX's `avail_event`), is decided in one place: `Ring::next_available`.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

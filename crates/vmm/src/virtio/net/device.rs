@@ -1,9 +1,9 @@
 //! The virtio-net device: features, config space, activation and reset.
 //!
 //! Each queue is a [`QueueLane`]: a notify (or, for RX, the tap turning
-//! readable) kicks it, its batches run in the queue's ordered lane ([`RxQueue`],
-//! [`TxQueue`]) and return chains through the queue's in-flight accounting,
-//! which raises the interrupt.
+//! readable) kicks it, its batches run in the queue's ordered lane (`rx.rs`,
+//! `tx.rs`) and return chains through the queue's in-flight accounting
+//! ([`InFlight`]), which raises the interrupt.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
