@@ -26,7 +26,7 @@
 //! for is "whatever the ring holds now", known only when the item runs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use idlework::{Context, Item, Lane, Step, Work};
 use virtio_queue::Queue;
@@ -104,6 +104,12 @@ impl QueueLane {
             e.into_item().run_to_completion();
         }
     }
+}
+
+/// Locks a queue work's own state, ignoring poisoning (a batch that
+/// panicked must not wedge the queue; the device has asked for a reset).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One kick's item.

@@ -19,11 +19,10 @@ use std::sync::{Arc, Mutex};
 
 use super::device::{rx_header, NetCounters, MAX_FRAME};
 use super::tap::{Tap, VNET_HDR_LEN};
-use super::tx::lock;
 use crate::virtio::chain::{self, Direction};
 use crate::virtio::in_flight::Batch;
 use crate::virtio::notifier::HostWatch;
-use crate::virtio::queue_lane::{QueueWork, Served};
+use crate::virtio::queue_lane::{lock, QueueWork, Served};
 
 /// Frames per step before yielding.
 const BATCH: usize = 64;

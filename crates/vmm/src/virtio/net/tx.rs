@@ -11,14 +11,14 @@
 //! returned through the batch ([`crate::virtio::in_flight::Batch`]) before the
 //! next is popped, and the batch's end raises the interrupt.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use super::device::{NetCounters, MAX_FRAME};
 use super::tap::{Tap, VNET_HDR_LEN};
 use crate::memory::GuestMemory;
 use crate::virtio::chain::{self, Direction};
 use crate::virtio::in_flight::Batch;
-use crate::virtio::queue_lane::{QueueWork, Served};
+use crate::virtio::queue_lane::{lock, QueueWork, Served};
 
 /// Frames per step before yielding.
 const BATCH: usize = 64;
@@ -93,9 +93,4 @@ impl QueueWork for TxQueue {
         }
         Served::More
     }
-}
-
-/// Locks, ignoring poisoning (a panicked batch must not wedge the queue).
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
