@@ -1,8 +1,7 @@
 //! The devices checked by a driver nobody here wrote: the test guest's block workload
 //! through `virtio-drivers`' `VirtIOBlk` (`blk_driver=virtio-drivers`) with the same
 //! byte-for-byte checks as the project's own driver, and its `rng` workload through
-//! `VirtIORng`, under nightshift (every policy) and QEMU microvm. nightshift's virtio-rng
-//! is being built (branch netdev): that test is ignored until it lands.
+//! `VirtIORng`, under nightshift (every policy) and QEMU microvm.
 //!
 //! The data pattern (docs/guest-abi.md): the 8-byte little-endian word at disk offset `o`
 //! is `o.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed`.
@@ -209,7 +208,6 @@ fn rng_under_qemu_microvm() {
 }
 
 #[test]
-#[ignore = "needs nightshift's virtio-rng (--rng: branch netdev)"]
 fn rng_under_nightshift_every_policy() {
     if !kvm_prerequisite() {
         return;

@@ -247,11 +247,11 @@ impl Vm {
             devices.add(format!("disk{i}"), block.counters(), Box::new(block))?;
         }
         for (i, net) in config.nets.iter().enumerate() {
-            let net = Net::open(net, i, engine.submitter(), devices.host_events())?;
+            let net = Net::open(net, i, &engine, devices.host_events())?;
             devices.add(format!("net{i}"), net.counters(), Box::new(net))?;
         }
         if config.rng {
-            let rng = Rng::new(engine.submitter());
+            let rng = Rng::new(&engine);
             devices.add("rng".into(), rng.counters(), Box::new(rng))?;
         }
         let (mmio, notifier, devices) = devices.finish();

@@ -1,9 +1,20 @@
-//! The requests of one virtqueue between its available ring and its used
-//! ring: which heads are in flight, which requests wait for an executor, which
-//! are running, and the completion that returns a chain and interrupts.
+//! The completion path of every virtio device here (block, net, rng): a
+//! queue's chains between its available ring and its used ring — which heads
+//! are in flight, the used-ring entry and the interrupt that return them.
 //!
-//! It is device-neutral (block uses it; net and rng are meant to) because the
-//! rules it enforces are the transport's promises, not a device's:
+//! Two ways in, one set of rules:
+//!
+//! - **Requests** (block): the notifying thread pops chains ([`InFlight::pop`])
+//!   and queues each parsed request ([`InFlight::enqueue`]); engine items
+//!   ([`Runner`]) run them, in any order and in parallel, and each completes
+//!   its own chain ([`Running::complete`]).
+//! - **Batches** (net RX and TX, rng): one engine item at a time, in the
+//!   queue's ordered lane ([`super::queue_lane`]), opens a [`Batch`]
+//!   ([`InFlight::begin`]), pops and completes chains in ring order, and the
+//!   batch's end raises one interrupt for all of them.
+//!
+//! It is device-neutral because the rules it enforces are the transport's
+//! promises, not a device's:
 //!
 //! - **Bounded.** A head the driver makes available while it is still in
 //!   flight is a protocol error (virtio 1.x 2.7.13.1: the driver must not
@@ -16,19 +27,22 @@
 //! - **Reset never waits for a vCPU.** Under `--policy idle --cpu-cap 0` a
 //!   queued item may be runnable only on the very vCPU that is resetting the
 //!   device. [`InFlight::reset`] therefore drops the pending requests (a queued
-//!   runner that starts later finds nothing, or a request of the next
-//!   activation) and waits only for requests already *running*: those are on
-//!   some other thread, doing bounded host I/O.
-//! - **Survives panics.** "Running" is a guard ([`Running`]); its `Drop`
-//!   decrements the count, so a request that panics (idlework catches item
-//!   panics) cannot make a later reset wait forever. A request that never
-//!   completed leaves the driver waiting, so the guard then asks for a reset.
+//!   runner or batch item that starts later finds nothing, or the work of the
+//!   next activation) and waits only for requests and batches already
+//!   *running*: those are on some other thread, doing bounded host I/O.
+//! - **Survives panics.** "Running" is a guard ([`Running`], [`Batch`]); its
+//!   `Drop` decrements the count, so work that panics (idlework catches item
+//!   panics) cannot make a later reset wait forever. A chain that was never
+//!   returned leaves the driver waiting, so the guard then asks for a reset.
 //! - **Nothing lands after a reset.** A reset bumps the epoch first; a
 //!   completion from an earlier epoch is dropped, never written to the used
 //!   ring, and the ring itself is gone until the next activation.
 //! - **Indirect descriptors are refused.** No device here offers
 //!   `VIRTIO_F_INDIRECT_DESC`; virtio-queue would follow them anyway, so the
 //!   chain is returned unanswered (used length 0) and counted.
+//!
+//! Which chain comes next, and when the driver is asked to notify again
+//! (EVENT_IDX's `avail_event`), is decided in one place: `Ring::next_available`.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -58,6 +72,9 @@ pub enum QueueError {
     /// An avail entry names a chain the device has not returned yet.
     #[error("head {0} made available again while in flight")]
     HeadInFlight(u16),
+    /// Work ended (a panic) holding a chain it never returned.
+    #[error("a chain's work ended without returning it")]
+    Abandoned,
     /// The used ring could not take an entry.
     #[error("returning chain {head}: {why}")]
     Used {
@@ -108,9 +125,11 @@ struct State<R> {
     stats: InFlightStats,
 }
 
-/// One queue's in-flight accounting. Persists across resets (runners of an
-/// earlier activation may still be queued in the engine).
-pub struct InFlight<R> {
+/// One queue's in-flight accounting. Persists across resets (runners and
+/// batch items of an earlier activation may still be queued in the engine).
+/// `R` is the parsed request of the [`enqueue`](Self::enqueue) path; batch
+/// users leave it `()`.
+pub struct InFlight<R = ()> {
     state: Mutex<State<R>>,
     /// Signalled when `running` drops to zero.
     idle: Condvar,
@@ -193,43 +212,30 @@ impl<R> InFlight<R> {
     /// The next available chain, recorded as in flight. `None` when the ring
     /// is empty, the queue is not active, or the driver broke the protocol
     /// (the device has then asked for a reset). Chains using indirect
-    /// descriptors are returned unanswered here and skipped.
+    /// descriptors are returned unanswered here and skipped. Only call from
+    /// the device's notify, which a reset cannot interleave with; work items
+    /// pop through their [`Batch`].
     pub fn pop(&self) -> Option<Chain> {
-        let mut guard = self.lock();
-        let s = &mut *guard;
-        loop {
-            if s.broken {
-                return None;
-            }
-            let ring = s.ring.as_mut()?;
-            let size = ring.queue.size();
-            let next = match ring.queue.iter(ring.mem.clone()) {
-                Ok(mut avail) => avail.next(),
-                Err(e) => return s.protocol_error(QueueError::Ring(e.to_string())),
-            };
-            let chain = next?;
-            let head = chain.head_index();
-            if head >= size {
-                return s.protocol_error(QueueError::HeadOutOfRange { head, size });
-            }
-            let indirect = uses_indirect(&chain, ring);
-            let slot = &mut s.heads[usize::from(head)];
-            if *slot {
-                return s.protocol_error(QueueError::HeadInFlight(head));
-            }
-            *slot = true;
-            s.in_flight += 1;
-            if indirect {
-                s.stats.indirect += 1;
-                tracing::debug!("virtio: chain {head} uses indirect descriptors, not offered");
-                let epoch = s.epoch;
-                if let Some(interrupt) = s.finish(epoch, head, 0) {
-                    interrupt.signal_used_queue();
-                }
-                continue;
-            }
-            return Some(chain);
-        }
+        self.lock().next_chain()
+    }
+
+    /// Opens a batch on the active queue: until it is dropped it counts as
+    /// running (a reset waits for it). `None` if the queue is not active.
+    /// For work items that pop and complete chains themselves, one batch at
+    /// a time (a lane's items).
+    pub fn begin(self: &Arc<Self>) -> Option<Batch<R>> {
+        let mut s = self.lock();
+        let mem = s.ring.as_ref()?.mem.clone();
+        s.running += 1;
+        let epoch = s.epoch;
+        drop(s);
+        Some(Batch {
+            owner: self.clone(),
+            epoch,
+            mem,
+            open: 0,
+            used: 0,
+        })
     }
 
     /// Queues the parsed request of chain `head` (from [`pop`](Self::pop)) for
@@ -289,32 +295,123 @@ impl<R> State<R> {
         None
     }
 
+    /// The next available chain, recorded as in flight (see [`InFlight::pop`]).
+    fn next_chain(&mut self) -> Option<Chain> {
+        loop {
+            if self.broken {
+                return None;
+            }
+            let ring = self.ring.as_mut()?;
+            let size = ring.queue.size();
+            let chain = match ring.next_available() {
+                Ok(next) => next?,
+                Err(e) => return self.protocol_error(QueueError::Ring(e.to_string())),
+            };
+            let head = chain.head_index();
+            if head >= size {
+                return self.protocol_error(QueueError::HeadOutOfRange { head, size });
+            }
+            let indirect = uses_indirect(&chain, ring);
+            let slot = &mut self.heads[usize::from(head)];
+            if *slot {
+                return self.protocol_error(QueueError::HeadInFlight(head));
+            }
+            *slot = true;
+            self.in_flight += 1;
+            if indirect {
+                self.stats.indirect += 1;
+                tracing::debug!("virtio: chain {head} uses indirect descriptors, not offered");
+                let epoch = self.epoch;
+                if let Some(interrupt) = self.finish(epoch, head, 0) {
+                    interrupt.signal_used_queue();
+                }
+                continue;
+            }
+            return Some(chain);
+        }
+    }
+
     /// Puts `head` in the used ring if `epoch` is current; returns the
     /// interrupt to signal (outside the lock) if the driver wants one.
     fn finish(&mut self, epoch: u64, head: u16, used_len: u32) -> Option<Arc<VirtioInterrupt>> {
+        if self.put_used(epoch, head, used_len) {
+            self.wants_interrupt()
+        } else {
+            None
+        }
+    }
+
+    /// Puts `head` in the used ring if `epoch` is current (no interrupt yet).
+    /// Returns false if the completion was dropped or the queue broke.
+    fn put_used(&mut self, epoch: u64, head: u16, used_len: u32) -> bool {
         if epoch != self.epoch || self.ring.is_none() {
             self.stats.stale_completions += 1;
-            return None;
+            return false;
         }
         if let Some(slot) = self.heads.get_mut(usize::from(head)) {
             if std::mem::take(slot) {
                 self.in_flight -= 1;
             }
         }
-        let ring = self.ring.as_mut()?;
+        let Some(ring) = self.ring.as_mut() else {
+            return false;
+        };
         match ring.queue.add_used(ring.mem.as_ref(), head, used_len) {
-            Ok(()) => {
-                let notify = ring
-                    .queue
-                    .needs_notification(ring.mem.as_ref())
-                    .unwrap_or(true);
-                notify.then(|| ring.interrupt.clone())
+            Ok(()) => true,
+            Err(e) => {
+                self.protocol_error::<()>(QueueError::Used {
+                    head,
+                    why: e.to_string(),
+                });
+                false
             }
-            Err(e) => self.protocol_error(QueueError::Used {
-                head,
-                why: e.to_string(),
-            }),
         }
+    }
+
+    /// The interrupt to signal (outside the lock) if the driver wants to
+    /// hear about the used entries put so far.
+    fn wants_interrupt(&mut self) -> Option<Arc<VirtioInterrupt>> {
+        let ring = self.ring.as_mut()?;
+        let notify = ring
+            .queue
+            .needs_notification(ring.mem.as_ref())
+            .unwrap_or(true);
+        notify.then(|| ring.interrupt.clone())
+    }
+
+    /// Ends a guard ([`Running`], [`Batch`]) of `epoch` that still held
+    /// `open` chains: the driver would wait for them forever, so the device
+    /// asks for a reset (a reset clears them). Then no longer running.
+    fn end_running(&mut self, epoch: u64, open: bool, idle: &Condvar) {
+        if open && epoch == self.epoch {
+            self.stats.abandoned += 1;
+            self.protocol_error::<()>(QueueError::Abandoned);
+        }
+        self.running -= 1;
+        if self.running == 0 {
+            idle.notify_all();
+        }
+    }
+}
+
+impl Ring {
+    /// The next available chain. When the ring is empty the driver is asked
+    /// to notify again (with EVENT_IDX: `avail_event` is set to where we
+    /// are), and a chain that slipped in meanwhile is taken.
+    fn next_available(&mut self) -> Result<Option<Chain>, virtio_queue::Error> {
+        for _ in 0..2 {
+            if let Some(chain) = self.queue.iter(self.mem.clone())?.next() {
+                return Ok(Some(chain));
+            }
+            if !self
+                .queue
+                .enable_notification(self.mem.as_ref())
+                .unwrap_or(false)
+            {
+                return Ok(None);
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -403,20 +500,88 @@ impl<R> Running<R> {
 
 impl<R> Drop for Running<R> {
     fn drop(&mut self) {
+        let open = !self.done;
+        self.owner
+            .lock()
+            .end_running(self.epoch, open, &self.owner.idle);
+    }
+}
+
+/// A lane item's turn on the queue (from [`InFlight::begin`]): it pops
+/// chains in ring order and returns each before the next. Counts as running
+/// until dropped, on every path (unwinding included); its drop raises one
+/// interrupt for the chains it returned, if the driver wants one.
+pub struct Batch<R = ()> {
+    owner: Arc<InFlight<R>>,
+    epoch: u64,
+    mem: Arc<GuestMemory>,
+    /// Chains popped and neither completed nor put back.
+    open: usize,
+    /// Chains put in the used ring.
+    used: usize,
+}
+
+impl<R> Batch<R> {
+    /// Guest memory of the activation the batch serves.
+    pub fn mem(&self) -> &Arc<GuestMemory> {
+        &self.mem
+    }
+
+    /// The next available chain, recorded as in flight (see
+    /// [`InFlight::pop`]); `None` also once a reset came.
+    pub fn pop(&mut self) -> Option<Chain> {
         let mut s = self.owner.lock();
-        if !self.done && self.epoch == s.epoch {
-            // The chain will never be returned: the driver would wait for it
-            // forever. A reset clears it.
-            s.stats.abandoned += 1;
-            let head = self.head;
-            s.protocol_error::<()>(QueueError::Used {
-                head,
-                why: "the request ended without completing".into(),
-            });
+        if s.epoch != self.epoch {
+            return None;
         }
-        s.running -= 1;
-        if s.running == 0 {
-            self.owner.idle.notify_all();
+        let chain = s.next_chain()?;
+        self.open += 1;
+        Some(chain)
+    }
+
+    /// Puts chain `head` in the used ring with `used_len` bytes written (the
+    /// interrupt comes when the batch ends). Returns false if the queue is
+    /// gone (a reset came) or broken: stop the batch.
+    pub fn complete(&mut self, head: u16, used_len: u32) -> bool {
+        self.open = self.open.saturating_sub(1);
+        let ok = self.owner.lock().put_used(self.epoch, head, used_len);
+        self.used += usize::from(ok);
+        ok
+    }
+
+    /// Makes chain `head`, the one popped last, available again: the device
+    /// could not use it now (no frame to put in it) and will take it next.
+    pub fn put_back(&mut self, head: u16) {
+        self.open = self.open.saturating_sub(1);
+        let mut guard = self.owner.lock();
+        let s = &mut *guard;
+        if s.epoch != self.epoch {
+            return;
+        }
+        if let Some(slot) = s.heads.get_mut(usize::from(head)) {
+            if std::mem::take(slot) {
+                s.in_flight -= 1;
+            }
+        }
+        if let Some(ring) = s.ring.as_mut() {
+            ring.queue.go_to_previous_position();
+        }
+    }
+}
+
+impl<R> Drop for Batch<R> {
+    fn drop(&mut self) {
+        let mut s = self.owner.lock();
+        // A panic mid-batch may have left the device's own state (a tap
+        // watch, a half-sent frame) behind: ask for a reset as for a lost chain.
+        let open = self.open > 0 || std::thread::panicking();
+        let interrupt = (self.used > 0 && self.epoch == s.epoch)
+            .then(|| s.wants_interrupt())
+            .flatten();
+        s.end_running(self.epoch, open, &self.owner.idle);
+        drop(s);
+        if let Some(interrupt) = interrupt {
+            interrupt.signal_used_queue();
         }
     }
 }

@@ -12,19 +12,22 @@
 //! 4. the item does the I/O ([`block::backend`]), writes the status, puts the
 //!    chain in the used ring and raises the interrupt ([`interrupt`]).
 //!
-//! Net and rng hand each queue to one drain item at a time ([`drain`]) and
-//! check chains with [`chain`]; net's tap is a host event source on the
-//! notifier's epoll ([`notifier::HostEvents`]). Where devices live is the
-//! [`crate::device_manager`]'s business.
+//! Net and rng take a different step 2–3: the notify kicks the queue's
+//! ordered lane ([`queue_lane`]), and a lane item pops, checks ([`chain`]),
+//! serves and returns chains in ring order through a batch of the same
+//! [`in_flight`] accounting, whose end raises the interrupt. Net's tap is a
+//! host event source on the notifier's epoll ([`notifier::HostEvents`]) that
+//! kicks the RX lane. Where devices live is the [`crate::device_manager`]'s
+//! business.
 
 pub mod block;
 pub mod chain;
-pub mod drain;
 pub mod in_flight;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
 pub mod notifier;
+pub mod queue_lane;
 pub mod rng;
 
 use std::sync::Arc;

@@ -9,7 +9,9 @@
 //! ring and raises the interrupt. A chain that is not a request is answered at
 //! once: IOERR if its status byte is usable, otherwise it is returned with
 //! nothing written; either way a log line says why. Reset, re-posted heads and
-//! panics are [`InFlight`]'s business (see there).
+//! panics are [`InFlight`]'s business (see there): the completion path net
+//! and rng share. Unlike theirs, block's requests are independent, so they
+//! are not put in a lane: they run in parallel wherever the engine puts them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

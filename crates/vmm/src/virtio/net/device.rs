@@ -1,9 +1,14 @@
 //! The virtio-net device: features, config space, activation and reset.
+//!
+//! Each queue is a [`QueueLane`]: a notify (or, for RX, the tap turning
+//! readable) kicks it, its batches run in the queue's ordered lane (`rx.rs`,
+//! `tx.rs`) and return chains through the queue's in-flight accounting
+//! ([`InFlight`]), which raises the interrupt.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use idlework::Submitter;
+use idlework::Engine;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
@@ -14,8 +19,9 @@ use super::rx::RxQueue;
 use super::tap::{Tap, TapError, VNET_HDR_LEN};
 use super::tx::TxQueue;
 use crate::config::NetConfig;
-use crate::virtio::drain::{lock, Drainer};
+use crate::virtio::in_flight::InFlight;
 use crate::virtio::notifier::{HostEvents, HostWatch};
+use crate::virtio::queue_lane::QueueLane;
 use crate::virtio::{ActivateContext, VirtioDevice};
 
 /// Queue size offered for RX and TX.
@@ -51,6 +57,10 @@ pub struct NetCounters {
     pub tx_bad_chains: AtomicU64,
     /// Frames the tap refused (link down, host out of memory).
     pub tx_dropped: AtomicU64,
+    /// The RX queue's in-flight accounting (its refusals are reported here).
+    pub(super) rx_queue: Arc<InFlight>,
+    /// The TX queue's.
+    pub(super) tx_queue: Arc<InFlight>,
 }
 
 impl NetCounters {
@@ -66,7 +76,7 @@ impl NetCounters {
     /// The counters by name.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
+        let mut all = vec![
             ("rx_frames", g(&self.rx_frames)),
             ("rx_bytes", g(&self.rx_bytes)),
             ("rx_dropped_too_small", g(&self.rx_dropped_too_small)),
@@ -77,36 +87,34 @@ impl NetCounters {
             ("tx_bytes", g(&self.tx_bytes)),
             ("tx_bad_chains", g(&self.tx_bad_chains)),
             ("tx_dropped", g(&self.tx_dropped)),
-        ]
+        ];
+        // What each queue's in-flight accounting refused.
+        let (rx, tx) = (self.rx_queue.stats(), self.tx_queue.stats());
+        all.extend([
+            ("rx_queue_protocol_errors", rx.protocol_errors),
+            ("rx_queue_indirect", rx.indirect),
+            ("rx_queue_stale_completions", rx.stale_completions),
+            ("rx_queue_abandoned", rx.abandoned),
+            ("tx_queue_protocol_errors", tx.protocol_errors),
+            ("tx_queue_indirect", tx.indirect),
+            ("tx_queue_stale_completions", tx.stale_completions),
+            ("tx_queue_abandoned", tx.abandoned),
+        ]);
+        all
     }
 }
 
-/// The queues' drainers while the device is active.
-struct Active {
-    rx: Arc<Drainer>,
-    tx: Arc<Drainer>,
+/// The device's two queues; the tap's event callback shares them.
+struct Queues {
+    rx: Arc<QueueLane>,
+    tx: Arc<QueueLane>,
 }
 
-/// State the tap's event callback shares with the device.
-struct Shared {
-    active: Mutex<Option<Active>>,
-    work: Submitter,
-}
-
-impl Shared {
-    fn kick_rx(&self) {
-        if let Some(rx) = self.drainer(RX_QUEUE) {
-            rx.kick(&self.work);
-        }
-    }
-
-    /// Queue `queue`'s drainer, if active (not holding the lock while it runs).
-    fn drainer(&self, queue: u16) -> Option<Arc<Drainer>> {
-        let active = lock(&self.active);
-        let a = active.as_ref()?;
+impl Queues {
+    fn get(&self, queue: u16) -> Option<&Arc<QueueLane>> {
         match queue {
-            RX_QUEUE => Some(a.rx.clone()),
-            TX_QUEUE => Some(a.tx.clone()),
+            RX_QUEUE => Some(&self.rx),
+            TX_QUEUE => Some(&self.tx),
             _ => None,
         }
     }
@@ -139,27 +147,41 @@ pub fn default_mac(index: usize) -> [u8; 6] {
 pub struct Net {
     tap: Arc<Tap>,
     watch: Arc<HostWatch>,
-    shared: Arc<Shared>,
+    queues: Arc<Queues>,
     counters: Arc<NetCounters>,
     config: [u8; 10],
 }
 
 impl Net {
-    /// A device on `tap` with address `mac`, whose work runs through `work`;
-    /// the tap is watched through `host`.
+    /// A device on `tap` with address `mac`, whose work runs in two ordered
+    /// lanes of `engine` (one per queue); the tap is watched through `host`.
     pub fn new(
         tap: Tap,
         mac: [u8; 6],
-        work: Submitter,
+        engine: &Engine,
         host: &mut dyn HostEvents,
     ) -> std::io::Result<Net> {
         let tap = Arc::new(tap);
-        let shared = Arc::new(Shared {
-            active: Mutex::new(None),
-            work,
+        let counters = Arc::new(NetCounters::default());
+        // The tap's callback needs the RX queue, which needs the tap's watch.
+        let rx_slot: Arc<std::sync::OnceLock<Arc<QueueLane>>> = Arc::default();
+        let on_readable = rx_slot.clone();
+        let watch = host.watch(
+            tap.clone(),
+            Box::new(move || {
+                if let Some(rx) = on_readable.get() {
+                    rx.kick();
+                }
+            }),
+        )?;
+        let watch = Arc::new(watch);
+        let rx = RxQueue::new(tap.clone(), watch.clone(), counters.clone());
+        let tx = TxQueue::new(tap.clone(), counters.clone());
+        let queues = Arc::new(Queues {
+            rx: QueueLane::new(engine.lane(), counters.rx_queue.clone(), Arc::new(rx)),
+            tx: QueueLane::new(engine.lane(), counters.tx_queue.clone(), Arc::new(tx)),
         });
-        let on_readable = shared.clone();
-        let watch = host.watch(tap.clone(), Box::new(move || on_readable.kick_rx()))?;
+        let _ = rx_slot.set(queues.rx.clone());
         // Config space: mac[6], status (link up), max_virtqueue_pairs (1).
         let mut config = [0u8; 10];
         config[..6].copy_from_slice(&mac);
@@ -167,9 +189,9 @@ impl Net {
         config[8..10].copy_from_slice(&1u16.to_le_bytes());
         Ok(Net {
             tap,
-            watch: Arc::new(watch),
-            shared,
-            counters: Arc::default(),
+            watch,
+            queues,
+            counters,
             config,
         })
     }
@@ -178,12 +200,12 @@ impl Net {
     pub fn open(
         config: &NetConfig,
         index: usize,
-        work: Submitter,
+        engine: &Engine,
         host: &mut dyn HostEvents,
     ) -> Result<Net, NetError> {
         let tap = Tap::open(&config.tap)?;
         let mac = config.mac.map_or_else(|| default_mac(index), |m| m.0);
-        Net::new(tap, mac, work, host).map_err(|e| NetError::Watch(config.tap.clone(), e))
+        Net::new(tap, mac, engine, host).map_err(|e| NetError::Watch(config.tap.clone(), e))
     }
 
     /// The device's counters.
@@ -238,25 +260,9 @@ impl VirtioDevice for Net {
         }
         let tx_queue = ctx.queues.pop().ok_or("no TX queue")?;
         let rx_queue = ctx.queues.pop().ok_or("no RX queue")?;
-        let rx = RxQueue::new(
-            ctx.mem.clone(),
-            rx_queue,
-            ctx.interrupt.clone(),
-            self.tap.clone(),
-            self.watch.clone(),
-            self.counters.clone(),
-        );
-        let tx = TxQueue::new(
-            ctx.mem,
-            tx_queue,
-            ctx.interrupt.clone(),
-            self.tap.clone(),
-            self.counters.clone(),
-        );
-        *lock(&self.shared.active) = Some(Active {
-            rx: Drainer::new(Arc::new(rx), ctx.interrupt.clone()),
-            tx: Drainer::new(Arc::new(tx), ctx.interrupt),
-        });
+        let q = &self.queues;
+        q.rx.activate(rx_queue, ctx.mem.clone(), ctx.interrupt.clone());
+        q.tx.activate(tx_queue, ctx.mem, ctx.interrupt);
         // Frames already waiting on the tap are reported at once.
         self.watch.arm();
         Ok(())
@@ -264,18 +270,16 @@ impl VirtioDevice for Net {
 
     fn queue_notify(&mut self, queue: u16) {
         // An RX notify means new buffers: reading the tap resumes.
-        if let Some(d) = self.shared.drainer(queue) {
-            d.kick(&self.shared.work);
+        if let Some(q) = self.queues.get(queue) {
+            q.kick();
         }
     }
 
     fn reset(&mut self) {
-        let active = lock(&self.shared.active).take();
-        if let Some(a) = active {
-            a.rx.stop();
-            a.tx.stop();
-        }
-        // No step runs any more, so nothing re-arms the tap after this.
+        // Batches not started find no queue; running ones are waited for.
+        self.queues.rx.reset();
+        self.queues.tx.reset();
+        // No batch runs any more, so nothing re-arms the tap after this.
         self.watch.disarm();
     }
 }

@@ -4,10 +4,11 @@
 //! are offered; the tap is set to none), a MAC and a link-up status.
 //!
 //! Work runs where the engine's policy puts it: RX (tap → guest buffers) and
-//! TX (guest frames → tap) are each drained by one work item at a time
-//! ([`crate::virtio::drain`]), so TX frames leave in ring order. The tap fd
-//! is a host event source on the notifier thread: readable → the RX item is
-//! kicked. While the guest posts no RX buffers the tap is not read (and not
+//! TX (guest frames → tap) each run in their queue's ordered lane
+//! ([`crate::virtio::queue_lane`]), one batch at a time, so TX frames leave
+//! in ring order; chains go back through the same in-flight accounting as
+//! block's ([`crate::virtio::in_flight`]). The tap fd is a host event source
+//! on the notifier thread: readable → the RX lane is kicked. While the guest posts no RX buffers the tap is not read (and not
 //! watched); the guest's RX notify resumes it. Every frame that is not
 //! delivered is counted ([`NetCounters`]).
 

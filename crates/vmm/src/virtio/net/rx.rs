@@ -8,33 +8,31 @@
 //!
 //! Without mergeable buffers one frame takes one chain: a frame larger than
 //! the chain is dropped and counted, and the chain is kept for the next one.
+//!
+//! The queue's work runs in its ordered lane ([`crate::virtio::queue_lane`]),
+//! kicked by the guest's RX notify and by the tap turning readable; a chain
+//! is popped, filled and returned through the batch
+//! ([`crate::virtio::in_flight::Batch`]), whose end raises the interrupt.
 
 use std::io::ErrorKind;
 use std::sync::{Arc, Mutex};
 
-use idlework::Context;
-use virtio_queue::{Queue, QueueOwnedT};
-
 use super::device::{rx_header, NetCounters, MAX_FRAME};
 use super::tap::{Tap, VNET_HDR_LEN};
-use crate::memory::GuestMemory;
 use crate::virtio::chain::{self, Direction};
-use crate::virtio::drain::{complete, lock, next_chain, notify_used, Drained, QueueWork};
+use crate::virtio::in_flight::Batch;
 use crate::virtio::notifier::HostWatch;
-use crate::virtio::VirtioInterrupt;
+use crate::virtio::queue_lane::{lock, QueueWork, Served};
 
 /// Frames per step before yielding.
 const BATCH: usize = 64;
 
-/// The RX queue while the device is active.
+/// The RX queue's work (for the device's lifetime).
 pub(super) struct RxQueue {
-    mem: Arc<GuestMemory>,
-    queue: Mutex<Queue>,
-    interrupt: Arc<VirtioInterrupt>,
     tap: Arc<Tap>,
     watch: Arc<HostWatch>,
     counters: Arc<NetCounters>,
-    /// One frame read from the tap (header + frame); only one step runs at a time.
+    /// One frame read from the tap (header + frame); only one batch runs at a time.
     frame: Mutex<Vec<u8>>,
 }
 
@@ -49,18 +47,8 @@ enum Outcome {
 }
 
 impl RxQueue {
-    pub(super) fn new(
-        mem: Arc<GuestMemory>,
-        queue: Queue,
-        interrupt: Arc<VirtioInterrupt>,
-        tap: Arc<Tap>,
-        watch: Arc<HostWatch>,
-        counters: Arc<NetCounters>,
-    ) -> Self {
+    pub(super) fn new(tap: Arc<Tap>, watch: Arc<HostWatch>, counters: Arc<NetCounters>) -> Self {
         RxQueue {
-            mem,
-            queue: Mutex::new(queue),
-            interrupt,
             tap,
             watch,
             counters,
@@ -71,16 +59,15 @@ impl RxQueue {
     }
 
     /// Fills the next guest buffer with the next frame, if both exist.
-    fn one(&self, q: &mut Queue, frame: &mut [u8]) -> Outcome {
-        let chain = next_chain(q, &self.mem, &self.interrupt, "virtio-net RX");
-        let Some(chain) = chain else {
+    fn one(&self, batch: &mut Batch, frame: &mut [u8]) -> Outcome {
+        let Some(chain) = batch.pop() else {
             // No buffers: the tap is left unwatched until the guest posts some.
             NetCounters::add(&self.counters.rx_no_buffers, 1);
             return Outcome::Stop;
         };
         let head = chain.head_index();
         // No bound but a used length's (chain::buffers applies it).
-        let bufs = match chain::checked_buffers(&*q, chain, Direction::DeviceWrites, u64::MAX) {
+        let bufs = match chain::buffers(chain, Direction::DeviceWrites, u64::MAX) {
             Ok(b) if b.len as usize >= VNET_HDR_LEN => b,
             bad => {
                 let why = bad
@@ -90,7 +77,7 @@ impl RxQueue {
                 if chain::worth_logging(n) {
                     tracing::warn!("virtio-net: bad RX chain (head {head}, {n} so far): {why}");
                 }
-                return self.used(q, head, 0);
+                return Self::used(batch, head, 0);
             }
         };
         let n = match self.tap.read_frame(frame) {
@@ -101,7 +88,7 @@ impl RxQueue {
                     self.tap.name()
                 );
                 NetCounters::add(&self.counters.rx_tap_errors, 1);
-                q.go_to_previous_position();
+                batch.put_back(head);
                 return Outcome::Retry;
             }
             Err(e) => {
@@ -110,35 +97,35 @@ impl RxQueue {
                     NetCounters::add(&self.counters.rx_tap_errors, 1);
                 }
                 // Nothing to read: keep the buffer, watch the tap again.
-                q.go_to_previous_position();
+                batch.put_back(head);
                 self.watch.arm();
                 return Outcome::Stop;
             }
         };
         if n > bufs.len as usize {
             NetCounters::add(&self.counters.rx_dropped_too_small, 1);
-            q.go_to_previous_position();
+            batch.put_back(head);
             return Outcome::Retry;
         }
         // No offloads were negotiated: our own header, not the tap's.
         frame[..VNET_HDR_LEN].copy_from_slice(&rx_header());
-        match bufs.write_from(&self.mem, &frame[..n]) {
+        match bufs.write_from(batch.mem(), &frame[..n]) {
             Ok(written) => {
                 NetCounters::add(&self.counters.rx_frames, 1);
                 NetCounters::add(&self.counters.rx_bytes, (n - VNET_HDR_LEN) as u64);
-                self.used(q, head, written)
+                Self::used(batch, head, written)
             }
             Err(e) => {
                 // chain::buffers checked the ranges; memory does not shrink.
                 tracing::warn!("virtio-net: writing an RX frame: {e}");
                 NetCounters::add(&self.counters.rx_bad_chains, 1);
-                self.used(q, head, 0)
+                Self::used(batch, head, 0)
             }
         }
     }
 
-    fn used(&self, q: &mut Queue, head: u16, len: u32) -> Outcome {
-        if complete(q, &self.mem, &self.interrupt, head, len) {
+    fn used(batch: &mut Batch, head: u16, len: u32) -> Outcome {
+        if batch.complete(head, len) {
             Outcome::Used
         } else {
             Outcome::Stop
@@ -147,24 +134,14 @@ impl RxQueue {
 }
 
 impl QueueWork for RxQueue {
-    fn drain(&self, _cx: &Context) -> Drained {
-        let mut q = lock(&self.queue);
+    fn serve(&self, batch: &mut Batch) -> Served {
         let mut frame = lock(&self.frame);
-        let mut used = 0;
-        let mut result = Drained::More;
         for _ in 0..BATCH {
-            match self.one(&mut q, &mut frame) {
-                Outcome::Used => used += 1,
-                Outcome::Retry => {}
-                Outcome::Stop => {
-                    result = Drained::All;
-                    break;
-                }
+            match self.one(batch, &mut frame) {
+                Outcome::Used | Outcome::Retry => {}
+                Outcome::Stop => return Served::All,
             }
         }
-        if used > 0 {
-            notify_used(&mut q, &self.mem, &self.interrupt);
-        }
-        result
+        Served::More
     }
 }

@@ -5,47 +5,37 @@
 //! else is returned unsent and counted. No offloads were negotiated, so the
 //! guest's header is replaced by an empty one: the tap never sees a GSO or
 //! checksum request the guest had no right to make.
+//!
+//! The queue's work runs in its ordered lane ([`crate::virtio::queue_lane`]),
+//! one batch at a time, so frames reach the tap in ring order; each chain is
+//! returned through the batch ([`crate::virtio::in_flight::Batch`]) before the
+//! next is popped, and the batch's end raises the interrupt.
 
 use std::sync::{Arc, Mutex};
-
-use idlework::Context;
-use virtio_queue::Queue;
 
 use super::device::{NetCounters, MAX_FRAME};
 use super::tap::{Tap, VNET_HDR_LEN};
 use crate::memory::GuestMemory;
 use crate::virtio::chain::{self, Direction};
-use crate::virtio::drain::{complete, lock, next_chain, notify_used, Drained, QueueWork};
-use crate::virtio::VirtioInterrupt;
+use crate::virtio::in_flight::Batch;
+use crate::virtio::queue_lane::{lock, QueueWork, Served};
 
 /// Frames per step before yielding.
 const BATCH: usize = 64;
 /// Shortest frame: an Ethernet header.
 const MIN_FRAME: usize = 14;
 
-/// The TX queue while the device is active.
+/// The TX queue's work (for the device's lifetime).
 pub(super) struct TxQueue {
-    mem: Arc<GuestMemory>,
-    queue: Mutex<Queue>,
-    interrupt: Arc<VirtioInterrupt>,
     tap: Arc<Tap>,
     counters: Arc<NetCounters>,
-    /// One frame being sent (header + frame); only one step runs at a time.
+    /// One frame being sent (header + frame); only one batch runs at a time.
     frame: Mutex<Vec<u8>>,
 }
 
 impl TxQueue {
-    pub(super) fn new(
-        mem: Arc<GuestMemory>,
-        queue: Queue,
-        interrupt: Arc<VirtioInterrupt>,
-        tap: Arc<Tap>,
-        counters: Arc<NetCounters>,
-    ) -> Self {
+    pub(super) fn new(tap: Arc<Tap>, counters: Arc<NetCounters>) -> Self {
         TxQueue {
-            mem,
-            queue: Mutex::new(queue),
-            interrupt,
             tap,
             counters,
             frame: Mutex::new(vec![0; VNET_HDR_LEN + MAX_FRAME]),
@@ -53,9 +43,9 @@ impl TxQueue {
     }
 
     /// Sends the frame in `bufs` (checked by the caller); counts the outcome.
-    fn send(&self, bufs: &chain::Buffers, frame: &mut [u8]) {
+    fn send(&self, mem: &GuestMemory, bufs: &chain::Buffers, frame: &mut [u8]) {
         let len = bufs.len as usize;
-        if let Err(e) = bufs.read_into(&self.mem, &mut frame[..len]) {
+        if let Err(e) = bufs.read_into(mem, &mut frame[..len]) {
             tracing::warn!("virtio-net: reading a TX frame: {e}");
             NetCounters::add(&self.counters.tx_bad_chains, 1);
             return;
@@ -75,21 +65,18 @@ impl TxQueue {
 }
 
 impl QueueWork for TxQueue {
-    fn drain(&self, _cx: &Context) -> Drained {
-        let mut q = lock(&self.queue);
+    fn serve(&self, batch: &mut Batch) -> Served {
         let mut frame = lock(&self.frame);
-        let mut used = 0;
-        let mut result = Drained::More;
         for _ in 0..BATCH {
-            let chain = next_chain(&mut q, &self.mem, &self.interrupt, "virtio-net TX");
-            let Some(chain) = chain else {
-                result = Drained::All;
-                break;
+            let Some(chain) = batch.pop() else {
+                return Served::All;
             };
             let head = chain.head_index();
             let max = (VNET_HDR_LEN + MAX_FRAME) as u64;
-            match chain::checked_buffers(&*q, chain, Direction::DeviceReads, max) {
-                Ok(b) if b.len as usize >= VNET_HDR_LEN + MIN_FRAME => self.send(&b, &mut frame),
+            match chain::buffers(chain, Direction::DeviceReads, max) {
+                Ok(b) if b.len as usize >= VNET_HDR_LEN + MIN_FRAME => {
+                    self.send(batch.mem(), &b, &mut frame)
+                }
                 bad => {
                     let why = bad
                         .err()
@@ -100,15 +87,10 @@ impl QueueWork for TxQueue {
                     }
                 }
             }
-            if !complete(&mut q, &self.mem, &self.interrupt, head, 0) {
-                result = Drained::All;
-                break;
+            if !batch.complete(head, 0) {
+                return Served::All;
             }
-            used += 1;
         }
-        if used > 0 {
-            notify_used(&mut q, &self.mem, &self.interrupt);
-        }
-        result
+        Served::More
     }
 }

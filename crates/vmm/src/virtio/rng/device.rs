@@ -1,22 +1,25 @@
-//! The virtio-rng device: one request queue, drained by one work item at a
-//! time ([`Drainer`]); each chain is filled with bytes from getrandom(2).
+//! The virtio-rng device: one request queue, served in its ordered lane
+//! ([`QueueLane`]) one batch at a time; each chain is filled with bytes from
+//! getrandom(2) and returned through the queue's in-flight accounting
+//! ([`Batch`]), whose end raises the interrupt.
 //!
 //! A chain must be device-writable buffers in guest memory; one that is not
 //! is returned with nothing written (and counted). A chain is filled up to
 //! [`MAX_FILL`] bytes, which the spec allows (the used length says how many).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use idlework::{Context, Submitter};
+use idlework::Engine;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 
 use crate::memory::GuestMemory;
 use crate::virtio::chain::{self, Direction};
-use crate::virtio::drain::{complete, lock, next_chain, notify_used, Drained, Drainer, QueueWork};
-use crate::virtio::{ActivateContext, VirtioDevice, VirtioInterrupt};
+use crate::virtio::in_flight::{Batch, InFlight};
+use crate::virtio::queue_lane::{QueueLane, QueueWork, Served};
+use crate::virtio::{ActivateContext, VirtioDevice};
 
 /// Queue size offered to the driver.
 pub const QUEUE_SIZE: u16 = 64;
@@ -36,22 +39,26 @@ pub struct RngCounters {
     pub malformed: AtomicU64,
     /// getrandom failures (the chain is returned with what was filled).
     pub host_errors: AtomicU64,
+    /// The request queue's in-flight accounting (indirect chains, protocol errors).
+    pub queue: Arc<InFlight>,
 }
 
 /// virtio-rng.
 pub struct Rng {
-    work: Submitter,
     counters: Arc<RngCounters>,
-    active: Option<Arc<Drainer>>,
+    queue: Arc<QueueLane>,
 }
 
 impl Rng {
-    /// An rng whose requests run through `work`.
-    pub fn new(work: Submitter) -> Self {
+    /// An rng whose requests run in an ordered lane of `engine`.
+    pub fn new(engine: &Engine) -> Self {
+        let counters = Arc::new(RngCounters::default());
+        let work = Arc::new(RequestQueue {
+            counters: counters.clone(),
+        });
         Rng {
-            work,
-            counters: Arc::default(),
-            active: None,
+            queue: QueueLane::new(engine.lane(), counters.queue.clone(), work),
+            counters,
         }
     }
 
@@ -61,11 +68,8 @@ impl Rng {
     }
 }
 
-/// The request queue while the device is active.
+/// The request queue's work.
 struct RequestQueue {
-    mem: Arc<GuestMemory>,
-    queue: Mutex<Queue>,
-    interrupt: Arc<VirtioInterrupt>,
     counters: Arc<RngCounters>,
 }
 
@@ -92,39 +96,29 @@ impl VirtioDevice for Rng {
             .pop()
             .filter(|q| q.ready())
             .ok_or("request queue not ready")?;
-        let work = Arc::new(RequestQueue {
-            mem: ctx.mem,
-            queue: Mutex::new(queue),
-            interrupt: ctx.interrupt.clone(),
-            counters: self.counters.clone(),
-        });
-        self.active = Some(Drainer::new(work, ctx.interrupt));
+        self.queue.activate(queue, ctx.mem, ctx.interrupt);
         Ok(())
     }
 
     fn queue_notify(&mut self, _queue: u16) {
-        if let Some(d) = &self.active {
-            d.kick(&self.work);
-        }
+        self.queue.kick();
     }
 
     fn reset(&mut self) {
-        if let Some(d) = self.active.take() {
-            d.stop();
-        }
+        // Batches not started find no queue; a running one is waited for.
+        self.queue.reset();
     }
 }
 
 impl QueueWork for RequestQueue {
-    fn drain(&self, _cx: &Context) -> Drained {
-        let mut q = lock(&self.queue);
-        let mut used = 0;
+    fn serve(&self, batch: &mut Batch) -> Served {
         for _ in 0..BATCH {
-            let chain = next_chain(&mut q, &self.mem, &self.interrupt, "virtio-rng");
-            let Some(chain) = chain else { break };
+            let Some(chain) = batch.pop() else {
+                return Served::All;
+            };
             let head = chain.head_index();
-            let len = match chain::checked_buffers(&*q, chain, Direction::DeviceWrites, u64::MAX) {
-                Ok(bufs) => self.fill(&bufs),
+            let len = match chain::buffers(chain, Direction::DeviceWrites, u64::MAX) {
+                Ok(bufs) => self.fill(batch.mem(), &bufs),
                 Err(e) => {
                     let n = self.counters.malformed.fetch_add(1, Ordering::Relaxed) + 1;
                     if chain::worth_logging(n) {
@@ -133,26 +127,17 @@ impl QueueWork for RequestQueue {
                     0
                 }
             };
-            if !complete(&mut q, &self.mem, &self.interrupt, head, len) {
-                return Drained::All;
+            if !batch.complete(head, len) {
+                return Served::All;
             }
-            used += 1;
         }
-        if used > 0 {
-            notify_used(&mut q, &self.mem, &self.interrupt);
-        }
-        // A full batch may have left chains behind; a short one drained the ring.
-        if used < BATCH {
-            Drained::All
-        } else {
-            Drained::More
-        }
+        Served::More
     }
 }
 
 impl RequestQueue {
     /// Fills up to [`MAX_FILL`] bytes of the chain; returns how many.
-    fn fill(&self, bufs: &chain::Buffers) -> u32 {
+    fn fill(&self, mem: &GuestMemory, bufs: &chain::Buffers) -> u32 {
         let mut chunk = [0u8; 4096];
         let mut written = 0u32;
         for seg in &bufs.segments {
@@ -168,7 +153,7 @@ impl RequestQueue {
                     return written;
                 }
                 let addr = vm_memory::GuestAddress(seg.addr.0 + u64::from(off));
-                if let Err(e) = vm_memory::Bytes::write_slice(self.mem.as_ref(), buf, addr) {
+                if let Err(e) = vm_memory::Bytes::write_slice(mem, buf, addr) {
                     // chain::buffers checked the range; memory cannot shrink.
                     tracing::warn!("virtio-rng: writing guest memory: {e}");
                     return written;
@@ -189,10 +174,11 @@ impl RequestQueue {
 mod tests {
     use super::*;
     use crate::virtio::chain::tests::{Driver, W};
+    use crate::virtio::VirtioInterrupt;
     use vmm_sys_util::eventfd::EventFd;
 
     fn active(d: &Driver, engine: &idlework::Engine) -> (Rng, Arc<VirtioInterrupt>) {
-        let mut rng = Rng::new(engine.submitter());
+        let mut rng = Rng::new(engine);
         let irq = Arc::new(VirtioInterrupt::new(
             EventFd::new(libc::EFD_NONBLOCK).unwrap(),
         ));
@@ -263,7 +249,9 @@ mod tests {
             vec![0; 8],
             "the indirect buffer was filled"
         );
-        assert_eq!(rng.counters().malformed.load(Ordering::Relaxed), 3);
+        // The indirect chain is refused by the queue's accounting, as block's are.
+        assert_eq!(rng.counters().malformed.load(Ordering::Relaxed), 2);
+        assert_eq!(rng.counters().queue.stats().indirect, 1);
         assert!(!irq.needs_reset());
         // More chains than one batch: all are served, in order.
         let heads: Vec<u16> = (0..40)
