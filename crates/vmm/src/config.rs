@@ -78,7 +78,7 @@ pub struct VmConfig {
     /// Show MONITOR/MWAIT in the guest's CPUID (hidden by default).
     #[cfg_attr(feature = "cli", arg(long))]
     pub expose_mwait: bool,
-    /// A virtio-blk disk: PATH[,ro][,xts=PASSES][,scrub=PASSES] (JSON: {"path":
+    /// A virtio-blk disk: `PATH[,ro][,xts=PASSES][,scrub=PASSES]` (JSON: {"path":
     /// ..., "read_only": ..., "xts_passes": ..., "scrub_passes": ...}).
     /// Repeatable; the guest sees them in this order.
     #[cfg_attr(

@@ -74,10 +74,7 @@ impl VmFlags {
 
 /// A config's JSON view: every field, with its key.
 fn object(config: &VmConfig) -> Result<Map<String, Value>, FlagsError> {
-    match serde_json::to_value(config)? {
-        Value::Object(map) => Ok(map),
-        _ => unreachable!("a struct serializes as an object"),
-    }
+    Ok(serde_json::from_value(serde_json::to_value(config)?)?)
 }
 
 /// Lays the `given` fields of `flags` over `file`, at any depth (a flattened
