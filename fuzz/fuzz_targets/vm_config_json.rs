@@ -29,7 +29,7 @@ fuzz_target!(|data: &[u8]| {
     );
     assert!(config.disks.len() <= MAX_DISKS);
     let allowed = allowed_cpus();
-    for (&vcpu, cpus) in &config.pin {
+    for &(vcpu, ref cpus) in &config.pin {
         assert!(vcpu < config.vcpus, "pin names vCPU {vcpu}: {config:?}");
         assert!(
             cpus.cpus().iter().all(|c| allowed.cpus().contains(c)),

@@ -153,6 +153,36 @@ fn a_second_vmm_on_a_writable_image_gets_a_clear_error() {
     run.assert_code(0);
 }
 
+/// With --config, a flag given replaces the file's value, and one not given
+/// (a bool flag too) leaves it: the wiring of `vmm::config::flags`, whose unit
+/// tests hold the rule's cases.
+#[test]
+fn flags_given_replace_the_config_files_values_and_only_those() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vm.json");
+    let json = serde_json::json!({
+        "vcpus": 1,
+        "irqchip": "user",
+        "rng": true,
+        "cmdline": "workload=exit status=5",
+    });
+    std::fs::write(&config, json.to_string()).unwrap();
+    let run = nightshift(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--cmdline",
+        "workload=exit status=7",
+        "--policy",
+        "workers",
+    ]);
+    run.assert_code(7);
+    let report = run.report();
+    assert_eq!(report["vcpus"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["irqchip"], "user");
+    assert_eq!(report["work"]["policy"], "workers");
+    assert_eq!(report["devices"][0]["name"], "rng", "{report}");
+}
+
 #[test]
 fn json_and_flags_are_validated_alike() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,6 +1,13 @@
 //! What a VM is made of, as the command line and JSON config files describe it.
+//!
+//! [`VmConfig`] is the one description of a VM's options: its fields are the
+//! JSON config's, and (with the `cli` feature) `nightshift run`'s flags, which
+//! [`flags`] lays over a config file. [`VmConfig::validate`] checks the result,
+//! wherever it came from.
 
-use std::collections::BTreeMap;
+#[cfg(feature = "cli")]
+pub mod flags;
+
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -25,49 +32,105 @@ pub const MAX_XTS_PASSES: u32 = 1000;
 pub const MAX_WORKERS: usize = 256;
 
 /// Everything needed to build and boot one VM.
+///
+/// This one declaration is both the JSON config's fields and `nightshift run`'s
+/// flags (with the `cli` feature, see [`flags`]): a field's doc comment is its
+/// flag's help, its `Default` value is the flag's default, and its `FromStr` is
+/// the flag's parser. The flag's name is the field's, in kebab case, unless
+/// `long = ...` says otherwise.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(deny_unknown_fields, default)]
 pub struct VmConfig {
-    /// PVH ELF kernel to boot; `None` means the VMM's built-in test guest.
+    /// Kernel to boot: a PVH ELF or a bzImage [default: the built-in test guest].
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
     pub kernel: Option<PathBuf>,
     /// Kernel command line.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t, hide_default_value = true))]
     pub cmdline: String,
     /// Number of vCPUs.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = VmConfig::default().vcpus))]
     pub vcpus: u8,
-    /// Guest RAM in MiB.
+    /// Guest memory in MiB.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "mem", value_name = "MIB", default_value_t = VmConfig::default().mem_mib)
+    )]
     pub mem_mib: u64,
-    /// vCPU index → host CPUs its thread may run on.
-    pub pin: BTreeMap<u8, CpuList>,
-    /// Also copy the serial console to this file (see [`crate::output_file`]
-    /// for which files are refused).
+    /// Pin a vCPU's thread to host CPUs: VCPU=CPULIST, e.g. 0=0 or 1=2-3
+    /// (JSON: {"0": "0", "1": "2-3"}). Repeatable; one entry per vCPU, the
+    /// last one given wins.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "VCPU=CPULIST", value_parser = parse_pin))]
+    #[serde(with = "pin_map")]
+    pub pin: Vec<(u8, CpuList)>,
+    /// Also write the serial console to this file. Never a disk image or
+    /// kernel of this VM; an existing non-empty file needs --overwrite.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
     pub serial_file: Option<PathBuf>,
-    /// Output files (`serial_file`, the CLI's report) may replace an existing
-    /// non-empty regular file. Never a disk image or kernel of this VM.
+    /// Let the serial file and the report replace an existing non-empty file
+    /// (never a disk image or kernel of this VM).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub overwrite: bool,
-    /// Per-thread seccomp filters: `enforce` (default), `log` or `off`.
+    /// Per-thread seccomp filters: enforce (a forbidden system call ends the
+    /// VM, named), log (allowed and logged by the kernel) or off.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = VmConfig::default().seccomp))]
     pub seccomp: SeccompMode,
-    /// Show MONITOR/MWAIT in the guest's CPUID (hidden by default, see `cpuid`).
+    /// Show MONITOR/MWAIT in the guest's CPUID (hidden by default).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub expose_mwait: bool,
-    /// virtio-blk disks, in the order the guest sees them.
+    /// A virtio-blk disk: `PATH[,ro][,xts=PASSES][,scrub=PASSES]` (JSON: {"path":
+    /// ..., "read_only": ..., "xts_passes": ..., "scrub_passes": ...}).
+    /// Repeatable; the guest sees them in this order.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "disk", value_name = "PATH[,ro][,xts=N][,scrub=N]")
+    )]
     pub disks: Vec<DiskConfig>,
-    /// virtio-net devices on taps, after the disks.
+    /// A virtio-net device on a host tap, after the disks: tap=NAME[,mac=MAC]
+    /// (JSON: {"tap": ..., "mac": ...}). Repeatable.
+    #[cfg_attr(feature = "cli", arg(long = "net", value_name = "tap=NAME[,mac=MAC]"))]
     pub nets: Vec<NetConfig>,
     /// A virtio-rng device (after the nets), fed by the host's getrandom.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub rng: bool,
     /// Where device work runs.
+    #[cfg_attr(feature = "cli", command(flatten))]
     pub work: WorkConfig,
-    /// KVM halt polling, ns per halt (`None`: the host's default; 0: off).
+    /// KVM halt polling per halt, ns (0: off) [default: the host's].
+    #[cfg_attr(feature = "cli", arg(long, value_name = "NS"))]
     pub halt_poll_ns: Option<u32>,
-    /// Who emulates the interrupt controllers: `kernel` (KVM) or `user`
-    /// (nightshift; guest HLTs exit to the vCPU thread, see `irqchip`).
+    /// Who emulates the interrupt controllers: kernel (KVM's in-kernel
+    /// irqchip) or user (nightshift's; guest HLTs exit to the vCPU thread,
+    /// which then runs device work at once).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = VmConfig::default().irqchip))]
     pub irqchip: crate::irqchip::IrqChipKind,
-    /// Initial ramdisk for the kernel (a PVH module, or the bzImage's `ramdisk_image`).
+    /// Initial ramdisk for the kernel (a PVH module, or the bzImage's ramdisk).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
     pub initrd: Option<PathBuf>,
-    /// CPU features to hide from the guest's CPUID (see `cpuid::CpuFeature`).
+    /// Hide CPU features from the guest's CPUID: xsave, cx16 (comma-separated
+    /// or repeated). PVM hosts cannot emulate them in guest kernel mode.
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long = "hide-cpu-feature",
+            value_name = "FEATURE",
+            value_delimiter = ','
+        )
+    )]
     pub hide_cpu_features: Vec<CpuFeature>,
-    /// Where the serial console's input comes from.
+    /// Serial console input: stdin (raw mode on a terminal; Ctrl-A x quits)
+    /// or none. The default is stdin on the command line without --config,
+    /// none in a JSON config file.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "console-in", value_name = "INPUT", default_value_t = ConsoleIn::Stdin)
+    )]
     pub console_input: ConsoleIn,
-    /// Most bytes of console output copied to `serial_file`, in MiB.
+    /// Most console output copied to the serial file, MiB.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_name = "MIB", default_value_t = VmConfig::default().serial_file_limit_mib)
+    )]
     pub serial_file_limit_mib: u64,
 }
 
@@ -80,6 +143,15 @@ pub enum ConsoleIn {
     None,
     /// The VMM's stdin (raw mode on a terminal; Ctrl-A x quits).
     Stdin,
+}
+
+impl fmt::Display for ConsoleIn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConsoleIn::None => "none",
+            ConsoleIn::Stdin => "stdin",
+        })
+    }
 }
 
 impl FromStr for ConsoleIn {
@@ -240,37 +312,47 @@ impl fmt::Display for MacAddr {
     }
 }
 
-/// Where and how device work runs (the idlework engine's settings).
+/// Where and how device work runs (the idlework engine's settings). Flattened
+/// into the flags of [`VmConfig`]; `work` in the JSON config.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkConfig {
-    /// `workers` (device threads only, as today's VMMs), `inline` (on the
-    /// vCPU thread at the notify exit) or `idle` (idle vCPUs first).
+    /// Where device work runs: workers (device threads only, as today's VMMs),
+    /// inline (on the vCPU thread at the notify exit) or idle (idle vCPUs first).
+    #[cfg_attr(feature = "cli", arg(long, default_value = WorkConfig::default().policy.name()))]
     #[serde(with = "policy_name")]
     pub policy: idlework::Policy,
-    /// Worker threads.
+    /// Device-work threads.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = WorkConfig::default().workers))]
     pub workers: usize,
     /// Time an idle vCPU may spend on device work before re-entering its guest, µs.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = WorkConfig::default().budget_us))]
     pub budget_us: u64,
-    /// Age after which `normal` work goes to a worker even if a vCPU was kicked, µs.
+    /// Age after which normal work goes to a worker even if a vCPU was kicked, µs.
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = WorkConfig::default().deadline_us))]
     pub deadline_us: u64,
-    /// At most this many non-vCPU threads run device work at once. Under
-    /// `idle`, 0 keeps the VM within its vCPUs: only vCPU threads run device
-    /// work, idle ones first, and work past its deadline makes a busy vCPU
-    /// take it (instead of a worker); with pinned vCPUs the VMM's other
+    /// At most this many non-vCPU threads run device work at once [default: no
+    /// cap]. Under idle, 0 keeps the VM within its vCPUs: only vCPU threads run
+    /// device work, idle ones first, and work past its deadline makes a busy
+    /// vCPU take it (instead of a worker); with pinned vCPUs the VMM's other
     /// threads are kept on the vCPUs' CPUs as well.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "THREADS"))]
     pub cpu_cap: Option<usize>,
     /// While work waits for an idle vCPU, look for one this often, µs (0: only
     /// vCPUs idle at submit time are used).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = WorkConfig::default().idle_poll_us))]
     pub idle_poll_us: u64,
-    /// Under `idle`, a vCPU that queued work on an exit looks at its own guest
+    /// Under idle, a vCPU that queued work on an exit looks at its own guest
     /// this soon after, and runs the work if the guest has halted, µs (0: off).
+    #[cfg_attr(feature = "cli", arg(long, default_value_t = WorkConfig::default().self_kick_us))]
     pub self_kick_us: u64,
-    /// How queue notifications arrive: `ioeventfd` (KVM completes the guest's
-    /// write in the kernel and a notifier thread submits the requests) or
-    /// `exit` (the write exits to the vCPU thread, which submits them).
-    /// `None`: the exit under `inline` (the work runs there), ioeventfd
-    /// otherwise (measured: lower latency under `idle` on PVM hosts).
+    /// How queue notifications arrive: ioeventfd (KVM completes the guest's
+    /// write in the kernel and a notifier thread submits the requests) or exit
+    /// (the write exits to the vCPU thread, which submits them) [default: exit
+    /// under inline (the work runs there), ioeventfd otherwise (measured: lower
+    /// latency under idle on PVM hosts)].
+    #[cfg_attr(feature = "cli", arg(long, value_name = "PATH"))]
     pub notify: Option<NotifyPath>,
 }
 
@@ -322,6 +404,27 @@ impl Default for WorkConfig {
     }
 }
 
+/// `pin` in JSON: a map from vCPU index to CPU list, `{"0": "0", "1": "2-3"}`.
+/// Read into a list sorted by vCPU, one entry each (a key given twice: the
+/// last one).
+mod pin_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::CpuList;
+
+    pub fn serialize<S: Serializer>(pins: &[(u8, CpuList)], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(pins.iter().map(|(vcpu, cpus)| (vcpu, cpus)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(u8, CpuList)>, D::Error> {
+        Ok(BTreeMap::<u8, CpuList>::deserialize(d)?
+            .into_iter()
+            .collect())
+    }
+}
+
 mod policy_name {
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -343,7 +446,7 @@ impl Default for VmConfig {
             cmdline: String::new(),
             vcpus: 2,
             mem_mib: 256,
-            pin: BTreeMap::new(),
+            pin: Vec::new(),
             serial_file: None,
             overwrite: false,
             seccomp: SeccompMode::default(),
@@ -377,6 +480,9 @@ pub enum ConfigError {
     /// More virtio devices than interrupt lines for them.
     #[error("at most {MAX_VIRTIO_DEVICES} virtio devices (disks, nets, rng), not {0}")]
     Devices(usize),
+    /// Two pin entries for one vCPU.
+    #[error("--pin names vCPU {0} twice")]
+    PinTwice(u8),
     /// A pin entry names a vCPU the VM does not have.
     #[error("--pin names vCPU {0}, but the VM has only {1} vCPUs")]
     PinVcpu(u8, u8),
@@ -431,8 +537,13 @@ impl VmConfig {
         if self.mem_mib < MIN_MEM_SIZE >> 20 || self.mem_mib > 1 << 20 {
             return Err(ConfigError::Memory(self.mem_mib));
         }
-        if let Some((&vcpu, _)) = self.pin.range(self.vcpus..).next() {
+        if let Some(&(vcpu, _)) = self.pin.iter().find(|(v, _)| *v >= self.vcpus) {
             return Err(ConfigError::PinVcpu(vcpu, self.vcpus));
+        }
+        for (i, (vcpu, _)) in self.pin.iter().enumerate() {
+            if self.pin[..i].iter().any(|(v, _)| v == vcpu) {
+                return Err(ConfigError::PinTwice(*vcpu));
+            }
         }
         if self.disks.len() > MAX_DISKS {
             return Err(ConfigError::Disks(self.disks.len()));
@@ -457,7 +568,7 @@ impl VmConfig {
     /// offline CPU would fail (or, under `cpu_cap` 0, silently confine the
     /// VMM's threads to fewer CPUs than asked).
     fn validate_pins(&self, allowed: &CpuList) -> Result<(), ConfigError> {
-        for (&vcpu, cpus) in &self.pin {
+        for &(vcpu, ref cpus) in &self.pin {
             if let Some(&cpu) = cpus.cpus().iter().find(|c| !allowed.0.contains(c)) {
                 return Err(ConfigError::PinCpu {
                     vcpu,
@@ -468,6 +579,14 @@ impl VmConfig {
             }
         }
         Ok(())
+    }
+
+    /// The host CPUs vCPU `vcpu`'s thread is pinned to, if any.
+    pub fn pin_of(&self, vcpu: u8) -> Option<&CpuList> {
+        self.pin
+            .iter()
+            .find(|(v, _)| *v == vcpu)
+            .map(|(_, cpus)| cpus)
     }
 
     /// The files this VM reads, which no output may be.
@@ -635,8 +754,10 @@ mod tests {
         };
         assert_eq!(c.validate(), Err(ConfigError::Memory(1)));
         let mut c = ok;
-        c.pin.insert(2, "0".parse().unwrap());
+        c.pin.push((2, "0".parse().unwrap()));
         assert_eq!(c.validate(), Err(ConfigError::PinVcpu(2, 2)));
+        c.pin = vec![(1, "0".parse().unwrap()), (1, "1".parse().unwrap())];
+        assert_eq!(c.validate(), Err(ConfigError::PinTwice(1)));
     }
 
     #[test]
@@ -684,10 +805,10 @@ mod tests {
     #[test]
     fn pins_to_cpus_the_process_cannot_use_are_refused() {
         let mut c = VmConfig::default();
-        c.pin.insert(0, "0".parse().unwrap());
+        c.pin.push((0, "0".parse().unwrap()));
         let allowed: CpuList = "0-1".parse().unwrap();
         assert_eq!(c.validate_pins(&allowed), Ok(()));
-        c.pin.insert(1, "1-2".parse().unwrap());
+        c.pin.push((1, "1-2".parse().unwrap()));
         let err = c.validate_pins(&allowed).unwrap_err();
         assert!(
             matches!(
@@ -701,7 +822,7 @@ mod tests {
             "{err}"
         );
         // And the real host: CPU 1023 is not one this machine lets us use.
-        c.pin.insert(1, "1023".parse().unwrap());
+        c.pin[1] = (1, "1023".parse().unwrap());
         assert!(matches!(c.validate(), Err(ConfigError::PinCpu { .. })));
     }
 
@@ -741,12 +862,16 @@ mod tests {
         let c: VmConfig = serde_json::from_str(json).unwrap();
         assert_eq!(c.vcpus, 1);
         assert_eq!(c.mem_mib, 256);
-        assert_eq!(c.pin[&0].cpus(), &[1]);
+        assert_eq!(c.pin_of(0).unwrap().cpus(), &[1]);
         assert_eq!(c.work.policy, idlework::Policy::Workers);
         assert!(c.disks[0].read_only);
         assert_eq!(c.irqchip, crate::irqchip::IrqChipKind::User);
         let back: VmConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
         assert!(serde_json::from_str::<VmConfig>(r#"{"vcpu":1}"#).is_err());
+        // Pins are read sorted by vCPU, one each.
+        let c: VmConfig = serde_json::from_str(r#"{"vcpus":3,"pin":{"2":"0","0":"1"}}"#).unwrap();
+        let vcpus: Vec<u8> = c.pin.iter().map(|(v, _)| *v).collect();
+        assert_eq!(vcpus, [0, 2]);
     }
 }

@@ -70,6 +70,16 @@ pub enum SeccompMode {
     Off,
 }
 
+impl fmt::Display for SeccompMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SeccompMode::Enforce => "enforce",
+            SeccompMode::Log => "log",
+            SeccompMode::Off => "off",
+        })
+    }
+}
+
 impl FromStr for SeccompMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

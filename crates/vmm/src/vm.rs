@@ -350,7 +350,7 @@ impl Vm {
                 pio: self.pio.clone(),
                 mmio: self.mmio.clone(),
                 exit: self.exit.clone(),
-                pin: self.config.pin.get(&index).cloned(),
+                pin: self.config.pin_of(index).cloned(),
                 engine: Some(self.engine.clone()),
                 // Under the user irqchip the halt itself reaches this thread.
                 self_kick: Some(Duration::from_micros(self.config.work.self_kick_us)).filter(|d| {
@@ -511,8 +511,8 @@ fn confine_helper_threads(config: &VmConfig) {
     }
     let union: Vec<String> = config
         .pin
-        .values()
-        .flat_map(|l| l.cpus())
+        .iter()
+        .flat_map(|(_, l)| l.cpus())
         .map(|c| c.to_string())
         .collect();
     match union.join(",").parse() {
