@@ -208,7 +208,7 @@ fn need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
-/// Every host datagram's length.
+/// Every datagram waiting on `sock`, drained.
 fn recv_all(sock: &UnixDatagram) -> Vec<Vec<u8>> {
     let mut buf = vec![0u8; HDR + MAX_FRAME + 64];
     let mut out = Vec::new();
@@ -227,7 +227,9 @@ fn count(c: &NetCounters, name: &str) -> u64 {
 
 /// Host frame `k` of `len` bytes: a zero vnet header's place, then a pattern.
 fn host_frame(k: usize, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i as u8) ^ (k as u8).wrapping_mul(37)).collect()
+    (0..len)
+        .map(|i| (i as u8) ^ (k as u8).wrapping_mul(37))
+        .collect()
 }
 
 /// Brings both queues up at the fixed layout; EVENT_IDX only if `event_idx`.
@@ -396,14 +398,21 @@ fn round(
     for q in order {
         write_reg(t, reg::QUEUE_NOTIFY, q);
     }
-    assert_eq!(t.protocol_errors(), before, "notify of a live queue refused");
+    assert_eq!(
+        t.protocol_errors(),
+        before,
+        "notify of a live queue refused"
+    );
     let needs_reset = irq.needs_reset();
 
     // TX: each returned chain is on the tap, refused by it, or counted bad.
     let tx_now = used_idx(mem, TX);
     let tx_used = used_entries(mem, TX, input.tx_size, seen.used[1], tx_now);
     for &(id, len) in &tx_used {
-        assert!(id < u32::from(input.tx_size), "TX used id {id} outside the queue");
+        assert!(
+            id < u32::from(input.tx_size),
+            "TX used id {id} outside the queue"
+        );
         assert_eq!(len, 0, "TX used length");
     }
     let datagrams = recv_all(host);
@@ -413,7 +422,11 @@ fn round(
             "a {}-byte datagram on the tap",
             d.len()
         );
-        assert_eq!(&d[..HDR], &[0; HDR], "the guest's vnet header reached the tap");
+        assert_eq!(
+            &d[..HDR],
+            &[0; HDR],
+            "the guest's vnet header reached the tap"
+        );
     }
     seen.tx_datagrams += datagrams.len() as u64;
     assert_eq!(seen.tx_datagrams, count(counters, "tx_frames"));
@@ -434,7 +447,10 @@ fn round(
     let rx_now = used_idx(mem, RX);
     let rx_used = used_entries(mem, RX, input.rx_size, seen.used[0], rx_now);
     for &(id, len) in &rx_used {
-        assert!(id < u32::from(input.rx_size), "RX used id {id} outside the queue");
+        assert!(
+            id < u32::from(input.rx_size),
+            "RX used id {id} outside the queue"
+        );
         if len == 0 {
             continue;
         }
