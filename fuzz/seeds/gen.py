@@ -175,6 +175,55 @@ def op(o, arg=0):
     return o | (arg << 3)
 
 
+def net(flags, frames, rx, tx, rx_idx=None, tx_idx=None, used_event=(0, 0), bump=(0, 0),
+        rx_size=16, tx_size=16, data=b""):
+    """virtio_net_device input: rx/tx = (descs {index: bytes}, heads)."""
+    def rings(size, descs, heads):
+        table = bytearray(16 * size)
+        for i, d in descs.items():
+            table[16 * i:16 * i + 16] = d
+        ring = bytearray(2 * size)
+        for slot, h in enumerate(heads):
+            ring[2 * slot:2 * slot + 2] = struct.pack("<H", h)
+        return bytes(table) + bytes(ring)
+    rx_idx = len(rx[1]) if rx_idx is None else rx_idx
+    tx_idx = len(tx[1]) if tx_idx is None else tx_idx
+    head = bytes([rx_size.bit_length() - 1, tx_size.bit_length() - 1, flags, len(frames)])
+    head += struct.pack("<HHHHBB", rx_idx, tx_idx, used_event[0], used_event[1], bump[0], bump[1])
+    head += b"".join(struct.pack("<H", n) for n in frames)
+    return head + rings(rx_size, *rx) + rings(tx_size, *tx) + data
+
+
+NET_DATA = 0x8000
+
+
+def net_rx_buffers(n, length=1526, flags=WRITE):
+    return ({i: desc(0x10_0000 + i * 0x1000, length, flags) for i in range(n)}, list(range(n)))
+
+
+def net_tx_frames():
+    # A header and a 60-byte frame in two buffers; a 1526-byte one in one.
+    return ({0: desc(NET_DATA, 12, NEXT, 1), 1: desc(NET_DATA + 0x100, 60, 0),
+             2: desc(NET_DATA + 0x1000, 12 + 1514, 0)}, [0, 2])
+
+
+def net_hostile():
+    rx = ({0: desc(0x10_0000, 100, WRITE),            # too small for the 1514-byte frame
+           1: desc(0x11_0000, 1526, 0),               # device-readable
+           2: desc(0x12_0000, 8, WRITE),              # shorter than a vnet header
+           3: desc(0xdead_0000_0000, 1526, WRITE),    # outside memory
+           4: desc(0x13_0000, 64, NEXT | WRITE, 5), 5: desc(0x13_1000, 64, NEXT | WRITE, 4),  # loop
+           6: desc(0x14_0000, 16, INDIRECT),          # indirect (not offered)
+           7: desc(0x15_0000, 1526, WRITE)}, [0, 1, 2, 3, 4, 6, 7, 300])  # 300: beyond the queue
+    tx = ({0: desc(NET_DATA, 20, 0),                  # runt
+           1: desc(NET_DATA, 100, WRITE),             # device-writable
+           2: desc(0xdead_0000_0000, 100, 0),         # outside memory
+           3: desc(NET_DATA, 64, NEXT, 4), 4: desc(NET_DATA, 64, NEXT, 3),  # loop
+           5: desc(NET_DATA, 12 + 65537, 0),          # above 64 KiB
+           6: desc(NET_DATA, 12 + 60, 0)}, [0, 1, 2, 3, 5, 6])
+    return net(0, [12 + 1514, 5, 12 + 60], rx, tx)
+
+
 def main():
     seeds = {
         "virtio_blk_request": {
@@ -219,6 +268,16 @@ def main():
                                           bytes([0x21, 0xF0, 0, 7, 0, 0, 0, 0]),  # undefined register
                                           bytes([0x81, 15, 1, 1, 0, 0, 0, 0]),   # misaligned status
                                           bytes([0x30, 0, 0, 0, 0, 0, 0, 0xFF])]),  # huge offset read
+        },
+        "virtio_net_device": {
+            "frames": net(0, [12 + 60, 12 + 1514], net_rx_buffers(4), net_tx_frames()),
+            "frames_event_idx": net(1, [12 + 60, 12 + 1514, 12 + 100], net_rx_buffers(4),
+                                    net_tx_frames(), used_event=(1, 0)),
+            "hostile": net_hostile(),
+            "no_rx_buffers_then_two": net(2, [12 + 60] * 4, net_rx_buffers(2), net_tx_frames(),
+                                          rx_idx=0, bump=(2, 0)),
+            "frame_too_big_event_idx_2nd_round": net(0x13, [0, 12 + 70], net_rx_buffers(2),
+                                                     net_tx_frames(), used_event=(5, 5), bump=(1, 1)),
         },
         "config_parsers": {
             "cpus": b"0-3,6", "pin": b"1=2-3", "disk": b"disk.img,ro,xts=4",

@@ -217,6 +217,8 @@ pub(crate) mod tests {
         avail_idx: u16,
         used_seen: u16,
         next_desc: u16,
+        /// The ring index the queue starts at (0 unless [`Driver::starting_at`]).
+        start: u16,
     }
 
     impl Driver {
@@ -229,7 +231,48 @@ pub(crate) mod tests {
                 avail_idx: 0,
                 used_seen: 0,
                 next_desc: 0,
+                start: 0,
             }
+        }
+
+        /// The same queue as if `idx` chains had already gone round it: the
+        /// avail and used indices (the driver's, the rings' and the device's)
+        /// all start at `idx`, so a test can cross the u16 wrap quickly.
+        pub fn starting_at(mem: Arc<Mem>, base: u64, size: u16, idx: u16) -> Self {
+            let mut d = Driver::new(mem, base, size);
+            d.avail_idx = idx;
+            d.used_seen = idx;
+            d.start = idx;
+            d.mem.write_obj(idx, GuestAddress(d.avail() + 2)).unwrap();
+            d.mem.write_obj(idx, GuestAddress(d.used() + 2)).unwrap();
+            // EVENT_IDX fields as a device and driver that stopped there left them.
+            d.set_used_event(idx);
+            let at = d.used() + 4 + 8 * u64::from(size);
+            d.mem.write_obj(idx, GuestAddress(at)).unwrap();
+            d
+        }
+
+        /// The driver's avail index (chains offered so far, wrapping).
+        pub fn avail_idx(&self) -> u16 {
+            self.avail_idx
+        }
+
+        /// EVENT_IDX: the device's `avail_event` (after the used ring's entries).
+        pub fn avail_event(&self) -> u16 {
+            let at = self.used() + 4 + 8 * u64::from(self.size);
+            self.mem.read_obj(GuestAddress(at)).unwrap()
+        }
+
+        /// EVENT_IDX: asks for an interrupt once the device writes used entry
+        /// `idx` (`used_event`, after the avail ring's entries).
+        pub fn set_used_event(&self, idx: u16) {
+            let at = self.avail() + 4 + 2 * u64::from(self.size);
+            self.mem.write_obj(idx, GuestAddress(at)).unwrap();
+        }
+
+        /// Used entries seen so far (the driver's last_used_idx).
+        pub fn used_seen(&self) -> u16 {
+            self.used_seen
         }
 
         /// Test guest memory big enough for a few queues and frames.
@@ -253,6 +296,8 @@ pub(crate) mod tests {
             q.set_desc_table_address(Some(self.desc() as u32), Some(0));
             q.set_avail_ring_address(Some(self.avail() as u32), Some(0));
             q.set_used_ring_address(Some(self.used() as u32), Some(0));
+            q.set_next_avail(self.start);
+            q.set_next_used(self.start);
             q.set_ready(true);
             assert!(q.is_valid(self.mem.as_ref()));
             q

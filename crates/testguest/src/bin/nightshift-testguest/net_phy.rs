@@ -9,6 +9,13 @@
 //! frame's processing, and smoltcp is told "not now" (no token) only while every transmit
 //! descriptor is in flight.
 //!
+//! EVENT_IDX: `virtio-drivers` 0.13 writes `used_event` when it pops a used entry but has
+//! no full barrier between that store and its next load of the used index (Linux has
+//! `virtio_mb()` there), so on x86 the load may pass the store while the device, having
+//! written the used index, reads the old `used_event` and suppresses the interrupt: a
+//! halt that waits for it for nothing. [`used_event_fence`] is that barrier, put after
+//! the pops (transmit reclaim here, receive pops before the serve loop's last look).
+//!
 //! Filter: only ARP from the peer and IPv4 from the peer reach smoltcp; everything else
 //! is counted (`rx_ignored`) and dropped, so the guest answers no other host.
 
@@ -23,6 +30,12 @@ use virtio_drivers::transport::mmio::MmioTransport;
 
 use crate::dma::{self, GuestHal};
 use crate::vdevices::Resetting;
+
+/// The full barrier `virtio-drivers` lacks between writing `used_event` (in a pop) and
+/// reading the used index again (see the module docs).
+pub fn used_event_fence() {
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+}
 
 /// Bytes per packet buffer: the 12-byte virtio-net header and a 1514-byte frame fit.
 const BUF: usize = 2048;
@@ -181,6 +194,7 @@ impl<const N: usize> Phy<N> {
             }
             self.tx.free[self.tx.nfree] = i;
             self.tx.nfree += 1;
+            used_event_fence();
         }
     }
 

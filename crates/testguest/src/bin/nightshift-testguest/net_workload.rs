@@ -235,6 +235,9 @@ impl<const N: usize> Stack<'_, '_, N> {
                 Some((_, linger)) => linger,
                 None => end_at,
             };
+            // The look that decides to halt comes after a full fence: see
+            // `net_phy::used_event_fence` (the receive side's pops were in `poll`).
+            crate::net_phy::used_event_fence();
             let can_tx = self.phy.can_transmit();
             let delay_us = self
                 .iface

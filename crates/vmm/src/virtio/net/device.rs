@@ -224,15 +224,14 @@ impl VirtioDevice for Net {
         VIRTIO_ID_NET
     }
 
-    /// EVENT_IDX is supported by the queues (see `activate`) but not offered:
-    /// with it, request/response traffic from the test guest (virtio-drivers
-    /// 0.13 + smoltcp) behind a tap stalled for 8-100 ms now and then (bench
-    /// `net-rr+compute`, 3 reps, `workers`: 416 round trips/s and p99 12.3 ms
-    /// with it, 4275/s and p99 0.8 ms without; 2026-12-02, loaded host). Which
-    /// side misses a notification is not found yet; until it is, every used
-    /// buffer interrupts and every added buffer notifies.
+    /// EVENT_IDX is offered: the driver then says when it wants interrupts
+    /// (`used_event`) and the device asks for a notify only once it has
+    /// emptied a ring (`avail_event`, see `drain::next_chain`).
     fn features(&self) -> u64 {
-        (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_NET_F_MAC) | (1 << VIRTIO_NET_F_STATUS)
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_NET_F_MAC)
+            | (1 << VIRTIO_NET_F_STATUS)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
     }
 
     fn queue_max_sizes(&self) -> &[u16] {

@@ -1,5 +1,5 @@
-//! virtio-net on a tap: one RX and one TX queue (EVENT_IDX supported, not offered: see
-//! `Net::features`), frames behind a 12-byte
+//! virtio-net on a tap: one RX and one TX queue (with EVENT_IDX notification
+//! suppression when the driver accepts it), frames behind a 12-byte
 //! `virtio_net_hdr_v1`, no offloads (no checksum, TSO or mergeable buffers
 //! are offered; the tap is set to none), a MAC and a link-up status.
 //!

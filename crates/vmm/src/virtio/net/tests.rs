@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -49,6 +50,11 @@ impl Rig {
 
     /// The same, the driver accepting `features` (of those offered).
     pub fn with_features(tap: Tap, policy: idlework::Policy, features: u64) -> Rig {
+        Rig::starting_at(tap, policy, features, 0)
+    }
+
+    /// The same, both queues' indices starting at `idx` (see [`Driver::starting_at`]).
+    pub fn starting_at(tap: Tap, policy: idlework::Policy, features: u64, idx: u16) -> Rig {
         let engine = idlework::Engine::new(idlework::Config {
             policy,
             max_workers: 1,
@@ -56,8 +62,8 @@ impl Rig {
         })
         .unwrap();
         let mem = Driver::memory();
-        let rx = Driver::new(mem.clone(), RX_BASE, QUEUE_SIZE);
-        let tx = Driver::new(mem.clone(), TX_BASE, QUEUE_SIZE);
+        let rx = Driver::starting_at(mem.clone(), RX_BASE, QUEUE_SIZE, idx);
+        let tx = Driver::starting_at(mem.clone(), TX_BASE, QUEUE_SIZE, idx);
         let mut host = NotifierBuilder::new().unwrap();
         let mut net = Net::new(tap, MAC, &engine, &mut host).unwrap();
         let notifier = host.start(test_threads()).unwrap();
@@ -84,8 +90,15 @@ impl Rig {
         }
     }
 
-    /// Offers one TX chain: a zero header and `frame`, split at `split`.
+    /// Offers one TX chain: a zero header and `frame`, split at `split`; notifies.
     pub fn send(&mut self, frame: &[u8], at: u64, split: usize) -> u16 {
+        let head = self.offer_tx(frame, at, split);
+        self.net.queue_notify(TX_QUEUE);
+        head
+    }
+
+    /// Offers one TX chain as [`send`](Self::send) does, without notifying.
+    pub fn offer_tx(&mut self, frame: &[u8], at: u64, split: usize) -> u16 {
         let mut bytes = vec![0u8; VNET_HDR_LEN];
         bytes.extend_from_slice(frame);
         self.tx.write(at, &bytes);
@@ -94,9 +107,7 @@ impl Rig {
         if split < bytes.len() {
             bufs.push((at + split as u64, (bytes.len() - split) as u32));
         }
-        let head = self.tx.offer(&bufs, 0);
-        self.net.queue_notify(TX_QUEUE);
-        head
+        self.tx.offer(&bufs, 0)
     }
 
     /// Posts `n` RX buffers of `len` bytes from `at` and notifies.
@@ -111,6 +122,11 @@ impl Rig {
             .collect();
         self.net.queue_notify(RX_QUEUE);
         heads
+    }
+
+    /// Posts one RX buffer of `len` bytes at `at` without notifying.
+    pub fn post_rx_quietly(&mut self, at: u64, len: u32) -> u16 {
+        self.rx.offer(&[(at, len)], W)
     }
 
     /// Waits (on the interrupt, bounded by [`PATIENCE`]) for `n` RX used entries.
@@ -398,25 +414,19 @@ fn reset_stops_rx_and_a_new_activation_resumes() {
 
 #[test]
 fn with_event_idx_the_device_asks_for_the_next_notify_where_it_stopped() {
-    use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
     let (tap, host) = pair();
-    // Supported, not offered (see `Net::features`).
     let engine = idlework::Engine::new(idlework::Config::default()).unwrap();
     let mut events = NotifierBuilder::new().unwrap();
     let offered = Net::new(pair().0, MAC, &engine, &mut events)
         .unwrap()
         .features();
-    assert_eq!(offered & (1 << VIRTIO_RING_F_EVENT_IDX), 0);
-    let features = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX);
-    let mut rig = Rig::with_features(tap, idlework::Policy::Inline, features);
+    assert_ne!(offered & (1 << VIRTIO_RING_F_EVENT_IDX), 0);
+    let mut rig = Rig::with_features(tap, idlework::Policy::Inline, EVENT_IDX);
     for i in 0..3u64 {
         rig.send(&frame(60, i as u8), 0x10_0000 + i * 0x1000, 20);
         host_recv(&host);
     }
-    // avail_event (after the used ring's entries) is where the next notify is wanted.
-    let used = TX_BASE + 16 * u64::from(QUEUE_SIZE) + 6 + 2 * u64::from(QUEUE_SIZE);
-    let avail_event = used.next_multiple_of(4) + 4 + 8 * u64::from(QUEUE_SIZE);
-    assert_eq!(rig.tx.read(avail_event, 2), 3u16.to_le_bytes());
+    assert_eq!(rig.tx.avail_event(), 3);
     assert_eq!(rig.tx.used_entries().len(), 3);
 }
 
@@ -452,6 +462,91 @@ fn a_protocol_error_stops_the_queue_until_a_reset_as_on_block() {
     let head = rig.send(&good, 0x10_0000, 20);
     assert_eq!(&host_recv(&host)[VNET_HDR_LEN..], &good[..]);
     assert_eq!(rig.tx.used_entries(), vec![(head, 0)]);
+    assert!(!rig.irq.needs_reset());
+}
+
+/// The features a spec driver with EVENT_IDX accepts.
+const EVENT_IDX: u64 = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX);
+/// Ring index a wrap test starts at: 24 chains before the u16 wraps.
+const NEAR_WRAP: u16 = u16::MAX - 23;
+
+/// vring_need_event (virtio 1.x, 2.7.10; Linux's `virtio_ring.h`): whether
+/// moving an index from `old` to `new` passed `event`, in wrapping arithmetic.
+fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// virtio-drivers 0.13's `VirtQueue::should_notify` with EVENT_IDX (the test
+/// guest's driver): a plain `>=`, not wrap-safe.
+fn virtio_drivers_should_notify(avail_idx: u16, avail_event: u16) -> bool {
+    avail_idx >= avail_event.wrapping_add(1)
+}
+
+/// Interrupts raised since the last call (the irqfd's count), without waiting.
+fn interrupts(irq: &VirtioInterrupt) -> u64 {
+    irq.irqfd()
+        .expect("the test line is an irqfd")
+        .read()
+        .unwrap_or(0)
+}
+
+/// Waits (bounded by [`PATIENCE`]) for the device's interrupt; only it wakes this.
+fn wait_interrupt(irq: &VirtioInterrupt) -> u64 {
+    let fd = irq.irqfd().expect("the test line is an irqfd");
+    let epoll = Epoll::new().unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(fd);
+    epoll
+        .ctl(ControlOperation::Add, raw, EpollEvent::new(EventSet::IN, 0))
+        .unwrap();
+    let mut ev = [EpollEvent::default()];
+    let n = epoll.wait(PATIENCE.as_millis() as i32, &mut ev).unwrap();
+    assert_eq!(n, 1, "no interrupt within {PATIENCE:?}");
+    fd.read().unwrap()
+}
+
+/// Waits (bounded by [`PATIENCE`]) until counter `name` reaches `n`.
+fn wait_count(rig: &Rig, name: &str, n: u64) {
+    let start = Instant::now();
+    while rig.count(name) < n {
+        assert!(start.elapsed() < PATIENCE, "{name} stayed below {n}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn with_event_idx_a_spec_driver_gets_every_tx_kick_and_interrupt_across_the_wrap() {
+    let (tap, host) = pair();
+    let mut rig = Rig::starting_at(tap, idlework::Policy::Inline, EVENT_IDX, NEAR_WRAP);
+    // Inline: each notify drains the ring, so before each frame the device is
+    // idle and must want the next notify; the driver has seen every used entry
+    // and asks for an interrupt at the next one.
+    for i in 0..48u16 {
+        rig.tx.set_used_event(rig.tx.used_seen());
+        let f = frame(60 + usize::from(i), i as u8);
+        let old = rig.tx.avail_idx();
+        let head = rig.offer_tx(&f, 0x10_0000, 30);
+        let new = rig.tx.avail_idx();
+        let event = rig.tx.avail_event();
+        assert!(
+            need_event(event, new, old),
+            "the idle device asked for no kick: avail_event {event}, avail {old} -> {new}"
+        );
+        // The test guest's rule agrees whenever the device idles where it stopped.
+        assert!(virtio_drivers_should_notify(new, event));
+        rig.net.queue_notify(TX_QUEUE);
+        assert_eq!(&host_recv(&host)[VNET_HDR_LEN..], &f[..]);
+        assert_eq!(rig.tx.used_entries(), vec![(head, 0)]);
+        assert_eq!(interrupts(&rig.irq), 1, "frame {i}: no interrupt");
+    }
+    assert_eq!(rig.tx.avail_idx(), NEAR_WRAP.wrapping_add(48));
+    // A driver that has not caught up gets one interrupt, not one per entry.
+    rig.tx.set_used_event(rig.tx.used_seen());
+    for i in 0..3u64 {
+        rig.send(&frame(60, 7), 0x10_0000 + i * 0x1000, 30);
+        host_recv(&host);
+    }
+    assert_eq!(rig.tx.used_entries().len(), 3);
+    assert_eq!(interrupts(&rig.irq), 1);
     assert!(!rig.irq.needs_reset());
 }
 
@@ -498,4 +593,31 @@ fn reset_does_not_wait_for_queued_work_and_nothing_lands_after_it() {
         "a frame sent after the reset"
     );
     assert!(engine.stats().total_ran() >= 1, "the queued item never ran");
+}
+
+#[test]
+fn with_event_idx_an_rx_ring_run_dry_asks_for_the_kick_that_refills_it_across_the_wrap() {
+    let (tap, host) = pair();
+    let mut rig = Rig::starting_at(tap, idlework::Policy::Inline, EVENT_IDX, NEAR_WRAP);
+    for i in 0..48u16 {
+        // A frame with no buffer posted: the device finds the ring empty,
+        // asks for a notify and leaves the frame on the tap.
+        let f = frame(60 + usize::from(i), i as u8);
+        host_send(&host, &f).unwrap();
+        wait_count(&rig, "rx_no_buffers", u64::from(i) + 1);
+        rig.rx.set_used_event(rig.rx.used_seen());
+        let old = rig.rx.avail_idx();
+        let head = rig.post_rx_quietly(0x10_0000, 1526);
+        let (new, event) = (rig.rx.avail_idx(), rig.rx.avail_event());
+        assert!(
+            need_event(event, new, old),
+            "the starved device asked for no kick: avail_event {event}, avail {old} -> {new}"
+        );
+        rig.net.queue_notify(RX_QUEUE);
+        wait_interrupt(&rig.irq);
+        let len = (VNET_HDR_LEN + f.len()) as u32;
+        assert_eq!(rig.rx.used_entries(), vec![(head, len)]);
+        assert_eq!(rig.rx.read(0x10_0000 + VNET_HDR_LEN as u64, f.len()), f);
+    }
+    assert_eq!(rig.count("rx_frames"), 48);
 }
