@@ -29,6 +29,8 @@ pub mod net;
 pub mod notifier;
 pub mod queue_lane;
 pub mod rng;
+#[cfg(test)]
+mod test_engines;
 
 use std::sync::Arc;
 

@@ -151,6 +151,7 @@ impl Drop for LaneItem {
 mod tests {
     use super::*;
     use crate::virtio::chain::tests::{Driver, W};
+    use crate::virtio::test_engines::vcpu_only_engine;
     use std::sync::atomic::AtomicU32;
     use vmm_sys_util::eventfd::EventFd;
 
@@ -206,24 +207,6 @@ mod tests {
             ..Default::default()
         })
         .unwrap()
-    }
-
-    /// `--policy idle --cpu-cap 0`: nothing runs until the test runs `vcpu`.
-    fn vcpu_only_engine() -> (idlework::Engine, idlework::Executor) {
-        struct Busy;
-        impl idlework::IdleHooks for Busy {
-            fn kick(&self) {}
-        }
-        let engine = idlework::Engine::new(idlework::Config {
-            policy: idlework::Policy::Idle,
-            max_workers: 1,
-            cpu_cap: Some(0),
-            idle_poll: None,
-            ..Default::default()
-        })
-        .unwrap();
-        let vcpu = engine.register_executor("vcpu0", Busy);
-        (engine, vcpu)
     }
 
     #[test]

@@ -348,6 +348,7 @@ mod tests {
     use super::*;
     use crate::virtio::block::backend::Storage;
     use crate::virtio::block::request::tests::{TestQueue, AVAIL, QSIZE, USED};
+    use crate::virtio::test_engines::{inline_engine, vcpu_only_engine};
     use crate::virtio::VirtioInterrupt;
     use std::sync::Mutex;
     use virtio_bindings::virtio_blk::VIRTIO_BLK_T_GET_ID;
@@ -360,35 +361,6 @@ mod tests {
 
     const N: u16 = VRING_DESC_F_NEXT as u16;
     const W: u16 = VRING_DESC_F_WRITE as u16;
-
-    /// An inline engine (requests run inside the notify).
-    fn inline_engine() -> idlework::Engine {
-        idlework::Engine::new(idlework::Config {
-            policy: idlework::Policy::Inline,
-            max_workers: 0,
-            ..Default::default()
-        })
-        .unwrap()
-    }
-
-    /// `--policy idle --cpu-cap 0` with one vCPU: only `vcpu` may run work,
-    /// and it runs nothing until the test calls `run_idle` on it.
-    fn vcpu_only_engine() -> (idlework::Engine, idlework::Executor) {
-        struct Busy;
-        impl idlework::IdleHooks for Busy {
-            fn kick(&self) {}
-        }
-        let engine = idlework::Engine::new(idlework::Config {
-            policy: idlework::Policy::Idle,
-            max_workers: 1,
-            cpu_cap: Some(0),
-            idle_poll: None,
-            ..Default::default()
-        })
-        .unwrap();
-        let vcpu = engine.register_executor("vcpu0", Busy);
-        (engine, vcpu)
-    }
 
     fn image() -> tempfile::NamedTempFile {
         let file = tempfile::NamedTempFile::new().unwrap();

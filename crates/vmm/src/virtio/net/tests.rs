@@ -15,6 +15,7 @@ use super::device::{NetCounters, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use super::tap::VNET_HDR_LEN;
 use super::{Net, Tap, MAX_FRAME};
 use crate::virtio::chain::tests::{Driver, W};
+use crate::virtio::test_engines::vcpu_only_engine;
 use crate::vmm_thread::ThreadPolicy;
 
 /// Threads of a test VM: no seccomp, no fault injection.
@@ -137,6 +138,21 @@ impl Rig {
     /// Waits for `n` TX used entries.
     pub fn wait_tx(&mut self, n: usize) -> Vec<(u16, u32)> {
         wait_used(&mut self.tx, &self.irq, n, &self.counters)
+    }
+
+    /// Activates the device again (after a reset) on new, empty queues.
+    pub fn activate_fresh_queues(&mut self) {
+        let mem = self.rx.mem.clone();
+        self.rx = Driver::new(mem.clone(), RX_BASE, QUEUE_SIZE);
+        self.tx = Driver::new(mem.clone(), TX_BASE, QUEUE_SIZE);
+        self.net
+            .activate(ActivateContext {
+                mem,
+                queues: vec![self.rx.queue(), self.tx.queue()],
+                interrupt: self.irq.clone(),
+                features: 1 << VIRTIO_F_VERSION_1,
+            })
+            .unwrap();
     }
 
     pub fn count(&self, name: &str) -> u64 {
@@ -396,17 +412,7 @@ fn reset_stops_rx_and_a_new_activation_resumes() {
     let f = frame(80, 5);
     host_send(&host, &f).unwrap();
     // Activate again on fresh queues; the waiting frame is delivered.
-    let mem = rig.rx.mem.clone();
-    rig.rx = Driver::new(mem.clone(), RX_BASE, QUEUE_SIZE);
-    rig.tx = Driver::new(mem.clone(), TX_BASE, QUEUE_SIZE);
-    rig.net
-        .activate(ActivateContext {
-            mem,
-            queues: vec![rig.rx.queue(), rig.tx.queue()],
-            interrupt: rig.irq.clone(),
-            features: 1 << VIRTIO_F_VERSION_1,
-        })
-        .unwrap();
+    rig.activate_fresh_queues();
     let heads = rig.post_rx(1, 0x10_0000, 1526);
     assert_eq!(rig.wait_rx(1), vec![(heads[0], 92)]);
     assert_eq!(rig.rx.read(0x10_0000 + 12, 80), f);
@@ -447,17 +453,7 @@ fn a_protocol_error_stops_the_queue_until_a_reset_as_on_block() {
     // After the reset a new activation is served.
     rig.net.reset();
     rig.irq.reset();
-    let mem = rig.rx.mem.clone();
-    rig.rx = Driver::new(mem.clone(), RX_BASE, QUEUE_SIZE);
-    rig.tx = Driver::new(mem.clone(), TX_BASE, QUEUE_SIZE);
-    rig.net
-        .activate(ActivateContext {
-            mem,
-            queues: vec![rig.rx.queue(), rig.tx.queue()],
-            interrupt: rig.irq.clone(),
-            features: 1 << VIRTIO_F_VERSION_1,
-        })
-        .unwrap();
+    rig.activate_fresh_queues();
     let good = frame(60, 2);
     let head = rig.send(&good, 0x10_0000, 20);
     assert_eq!(&host_recv(&host)[VNET_HDR_LEN..], &good[..]);
@@ -552,20 +548,8 @@ fn with_event_idx_a_spec_driver_gets_every_tx_kick_and_interrupt_across_the_wrap
 
 #[test]
 fn reset_does_not_wait_for_queued_work_and_nothing_lands_after_it() {
-    struct Busy;
-    impl idlework::IdleHooks for Busy {
-        fn kick(&self) {}
-    }
     // `--policy idle --cpu-cap 0`: only this thread's vCPU could run the work.
-    let engine = idlework::Engine::new(idlework::Config {
-        policy: idlework::Policy::Idle,
-        max_workers: 1,
-        cpu_cap: Some(0),
-        idle_poll: None,
-        ..Default::default()
-    })
-    .unwrap();
-    let mut vcpu = engine.register_executor("vcpu0", Busy);
+    let (engine, mut vcpu) = vcpu_only_engine();
     let (tap, host) = pair();
     let mem = Driver::memory();
     let rx = Driver::new(mem.clone(), RX_BASE, QUEUE_SIZE);

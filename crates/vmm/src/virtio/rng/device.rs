@@ -174,6 +174,7 @@ impl RequestQueue {
 mod tests {
     use super::*;
     use crate::virtio::chain::tests::{Driver, W};
+    use crate::virtio::test_engines::inline_engine;
     use crate::virtio::VirtioInterrupt;
     use vmm_sys_util::eventfd::EventFd;
 
@@ -190,15 +191,6 @@ mod tests {
         })
         .unwrap();
         (rng, irq)
-    }
-
-    fn inline_engine() -> idlework::Engine {
-        idlework::Engine::new(idlework::Config {
-            policy: idlework::Policy::Inline,
-            max_workers: 0,
-            ..Default::default()
-        })
-        .unwrap()
     }
 
     #[test]
