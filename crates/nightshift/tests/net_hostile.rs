@@ -11,6 +11,11 @@
 //! ARP), inside the test's own namespace, bounded in count and time.
 
 mod netkit;
+/// The guest's side of the protocol (ports, payload tags, the cases in order), the file
+/// the test guest itself is built from, so the two cannot drift apart.
+#[path = "../../testguest/src/net_hostile.rs"]
+#[allow(dead_code)]
+mod proto;
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -19,6 +24,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use netkit::{namespace_prerequisites, records, Finished, Netns, Vmm, GUEST_IP, HOST_IP, TAP};
+use proto::{BIG, CASES, ECHO, ECHO_PORT, FLOOD, FLOOD_PORT, MARKER, MARKER_PAYLOAD};
 
 const POLICIES: [&str; 3] = ["workers", "inline", "idle"];
 /// Each VMM is killed after this long (a run takes a few seconds).
@@ -29,13 +35,9 @@ const RSS_BOUND_KIB: u64 = 32 << 10;
 /// nightshift's MAC for net device 0 (`virtio::net::default_mac(0)`).
 const GUEST_MAC: &str = "52:54:00:12:34:56";
 const GUEST_CMDLINE: &str = "workload=net,idle net_mode=hostile ms=50";
-/// testguest::net_hostile's ports and tags.
-const FLOOD_PORT: u16 = 9999;
-const ECHO_PORT: u16 = 7;
 /// Large frames sent at the guest's small buffers, then the marker that fits.
 const BIG_FRAMES: u64 = 8;
 const BIG_PAYLOAD: usize = 1000;
-const MARKER_PAYLOAD: usize = 10;
 /// The flood: this many datagrams (twice the tap's 1000-frame queue), at most
 /// `FLOOD_TIME`.
 const FLOOD_FRAMES: u32 = 2000;
@@ -46,36 +48,6 @@ const FLOOD_CHECK: &str = "256";
 /// Echo requests at most, one per `ECHO_WAIT` (the guest waits 10 s for one).
 const ECHO_TRIES: u32 = 40;
 const ECHO_WAIT: Duration = Duration::from_millis(200);
-
-/// The cases and the answers nightshift gives (docs/containment.md, "virtio-net").
-const CASES: [&str; 26] = [
-    "tx-desc-loop",
-    "tx-next-out-of-range",
-    "tx-outside-ram",
-    "tx-len-overflow",
-    "tx-addr-wraps",
-    "tx-write-only",
-    "tx-short-header",
-    "tx-runt",
-    "tx-above-64k",
-    "tx-64k",
-    "tx-split-header",
-    "tx-indirect",
-    "tx-head-out-of-range",
-    "tx-avail-idx-jump",
-    "rx-desc-loop",
-    "rx-next-out-of-range",
-    "rx-outside-ram",
-    "rx-len-overflow",
-    "rx-len-sum-overflow",
-    "rx-read-only",
-    "rx-short-header",
-    "rx-indirect",
-    "rx-head-out-of-range",
-    "rx-avail-idx-jump",
-    "rx-too-small",
-    "rx-no-buffers-flood",
-];
 
 #[test]
 fn a_hostile_net_guest_is_answered_and_the_vmm_stays_bounded_under_every_policy_and_irqchip() {
@@ -98,17 +70,21 @@ struct TapStats {
     tx_dropped: u64,
 }
 
-fn tap_stats(ns: &str) -> TapStats {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-s", "-j", "link", "show", "dev", TAP])
-        .output()
-        .expect("running ip");
+/// Runs `ip ARGS`, which must succeed; its stdout.
+fn ip(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("ip").args(args).output().expect("running ip");
     assert!(
         out.status.success(),
-        "{}",
+        "ip {}: {}",
+        args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j prints JSON");
+    out.stdout
+}
+
+fn tap_stats(ns: &str) -> TapStats {
+    let out = ip(&["-n", ns, "-s", "-j", "link", "show", "dev", TAP]);
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("ip -j prints JSON");
     let tx = &v[0]["stats64"]["tx"];
     let n = |k: &str| tx[k].as_u64().unwrap_or_else(|| panic!("no tx.{k} in {v}"));
     TapStats {
@@ -164,9 +140,9 @@ fn host_side(vmm: &mut Vmm, ns: &str) -> Result<HostSaw, String> {
 
     vmm.wait_line("nethostile want=big-frames")?;
     for i in 0..BIG_FRAMES {
-        send(&payload(b"NSBG", i as u32, BIG_PAYLOAD), FLOOD_PORT)?;
+        send(&payload(BIG, i as u32, BIG_PAYLOAD), FLOOD_PORT)?;
     }
-    send(&payload(b"NSMK", 0, MARKER_PAYLOAD), FLOOD_PORT)?;
+    send(&payload(MARKER, 0, MARKER_PAYLOAD), FLOOD_PORT)?;
 
     vmm.wait_line("nethostile want=flood")?;
     let before = tap_stats(ns);
@@ -174,7 +150,7 @@ fn host_side(vmm: &mut Vmm, ns: &str) -> Result<HostSaw, String> {
     let t0 = Instant::now();
     let mut seq = 0;
     while seq < FLOOD_FRAMES && t0.elapsed() < FLOOD_TIME {
-        match sock.send_to(&payload(b"NSFL", seq, FLOOD_PAYLOAD), guest(FLOOD_PORT)) {
+        match sock.send_to(&payload(FLOOD, seq, FLOOD_PAYLOAD), guest(FLOOD_PORT)) {
             Ok(_) => seq += 1,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(1))
@@ -192,10 +168,10 @@ fn host_side(vmm: &mut Vmm, ns: &str) -> Result<HostSaw, String> {
     let mut echoed = false;
     let mut reply = [0u8; 64];
     for n in 0..ECHO_TRIES {
-        send(&payload(b"NSEC", n, 16), ECHO_PORT)?;
+        send(&payload(ECHO, n, 16), ECHO_PORT)?;
         if let Ok((len, from)) = sock.recv_from(&mut reply) {
             echoed = from == guest(ECHO_PORT)
-                && (0..=n).any(|k| reply[..len] == payload(b"NSEC", k, 16)[..]);
+                && (0..=n).any(|k| reply[..len] == payload(ECHO, k, 16)[..]);
             if echoed {
                 break;
             }
@@ -238,16 +214,20 @@ fn hostile_run(policy: &str, irqchip: &str) {
     let ns = Netns::new();
     // The guest answers no ARP: the host knows its address. No IPv6 chatter on the link
     // (it would land in the guest's buffers between the host's frames).
-    let out = Command::new("ip")
-        .args(["-n", ns.name(), "neigh", "replace", &GUEST_IP.to_string()])
-        .args(["lladdr", GUEST_MAC, "dev", TAP, "nud", "permanent"])
-        .output()
-        .expect("running ip");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let guest_ip = GUEST_IP.to_string();
+    ip(&[
+        "-n",
+        ns.name(),
+        "neigh",
+        "replace",
+        &guest_ip,
+        "lladdr",
+        GUEST_MAC,
+        "dev",
+        TAP,
+        "nud",
+        "permanent",
+    ]);
     ns.run(|| {
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{TAP}/disable_ipv6"), "1");
     });

@@ -8,6 +8,37 @@
 //! while the guest posts no buffers), `NSEC` + a `u32` (an echo request). Anything else on
 //! the link is "foreign" and ignored.
 
+/// The cases, in the order the guest runs them (docs/guest-abi.md lists what each
+/// does; docs/containment.md, "virtio-net", the answers nightshift gives).
+pub const CASES: [&str; 26] = [
+    "tx-desc-loop",
+    "tx-next-out-of-range",
+    "tx-outside-ram",
+    "tx-len-overflow",
+    "tx-addr-wraps",
+    "tx-write-only",
+    "tx-short-header",
+    "tx-runt",
+    "tx-above-64k",
+    "tx-64k",
+    "tx-split-header",
+    "tx-indirect",
+    "tx-head-out-of-range",
+    "tx-avail-idx-jump",
+    "rx-desc-loop",
+    "rx-next-out-of-range",
+    "rx-outside-ram",
+    "rx-len-overflow",
+    "rx-len-sum-overflow",
+    "rx-read-only",
+    "rx-short-header",
+    "rx-indirect",
+    "rx-head-out-of-range",
+    "rx-avail-idx-jump",
+    "rx-too-small",
+    "rx-no-buffers-flood",
+];
+
 /// UDP port the host sends the `NSBG`, `NSMK` and `NSFL` frames to.
 pub const FLOOD_PORT: u16 = 9999;
 /// UDP port of the echo requests (the guest sends them back with addresses swapped).

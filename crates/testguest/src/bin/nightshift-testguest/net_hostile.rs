@@ -78,36 +78,6 @@ const FLOOD_CHECK: u64 = 256;
 /// Watchdog: a halted CPU wakes at least this often.
 const WATCHDOG_US: u64 = 1_000_000;
 
-/// The cases, in order (docs/guest-abi.md lists what each does).
-const CASES: [&str; 26] = [
-    "tx-desc-loop",
-    "tx-next-out-of-range",
-    "tx-outside-ram",
-    "tx-len-overflow",
-    "tx-addr-wraps",
-    "tx-write-only",
-    "tx-short-header",
-    "tx-runt",
-    "tx-above-64k",
-    "tx-64k",
-    "tx-split-header",
-    "tx-indirect",
-    "tx-head-out-of-range",
-    "tx-avail-idx-jump",
-    "rx-desc-loop",
-    "rx-next-out-of-range",
-    "rx-outside-ram",
-    "rx-len-overflow",
-    "rx-len-sum-overflow",
-    "rx-read-only",
-    "rx-short-header",
-    "rx-indirect",
-    "rx-head-out-of-range",
-    "rx-avail-idx-jump",
-    "rx-too-small",
-    "rx-no-buffers-flood",
-];
-
 // ---- memory of the DMA area ----------------------------------------------------------
 
 /// `len` bytes of the DMA area at `addr` as a slice.
@@ -740,7 +710,7 @@ pub fn run(cpu: usize, a: &Assignment) -> Result<(), &'static str> {
         a.nth, m[0], m[1], m[2], m[3], m[4], m[5], a.dev.base, a.dev.irq
     );
     let (mut cases, mut answered) = (0, 0);
-    for name in CASES {
+    for name in proto::CASES {
         net.config_changed = false;
         let outcome = net.case(name);
         let device_status = net.status();
