@@ -40,7 +40,7 @@ pub(super) struct Rig {
     pub irq: Arc<VirtioInterrupt>,
     pub counters: Arc<NetCounters>,
     _notifier: Notifier,
-    _engine: idlework::Engine,
+    pub engine: idlework::Engine,
 }
 
 impl Rig {
@@ -62,6 +62,11 @@ impl Rig {
             ..Default::default()
         })
         .unwrap();
+        Rig::on_engine(tap, engine, features, idx)
+    }
+
+    /// The same on a given engine.
+    pub fn on_engine(tap: Tap, engine: idlework::Engine, features: u64, idx: u16) -> Rig {
         let mem = Driver::memory();
         let rx = Driver::starting_at(mem.clone(), RX_BASE, QUEUE_SIZE, idx);
         let tx = Driver::starting_at(mem.clone(), TX_BASE, QUEUE_SIZE, idx);
@@ -87,7 +92,7 @@ impl Rig {
             net,
             irq,
             _notifier: notifier,
-            _engine: engine,
+            engine,
         }
     }
 
@@ -551,32 +556,24 @@ fn reset_does_not_wait_for_queued_work_and_nothing_lands_after_it() {
     // `--policy idle --cpu-cap 0`: only this thread's vCPU could run the work.
     let (engine, mut vcpu) = vcpu_only_engine();
     let (tap, host) = pair();
-    let mem = Driver::memory();
-    let rx = Driver::new(mem.clone(), RX_BASE, QUEUE_SIZE);
-    let mut tx = Driver::new(mem.clone(), TX_BASE, QUEUE_SIZE);
-    let mut events = NotifierBuilder::new().unwrap();
-    let mut net = Net::new(tap, MAC, &engine, &mut events).unwrap();
-    let irq = Arc::new(VirtioInterrupt::new(
-        EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-    ));
-    net.activate(ActivateContext {
-        mem,
-        queues: vec![rx.queue(), tx.queue()],
-        interrupt: irq.clone(),
-        features: 1 << VIRTIO_F_VERSION_1,
-    })
-    .unwrap();
-    tx.write(0x10_0000, &[0; VNET_HDR_LEN + 60]);
-    tx.offer(&[(0x10_0000, (VNET_HDR_LEN + 60) as u32)], 0);
-    net.queue_notify(TX_QUEUE);
-    net.reset(); // returns: the queued item has not started
+    let mut rig = Rig::on_engine(tap, engine, 1 << VIRTIO_F_VERSION_1, 0);
+    rig.tx.write(0x10_0000, &[0; VNET_HDR_LEN + 60]);
+    rig.tx.offer(&[(0x10_0000, (VNET_HDR_LEN + 60) as u32)], 0);
+    rig.net.queue_notify(TX_QUEUE);
+    rig.net.reset(); // returns: the queued item has not started
     vcpu.run_idle(Duration::from_secs(10));
-    assert!(tx.used_entries().is_empty(), "a completion after the reset");
+    assert!(
+        rig.tx.used_entries().is_empty(),
+        "a completion after the reset"
+    );
     assert!(
         host.recv(&mut [0; 16]).is_err(),
         "a frame sent after the reset"
     );
-    assert!(engine.stats().total_ran() >= 1, "the queued item never ran");
+    assert!(
+        rig.engine.stats().total_ran() >= 1,
+        "the queued item never ran"
+    );
 }
 
 #[test]
