@@ -537,3 +537,94 @@ fn under_user_irqchip_work_in_a_halt_never_runs_past_the_vcpus_timer_deadline() 
     let ticks: u64 = idle["ticks"].parse().unwrap();
     assert!(vcpu_counter(&report, 0, "timer_irqs") >= ticks);
 }
+
+/// One closed-loop read run of 200 requests on one vCPU under the user
+/// irqchip, with `cmdline_extra` for the guest.
+fn user_irqchip_reads(cmdline_extra: &str) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path(), "d.img", &[], 4 << 20);
+    let cmdline =
+        format!("workload=blk blk_mode=randread blk_ops=200 blk_qd=1 ms=2000 {cmdline_extra}");
+    let args = [
+        "--vcpus",
+        "1",
+        "--policy",
+        "idle",
+        "--disk",
+        img.to_str().unwrap(),
+        "--cmdline",
+        &cmdline,
+    ];
+    let run = nightshift_on("user", &args);
+    run.assert_code(0);
+    let r = blk_result(&run);
+    assert_eq!(
+        (r["ops"].as_str(), r["errors"].as_str()),
+        ("200", "0"),
+        "{r:?}"
+    );
+    run
+}
+
+#[test]
+fn under_user_irqchip_the_guest_ends_interrupts_through_pv_eoi_without_an_exit() {
+    let with = user_irqchip_reads("");
+    assert!(with.stdout.contains(" pv_eoi=1"), "{}", with.stdout);
+    let without = user_irqchip_reads("pv_eoi=0");
+    assert!(without.stdout.contains(" pv_eoi=0"), "{}", without.stdout);
+    let (with, without) = (with.report(), without.report());
+    // Every completion interrupt (one per request) was ended in guest memory.
+    let pv_eois = vcpu_counter(&with, 0, "pv_eois");
+    assert!(pv_eois >= 200, "{}", with["vcpus"]);
+    assert!(
+        pv_eois <= vcpu_counter(&with, 0, "injected"),
+        "{}",
+        with["vcpus"]
+    );
+    assert_eq!(
+        vcpu_counter(&without, 0, "pv_eois"),
+        0,
+        "{}",
+        without["vcpus"]
+    );
+    // Without it, each of those EOIs was a register write: an MMIO exit.
+    let (m_with, m_without) = (
+        vcpu_counter(&with, 0, "mmio_exits"),
+        vcpu_counter(&without, 0, "mmio_exits"),
+    );
+    assert!(
+        m_without >= m_with + 200,
+        "MMIO exits: {m_without} with register EOIs, {m_with} with PV EOI"
+    );
+}
+
+#[test]
+fn under_user_irqchip_halt_polling_follows_halt_poll_ns() {
+    // vCPU0 ticks every 100 µs: short halts, so the window grows towards the
+    // 1 ms maximum and each halt polls until its tick.
+    let idle = |max: &str| {
+        let run = nightshift_on(
+            "user",
+            &[
+                "--vcpus",
+                "1",
+                "--halt-poll-ns",
+                max,
+                "--cmdline",
+                "workload=idle tick_us=100 ms=300",
+            ],
+        );
+        run.assert_code(0);
+        run.report()
+    };
+    let on = idle("1000000");
+    assert!(vcpu_counter(&on, 0, "halt_poll_ns") > 0, "{}", on["vcpus"]);
+    let off = idle("0");
+    assert_eq!(vcpu_counter(&off, 0, "halt_poll_ns"), 0, "{}", off["vcpus"]);
+    assert_eq!(
+        vcpu_counter(&off, 0, "halt_polls_ok"),
+        0,
+        "{}",
+        off["vcpus"]
+    );
+}

@@ -287,6 +287,8 @@ pub struct Config {
     pub status: u32,
     /// `cpus=`: start at most this many CPUs (`1..=MAX_CPUS`); `None` means all in the MADT.
     pub cpus: Option<usize>,
+    /// `pv_eoi=0|1`: use KVM's paravirtual EOI where CPUID offers it (default 1).
+    pub pv_eoi: bool,
     /// `virtio_mmio.device=` entries, in command-line order.
     pub virtio_mmio: [Option<VirtioMmioDevice>; MAX_VIRTIO_MMIO_DEVICES],
     /// The `blk_*` keys.
@@ -303,6 +305,7 @@ impl Default for Config {
             tick_us: 1000,
             status: 0,
             cpus: None,
+            pv_eoi: true,
             virtio_mmio: [None; MAX_VIRTIO_MMIO_DEVICES],
             blk: BlkConfig::default(),
             drivers: DriversConfig::default(),
@@ -414,6 +417,11 @@ impl Config {
                 {
                     Some(v) => config.cpus = Some(v),
                     None => bad("expected 1..=16; starting every CPU in the MADT"),
+                },
+                "pv_eoi" => match value {
+                    "0" => config.pv_eoi = false,
+                    "1" => config.pv_eoi = true,
+                    _ => bad("expected 0 or 1; using 1"),
                 },
                 "virtio_mmio.device" => match parse_virtio_mmio(value) {
                     Some(dev) if devices < MAX_VIRTIO_MMIO_DEVICES => {
@@ -556,15 +564,18 @@ mod tests {
         assert_eq!(c.workloads.for_cpu(0), Workload::Compute);
         assert_eq!(c.workloads.for_cpu(15), Workload::Compute);
         assert_eq!((c.ms, c.tick_us, c.status, c.cpus), (100, 1000, 0, None));
+        assert!(c.pv_eoi);
         assert_eq!(c.blk, BlkConfig::default());
     }
 
     #[test]
     fn all_keys() {
-        let (c, w) = parse("console=ttyS0 workload=idle ms=250 tick_us=0x64 status=3 cpus=2 quiet");
+        let (c, w) =
+            parse("console=ttyS0 workload=idle ms=250 tick_us=0x64 status=3 cpus=2 pv_eoi=0 quiet");
         assert!(w.is_empty(), "{w:?}");
         assert_eq!(c.workloads.as_slice(), &[Workload::Idle]);
         assert_eq!((c.ms, c.tick_us, c.status, c.cpus), (250, 100, 3, Some(2)));
+        assert!(!c.pv_eoi);
     }
 
     #[test]
@@ -579,10 +590,11 @@ mod tests {
     #[test]
     fn invalid_values_keep_defaults_and_warn() {
         let (c, w) = parse(
-            "workload=dance ms=0 ms=abc tick_us=-1 status=4294967296 cpus=0 cpus=17 ms= =x ms=+5",
+            "workload=dance ms=0 ms=abc tick_us=-1 status=4294967296 cpus=0 cpus=17 ms= =x ms=+5 \
+             pv_eoi=yes",
         );
         assert_eq!(c, Config::default());
-        assert_eq!(w.len(), 9, "{w:?}");
+        assert_eq!(w.len(), 10, "{w:?}");
         assert!(w[0].contains("workload=\"dance\""), "{}", w[0]);
         let (c, w) = parse(
             "blk_mode=x blk_ops=-1 blk_size=100 blk_size=128K blk_qd=0 blk_qd=33 blk_span=1000 \

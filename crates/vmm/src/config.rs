@@ -96,7 +96,9 @@ pub struct VmConfig {
     /// Where device work runs.
     #[cfg_attr(feature = "cli", command(flatten))]
     pub work: WorkConfig,
-    /// KVM halt polling per halt, ns (0: off) [default: the host's].
+    /// Halt polling per halt, at most this many ns (0: off): KVM's under the
+    /// kernel irqchip, the vCPU thread's own (the same adaptive algorithm)
+    /// under the user irqchip [default: the host's KVM parameter].
     #[cfg_attr(feature = "cli", arg(long, value_name = "NS"))]
     pub halt_poll_ns: Option<u32>,
     /// Who emulates the interrupt controllers: kernel (KVM's in-kernel

@@ -32,13 +32,16 @@
 //!
 //! Under the userspace irqchip the guest sees only what `irqchip` emulates:
 //! an xAPIC (no x2APIC, no TSC-deadline timer mode) and none of KVM's
-//! paravirtual features that need KVM's own local APIC (PV EOI, PV unhalt,
-//! PV IPIs and sched-yield, async page faults by interrupt, poll control,
-//! the IOAPIC's extended destination ID).
+//! paravirtual features that need KVM's own local APIC (PV unhalt, PV IPIs
+//! and sched-yield, async page faults by interrupt, poll control, the
+//! IOAPIC's extended destination ID) but PV EOI, which the userspace irqchip
+//! serves itself where the host lets it see the MSR ([`crate::irqchip::pv_eoi`]).
 
 use std::str::FromStr;
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+
+use crate::irqchip::pv_eoi::KVM_FEATURE_PV_EOI;
 use serde::{Deserialize, Serialize};
 
 /// Hypervisor timing leaf (as VMware and QEMU define it): EAX = TSC kHz,
@@ -52,7 +55,8 @@ const LEAF1_ECX_X2APIC: u32 = 1 << 21;
 const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// KVM_CPUID_FEATURES.
 const KVM_FEATURES_LEAF: u32 = 0x4000_0001;
-/// KVM PV features that need the in-kernel local APIC: PV_EOI (6),
+/// KVM PV features that need the in-kernel local APIC (or, for PV_EOI, the
+/// userspace irqchip's own): PV_EOI (6),
 /// PV_UNHALT (7), PV_SEND_IPI (11), POLL_CONTROL (12), PV_SCHED_YIELD (13),
 /// ASYNC_PF_INT (14), MSI_EXT_DEST_ID (15).
 const KVM_FEATURES_NEED_KERNEL_APIC: u32 =
@@ -83,6 +87,9 @@ pub struct CpuidParams {
     pub expose_mwait: bool,
     /// The VMM emulates the APICs (`--irqchip user`): show only what it does.
     pub user_irqchip: bool,
+    /// Under the userspace irqchip: it serves KVM's PV EOI (the host passes
+    /// the MSR to it), so the feature stays visible.
+    pub user_pv_eoi: bool,
     /// Features to hide.
     pub hidden: HiddenFeatures,
 }
@@ -180,7 +187,10 @@ pub fn filter_cpuid(cpuid: &mut CpuId, p: &CpuidParams) {
             XSAVE_LEAF if p.hidden.xsave => {
                 (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
             }
-            KVM_FEATURES_LEAF if p.user_irqchip => e.eax &= !KVM_FEATURES_NEED_KERNEL_APIC,
+            KVM_FEATURES_LEAF if p.user_irqchip => {
+                let served = if p.user_pv_eoi { KVM_FEATURE_PV_EOI } else { 0 };
+                e.eax &= !(KVM_FEATURES_NEED_KERNEL_APIC & !served);
+            }
             MWAIT_LEAF if !p.expose_mwait => {
                 (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
             }
@@ -257,6 +267,7 @@ mod tests {
             tsc_khz: Some(2_000_000),
             expose_mwait: false,
             user_irqchip: false,
+            user_pv_eoi: false,
             hidden: HiddenFeatures::default(),
         };
         filter_cpuid(&mut c, &p);
@@ -291,7 +302,7 @@ mod tests {
             ])
             .unwrap()
         };
-        for user in [false, true] {
+        for (user, pv_eoi) in [(false, false), (true, false), (true, true)] {
             let mut c = entries(x2apic_and_deadline, pv);
             let p = CpuidParams {
                 vcpu: 0,
@@ -299,6 +310,7 @@ mod tests {
                 tsc_khz: None,
                 expose_mwait: false,
                 user_irqchip: user,
+                user_pv_eoi: pv_eoi,
                 hidden: HiddenFeatures::default(),
             };
             filter_cpuid(&mut c, &p);
@@ -307,7 +319,8 @@ mod tests {
             let kvm = leaf(&c, KVM_FEATURES_LEAF, 0).eax;
             if user {
                 assert_eq!(l1.ecx & x2apic_and_deadline, 0);
-                assert_eq!(kvm, 1 << 3);
+                let served = if pv_eoi { KVM_FEATURE_PV_EOI } else { 0 };
+                assert_eq!(kvm, (1 << 3) | served);
             } else {
                 assert_eq!(l1.ecx & x2apic_and_deadline, x2apic_and_deadline);
                 assert_eq!(kvm, pv);
@@ -324,6 +337,7 @@ mod tests {
             tsc_khz: None,
             expose_mwait: true,
             user_irqchip: false,
+            user_pv_eoi: false,
             hidden: HiddenFeatures::default(),
         };
         filter_cpuid(&mut c, &p);
@@ -362,6 +376,7 @@ mod tests {
             tsc_khz: None,
             expose_mwait: false,
             user_irqchip: false,
+            user_pv_eoi: false,
             hidden: HiddenFeatures::default(),
         };
         filter_cpuid(&mut c, &p);

@@ -6,9 +6,12 @@ use std::time::{Duration, Instant};
 
 use idlework::{Engine, Policy, Shutdown};
 use kvm_bindings::{
-    kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_HALT_POLL, KVM_MAX_CPUID_ENTRIES,
+    kvm_enable_cap, kvm_userspace_memory_region, KVM_CAP_HALT_POLL, KVM_CAP_X86_USER_SPACE_MSR,
+    KVM_MAX_CPUID_ENTRIES,
 };
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{
+    Kvm, MsrExitReason, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd,
+};
 use serde::Serialize;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
@@ -26,6 +29,7 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::irqchip::delivery::IoApicMmio;
 use crate::irqchip::ioapic::IOAPIC_SIZE;
 use crate::irqchip::pic::{Elcr, Pic8259, ELCR_BASE, ELCR_LEN, PIC_LEN, PIC_MASTER, PIC_SLAVE};
+use crate::irqchip::pv_eoi::MSR_KVM_PV_EOI_EN;
 use crate::irqchip::{IrqChipKind, IrqLine, UserIrqChip};
 use crate::memory::{self, GuestMemory, IOAPIC_START, KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use crate::output_file::{open_output, OutputError};
@@ -266,7 +270,7 @@ impl Vm {
             devices: &slots,
         };
         let (entry, boot) = boot::prepare(&mem, kernel, &boot_config)?;
-        let vcpu_fds = create_vcpus(&kvm, &vm_fd, &mem, &config, &entry)?;
+        let vcpu_fds = create_vcpus(&kvm, &vm_fd, &mem, &config, irqchip.as_deref(), &entry)?;
 
         Ok(Vm {
             config,
@@ -359,6 +363,8 @@ impl Vm {
                         && self.irqchip.is_none()
                 }),
                 irqchip: self.irqchip.clone(),
+                mem: self.mem.clone(),
+                halt_poll_ns: self.config.halt_poll_ns,
                 threads: self.threads.clone(),
             };
             match Vcpu::new(index, fd, ctx).start() {
@@ -622,8 +628,37 @@ fn create_irqchip(vm_fd: &VmFd, config: &VmConfig) -> Result<Option<Arc<UserIrqC
                 .map_err(kvm_err("creating the in-kernel irqchip"))?;
             Ok(None)
         }
-        IrqChipKind::User => Ok(Some(Arc::new(UserIrqChip::new(config.vcpus)))),
+        IrqChipKind::User => {
+            let pv_eoi = route_pv_eoi_msr(vm_fd)
+                .inspect_err(|e| {
+                    tracing::info!("PV EOI not offered: the host cannot pass its MSR on ({e})")
+                })
+                .is_ok();
+            let chip = UserIrqChip::new(config.vcpus).with_pv_eoi(pv_eoi);
+            Ok(Some(Arc::new(chip)))
+        }
     }
+}
+
+/// Makes the guest's accesses to `MSR_KVM_PV_EOI_EN` exit to its vCPU thread
+/// (KVM's MSR filter, denying that one MSR, with filter exits to userspace),
+/// where the userspace irqchip serves PV EOI; every other MSR stays KVM's.
+fn route_pv_eoi_msr(vm_fd: &VmFd) -> Result<(), kvm_ioctls::Error> {
+    let cap = kvm_enable_cap {
+        cap: KVM_CAP_X86_USER_SPACE_MSR,
+        args: [MsrExitReason::Filter.bits().into(), 0, 0, 0],
+        ..Default::default()
+    };
+    vm_fd.enable_cap(&cap)?;
+    // One MSR, its bit clear: denied to KVM, so the access exits.
+    let deny = [0u8];
+    let range = MsrFilterRange {
+        flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+        base: MSR_KVM_PV_EOI_EN,
+        msr_count: 1,
+        bitmap: &deny,
+    };
+    vm_fd.set_msr_filter(MsrFilterDefaultAction::ALLOW, &[range])
 }
 
 /// The userspace IOAPIC's registers, where the MADT announces them.
@@ -709,6 +744,7 @@ fn create_vcpus(
     vm_fd: &VmFd,
     mem: &GuestMemory,
     config: &VmConfig,
+    irqchip: Option<&UserIrqChip>,
     entry: &EntryState,
 ) -> Result<Vec<VcpuFd>, VmError> {
     let supported = kvm
@@ -726,6 +762,7 @@ fn create_vcpus(
             tsc_khz: fd.get_tsc_khz().ok(),
             expose_mwait: config.expose_mwait,
             user_irqchip: config.irqchip == IrqChipKind::User,
+            user_pv_eoi: irqchip.is_some_and(|c| c.serves_pv_eoi()),
             hidden: HiddenFeatures::from_list(&config.hide_cpu_features),
         };
         filter_cpuid(&mut cpuid, &params);

@@ -95,6 +95,9 @@ pub struct UserIrqChip {
     cpus: Vec<Arc<CpuIrq>>,
     ioapic: Mutex<IoApic>,
     epoch: Instant,
+    /// The host passes `MSR_KVM_PV_EOI_EN` to the vCPU threads, so the guest
+    /// is offered PV EOI ([`super::pv_eoi`]).
+    pv_eoi: bool,
 }
 
 impl UserIrqChip {
@@ -104,7 +107,20 @@ impl UserIrqChip {
             cpus: (0..vcpus).map(|id| Arc::new(CpuIrq::new(id))).collect(),
             ioapic: Mutex::new(IoApic::default()),
             epoch: Instant::now(),
+            pv_eoi: false,
         }
+    }
+
+    /// The same chip, offering the guest PV EOI if `served` (the VM routed
+    /// the MSR to its vCPU threads).
+    pub fn with_pv_eoi(mut self, served: bool) -> Self {
+        self.pv_eoi = served;
+        self
+    }
+
+    /// Whether the guest is offered PV EOI.
+    pub fn serves_pv_eoi(&self) -> bool {
+        self.pv_eoi
     }
 
     /// vCPU `index`'s interrupt state.
@@ -166,6 +182,20 @@ impl UserIrqChip {
             .lock()
             .lapic
             .write(offset, u32::from_le_bytes(bytes), self.now_ns());
+        self.carry_out(effect, cpu);
+    }
+
+    /// vCPU `cpu`'s guest EOI'd through its PV EOI area ([`super::pv_eoi`]).
+    pub fn eoi_from_guest_memory(&self, cpu: u8) {
+        if let Some(c) = self.cpu(cpu) {
+            let effect = c.lock().lapic.eoi_from_guest_memory();
+            self.carry_out(effect, cpu);
+        }
+    }
+
+    /// What an access to vCPU `cpu`'s APIC asks of the rest of the system,
+    /// done after its lock is released.
+    fn carry_out(&self, effect: Effect, cpu: u8) {
         match effect {
             Effect::None => {}
             Effect::Ipi(ipi) => self.deliver(ipi, Some(cpu)),

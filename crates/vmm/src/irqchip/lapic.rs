@@ -278,6 +278,23 @@ impl LocalApic {
         self.irr.highest().is_some()
     }
 
+    /// Whether the guest may retire what is in service without writing the
+    /// EOI register (KVM's PV EOI; see [`super::pv_eoi`]): exactly one vector
+    /// in service, edge-triggered (no IOAPIC needs to hear of its EOI), and
+    /// nothing requested that the EOI could make deliverable, since a PV EOI
+    /// does not exit.
+    pub fn pv_eoi_allowed(&self) -> bool {
+        let one_in_service = self.isr.0.iter().map(|w| w.count_ones()).sum::<u32>() == 1;
+        let edge = self.isr.highest().is_some_and(|v| !self.tmr.contains(v));
+        one_in_service && edge && !self.has_requests()
+    }
+
+    /// The EOI a guest made without writing the register (a PV EOI): the
+    /// highest in-service vector is retired, as by an EOI write.
+    pub fn eoi_from_guest_memory(&mut self) -> Effect {
+        self.eoi()
+    }
+
     fn eoi(&mut self) -> Effect {
         let Some(v) = self.isr.highest() else {
             return Effect::None;
@@ -691,5 +708,39 @@ mod tests {
         assert_ne!(a.read(REG_LVT_TIMER, 0) & LVT_MASKED, 0);
         a.write(REG_LVT_LINT0, 0x700, 0);
         assert_ne!(a.read(REG_LVT_LINT0, 0) & LVT_MASKED, 0);
+    }
+
+    #[test]
+    fn pv_eoi_only_for_one_edge_vector_in_service_and_none_requested() {
+        let mut a = enabled(0);
+        assert!(!a.pv_eoi_allowed(), "nothing in service");
+        a.accept(0x40, Trigger::Edge);
+        a.acknowledge();
+        assert!(a.pv_eoi_allowed());
+        // Another request: retiring 0x40 without an exit could strand it.
+        a.accept(0x30, Trigger::Edge);
+        assert!(!a.pv_eoi_allowed());
+        // Two in service (0x50 nested in 0x40).
+        let mut b = enabled(0);
+        for v in [0x40, 0x50] {
+            b.accept(v, Trigger::Edge);
+            b.acknowledge();
+        }
+        assert!(!b.pv_eoi_allowed());
+        // Level-triggered: the IOAPIC must see the EOI.
+        let mut c = enabled(0);
+        c.accept(0x40, Trigger::Level);
+        c.acknowledge();
+        assert!(!c.pv_eoi_allowed());
+    }
+
+    #[test]
+    fn a_pv_eoi_retires_the_vector_in_service() {
+        let mut a = enabled(0);
+        a.accept(0x40, Trigger::Edge);
+        a.acknowledge();
+        assert_eq!(a.eoi_from_guest_memory(), Effect::None);
+        assert_eq!(a.read(REG_ISR + 0x20, 0), 0, "ISR bits 64-95");
+        assert_eq!(a.ppr(), 0);
     }
 }

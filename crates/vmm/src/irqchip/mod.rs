@@ -7,7 +7,8 @@
 //!
 //! With `--irqchip user` nightshift owns them (as OpenVMM, and QEMU with
 //! `kernel_irqchip=off`, do): [`lapic`] per vCPU, [`ioapic`], a masked
-//! [`pic`] pair, and [`delivery`] between them. A guest HLT then exits to
+//! [`pic`] pair, and [`delivery`] between them, with KVM's paravirtual EOI
+//! ([`pv_eoi`]) so that a guest's EOI needs no exit. A guest HLT then exits to
 //! userspace at once (`KVM_EXIT_HLT`), so the halted vCPU's thread itself
 //! becomes an idle executor (see [`crate::vcpu::halt`]), and every interrupt
 //! is injected by the vCPU thread with `KVM_INTERRUPT`.
@@ -19,6 +20,7 @@ pub mod delivery;
 pub mod ioapic;
 pub mod lapic;
 pub mod pic;
+pub mod pv_eoi;
 
 use std::fmt;
 use std::str::FromStr;

@@ -12,8 +12,10 @@
 //!    at most the last item's overrun, never by a whole budget.
 //! 3. Otherwise it announces itself idle to the engine
 //!    (`Executor::announce_idle`: a submit now finds it in O(1) and claims
-//!    it), looks at the queue once more, and waits (a condvar, no signal)
-//!    until a wake or the timer deadline. Whoever has news for it (a device
+//!    it), looks at the queue once more, polls for a wake while the halt is
+//!    within its polling window (KVM's adaptive halt polling, done here
+//!    because KVM does not see this halt: [`super::halt_poll`]), and then
+//!    waits (a condvar, no signal) until a wake or the timer deadline. Whoever has news for it (a device
 //!    completion, an IPI, the engine with work) wakes it
 //!    (`VcpuControl::tell`); news made on this very thread (a completion of
 //!    work it ran in step 2) needs no wake.
@@ -66,14 +68,41 @@ impl Vcpu {
             if self.announce_idle() {
                 continue;
             }
-            control.wait_for_wake(seen, until);
+            if !self.poll(control, seen, started, until) {
+                control.wait_for_wake(seen, until);
+            }
         };
         self.withdraw_idle(control);
+        let halted = started.elapsed();
         if ended {
             self.halted = None;
+            self.halt_poll.update(halted);
         }
         control.set_place(Place::Outside);
-        self.stats.halted_ns += started.elapsed().as_nanos() as u64;
+        self.stats.halted_ns += halted.as_nanos() as u64;
+    }
+
+    /// Polls for a wake while this halt (which began at `started`) is within
+    /// its polling window and before `until`; returns whether one came.
+    fn poll(
+        &mut self,
+        control: &VcpuControl,
+        seen: u64,
+        started: Instant,
+        until: Option<Instant>,
+    ) -> bool {
+        let window_end = started + self.halt_poll.window();
+        let end = until.map_or(window_end, |u| u.min(window_end));
+        let now = Instant::now();
+        if now >= end {
+            return false;
+        }
+        let woken = control.poll_for_wake(seen, end);
+        self.stats.halt_poll_ns += now.elapsed().as_nanos() as u64;
+        if woken {
+            self.stats.halt_polls_ok += 1;
+        }
+        woken
     }
 
     /// Announces this executor idle before a wait; returns whether work was

@@ -26,6 +26,7 @@
 //! a signal kick (inside `KVM_RUN`).
 
 pub mod halt;
+mod halt_poll;
 pub mod idle_timer;
 pub mod kick;
 pub mod kvm_stats;
@@ -50,13 +51,14 @@ use crate::config::CpuList;
 use crate::exit::{EmulationFailure, ExitReason, ExitSignal};
 use crate::idle::{BlockingStat, KernelIdleHooks, UserIdleHooks, VcpuSignals};
 use crate::irqchip::{UserIrqChip, VcpuWaker};
-use crate::memory::LAPIC_START;
+use crate::memory::{GuestMemory, LAPIC_START};
 use crate::seccomp::ThreadClass;
 use crate::vmm_thread::ThreadPolicy;
+use halt_poll::HaltPoll;
 use idle_timer::IdleTimer;
 use kick::{Kicker, ThreadBinding};
 use kvm_stats::{KvmStats, StatReader};
-use user_irq::{Entry, UserIrq};
+use user_irq::{Entry, MsrError, UserIrq};
 
 /// The states of the run loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +122,9 @@ pub struct VcpuControl {
     /// Wakes a thread waiting in userspace (paused, halted, parked): a
     /// generation count, bumped by every wake, so none is lost.
     wake: (Mutex<u64>, Condvar),
+    /// The generation as of the last bump, for a thread that polls for a
+    /// wake without the lock ([`halt_poll`]).
+    wake_polled: AtomicU64,
     kicker: Kicker,
     /// Signals sent to this thread (kicks out of `KVM_RUN`).
     signal_kicks: AtomicU64,
@@ -153,6 +158,7 @@ impl VcpuControl {
             place: AtomicU8::new(Place::Outside as u8),
             work_offered: AtomicBool::new(false),
             wake: (Mutex::new(0), Condvar::new()),
+            wake_polled: AtomicU64::new(0),
             kicker,
             signal_kicks: AtomicU64::new(0),
             plain_wakes: AtomicU64::new(0),
@@ -242,7 +248,24 @@ impl VcpuControl {
     fn bump(&self) {
         let mut generation = self.wake.0.lock().unwrap_or_else(|p| p.into_inner());
         *generation += 1;
+        self.wake_polled.store(*generation, Ordering::Release);
         self.wake.1.notify_all();
+    }
+
+    /// Spins until a wake newer than `seen` or `end`; returns whether the
+    /// wake came (then there is no need to wait for it).
+    fn poll_for_wake(&self, seen: u64, end: Instant) -> bool {
+        loop {
+            for _ in 0..64 {
+                if self.wake_polled.load(Ordering::Acquire) != seen {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+        }
     }
 
     /// The wake generation; pass it to [`Self::wait_for_wake`] after looking
@@ -390,6 +413,9 @@ pub struct VcpuStats {
     pub halted_ns: u64,
     /// User irqchip: interrupts injected with `KVM_INTERRUPT`.
     pub injected: u64,
+    /// User irqchip: EOIs the guest made through KVM's PV EOI, without an
+    /// exit (the others are EOI register writes, counted in `mmio_exits`).
+    pub pv_eois: u64,
     /// User irqchip: NMIs injected.
     pub nmis: u64,
     /// User irqchip: `KVM_EXIT_IRQ_WINDOW_OPEN` exits.
@@ -399,6 +425,11 @@ pub struct VcpuStats {
     /// User irqchip: the latest a timer interrupt was raised after its
     /// deadline (the VMM noticed it late), ns.
     pub timer_late_max_ns: u64,
+    /// User irqchip: halts whose wake came while the thread polled for it
+    /// (no sleep; see `halt_poll`).
+    pub halt_polls_ok: u64,
+    /// User irqchip: time spent polling in halts, ns.
+    pub halt_poll_ns: u64,
     /// User irqchip: work runs in a guest halt that found work (a subset of
     /// `idle_runs`).
     pub halt_runs: u64,
@@ -430,6 +461,11 @@ pub struct VcpuContext {
     pub self_kick: Option<Duration>,
     /// The VM's userspace irqchip, if it has one (`--irqchip user`).
     pub irqchip: Option<Arc<UserIrqChip>>,
+    /// Guest memory (the userspace irqchip's PV EOI areas are there).
+    pub mem: Arc<GuestMemory>,
+    /// `--halt-poll-ns`: the most a halt polls (user irqchip; KVM's
+    /// parameter otherwise), or None for the host's.
+    pub halt_poll_ns: Option<u32>,
     /// Binds the thread to its VM (panics and forbidden calls end the VM)
     /// and confines it before it first enters the guest.
     pub threads: ThreadPolicy,
@@ -482,6 +518,8 @@ pub struct Vcpu {
     /// The guest is in a HLT the thread left for a request (user irqchip):
     /// whether it halted with interrupts enabled.
     halted: Option<bool>,
+    /// How long a halt polls before the thread sleeps (user irqchip).
+    halt_poll: HaltPoll,
 }
 
 enum Outcome {
@@ -504,7 +542,8 @@ impl Vcpu {
         let irq = ctx
             .irqchip
             .as_ref()
-            .and_then(|chip| UserIrq::new(chip.clone(), index));
+            .and_then(|chip| UserIrq::new(chip.clone(), index, ctx.mem.clone()));
+        let halt_poll = HaltPoll::from_host(ctx.halt_poll_ns);
         Vcpu {
             index,
             fd,
@@ -515,6 +554,7 @@ impl Vcpu {
             self_kick_delay: Duration::ZERO,
             irq,
             halted: None,
+            halt_poll,
         }
     }
 
@@ -756,7 +796,11 @@ impl Vcpu {
     fn run_once(&mut self) -> Outcome {
         self.stats.exits += 1;
         let index = self.index;
-        match self.fd.run() {
+        let exit = self.fd.run();
+        if let Some(irq) = self.irq.as_mut() {
+            irq.after_exit(&mut self.stats);
+        }
+        match exit {
             Ok(VcpuExit::IoIn(port, data)) => {
                 self.stats.io_exits += 1;
                 self.ctx.pio.read(port.into(), data);
@@ -798,6 +842,37 @@ impl Vcpu {
             }
             // The TPR is read back from kvm_run.cr8 before every entry.
             Ok(VcpuExit::SetTpr) if self.irq.is_some() => Outcome::Continue,
+            // Only the MSRs the VM routed here (PV EOI, user irqchip) exit.
+            Ok(VcpuExit::X86Wrmsr(msr)) => {
+                let done = match self.irq.as_mut() {
+                    Some(irq) => irq.write_msr(msr.index, msr.data),
+                    None => Err(MsrError::Unknown(msr.index)),
+                };
+                if let Err(e) = done {
+                    // Guest-chosen: debug level only, so it cannot flood the log.
+                    tracing::debug!(
+                        "vcpu{index}: WRMSR {:#x} = {:#x}: {e}; #GP",
+                        msr.index,
+                        msr.data
+                    );
+                    *msr.error = 1;
+                }
+                Outcome::Continue
+            }
+            Ok(VcpuExit::X86Rdmsr(msr)) => {
+                let value = match self.irq.as_ref() {
+                    Some(irq) => irq.read_msr(msr.index),
+                    None => Err(MsrError::Unknown(msr.index)),
+                };
+                match value {
+                    Ok(v) => *msr.data = v,
+                    Err(e) => {
+                        tracing::debug!("vcpu{index}: RDMSR {:#x}: {e}; #GP", msr.index);
+                        *msr.error = 1;
+                    }
+                }
+                Outcome::Continue
+            }
             Ok(VcpuExit::Shutdown) => Outcome::End(ExitReason::Shutdown {
                 vcpu: index,
                 regs: self.describe_registers(),

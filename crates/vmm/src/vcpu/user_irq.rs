@@ -9,6 +9,11 @@
 //! timer's deadline is armed on a per-thread host timer that kicks this
 //! thread only (the same kind as the self-kick, [`super::idle_timer`]), so a
 //! guest running at its deadline is taken out to get its tick.
+//!
+//! It also serves KVM's PV EOI ([`crate::irqchip::pv_eoi`]): when what is in
+//! service allows it, the entry offers the guest an EOI without an exit, and
+//! [`UserIrq::after_exit`], first thing after every `KVM_RUN`, retires the
+//! vector the guest EOI'd that way before anything looks at the APIC.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +25,9 @@ use vmm_sys_util::ioctl::ioctl_with_ref;
 use super::idle_timer::IdleTimer;
 use super::{regs, VcpuStats};
 use crate::irqchip::delivery::CpuState;
+use crate::irqchip::pv_eoi::{PvEoi, PvEoiError, Taken, MSR_KVM_PV_EOI_EN};
 use crate::irqchip::{CpuIrq, UserIrqChip, VcpuWaker};
+use crate::memory::GuestMemory;
 
 /// KVM_INTERRUPT, which kvm-ioctls does not wrap.
 mod ioctls {
@@ -58,11 +65,27 @@ pub struct UserIrq {
     armed: Option<u64>,
     /// The CR8 value last written to `kvm_run` (to see guest CR8 writes).
     cr8_written: u64,
+    /// The guest's PV EOI area and whether an offer is out.
+    pv_eoi: PvEoi,
+    /// Guest memory, where the PV EOI area is.
+    mem: Arc<GuestMemory>,
+}
+
+/// A guest MSR access that exited to the vCPU thread failed: the guest gets
+/// a #GP, as from KVM.
+#[derive(Debug, thiserror::Error)]
+pub enum MsrError {
+    /// Not an MSR this thread serves (the VM routes only PV EOI's here).
+    #[error("MSR {0:#x} is not served in userspace")]
+    Unknown(u32),
+    /// A refused PV EOI area.
+    #[error(transparent)]
+    PvEoi(#[from] PvEoiError),
 }
 
 impl UserIrq {
     /// vCPU `index`'s part of `chip` (None if the chip has no such CPU).
-    pub fn new(chip: Arc<UserIrqChip>, index: u8) -> Option<Self> {
+    pub fn new(chip: Arc<UserIrqChip>, index: u8, mem: Arc<GuestMemory>) -> Option<Self> {
         let cpu = chip.cpu(index)?.clone();
         Some(UserIrq {
             chip,
@@ -71,7 +94,37 @@ impl UserIrq {
             timer: None,
             armed: None,
             cr8_written: 0,
+            pv_eoi: PvEoi::default(),
+            mem,
         })
+    }
+
+    /// First thing after every `KVM_RUN`: if the guest EOI'd through its PV
+    /// EOI area meanwhile, retire that vector now (an HLT, an APIC read or
+    /// the next injection must see it gone).
+    pub fn after_exit(&mut self, stats: &mut VcpuStats) {
+        if self.pv_eoi.after_exit(&*self.mem) == Taken::Eoi {
+            self.chip.eoi_from_guest_memory(self.index);
+            stats.pv_eois += 1;
+        }
+    }
+
+    /// The guest writes an MSR the VM routed to this thread.
+    pub fn write_msr(&mut self, index: u32, value: u64) -> Result<(), MsrError> {
+        match index {
+            MSR_KVM_PV_EOI_EN if self.chip.serves_pv_eoi() => {
+                Ok(self.pv_eoi.write_msr(&*self.mem, value)?)
+            }
+            _ => Err(MsrError::Unknown(index)),
+        }
+    }
+
+    /// The guest reads an MSR the VM routed to this thread.
+    pub fn read_msr(&self, index: u32) -> Result<u64, MsrError> {
+        match index {
+            MSR_KVM_PV_EOI_EN if self.chip.serves_pv_eoi() => Ok(self.pv_eoi.msr()),
+            _ => Err(MsrError::Unknown(index)),
+        }
     }
 
     /// On the vCPU thread, before the first entry: the host timer (it
@@ -117,7 +170,11 @@ impl UserIrq {
             // The guest wrote CR8 (its TPR) since the last entry.
             st.lapic.set_tpr(((cr8 & 0xf) << 4) as u8);
         }
-        if take_init(&mut st) || st.waiting_for_sipi {
+        if take_init(&mut st) {
+            self.pv_eoi.reset();
+            return Entry::WaitForSipi;
+        }
+        if st.waiting_for_sipi {
             return Entry::WaitForSipi;
         }
         note_timer(&mut st, now, stats);
@@ -126,6 +183,9 @@ impl UserIrq {
         let more = st.lapic.deliverable().is_some();
         let cr8 = u64::from(st.lapic.tpr() >> 4);
         let deadline = st.lapic.timer_deadline();
+        // Read under the same lock as the injection: an interrupt accepted
+        // after this kicks the guest out, and the exit withdraws the offer.
+        let pv_eoi = st.lapic.pv_eoi_allowed();
         drop(st);
 
         run.cr8 = cr8;
@@ -138,6 +198,7 @@ impl UserIrq {
                 Err(e) => tracing::warn!("vcpu{}: KVM_NMI: {e}", self.index),
             }
         }
+        let mut injected = true;
         if let Some(v) = vector {
             match inject(fd, v) {
                 Ok(()) => stats.injected += 1,
@@ -145,8 +206,12 @@ impl UserIrq {
                     tracing::warn!("vcpu{}: KVM_INTERRUPT {v:#x}: {e}", self.index);
                     self.cpu.lock().lapic.unacknowledge(v);
                     fd.get_kvm_run().request_interrupt_window = 1;
+                    injected = false;
                 }
             }
+        }
+        if pv_eoi && injected {
+            self.pv_eoi.offer(&*self.mem);
         }
         self.arm_timer(deadline, now);
         Entry::Run
@@ -171,7 +236,9 @@ impl UserIrq {
     pub fn take_sipi(&mut self, fd: &VcpuFd) -> bool {
         let vector = {
             let mut st = self.cpu.lock();
-            take_init(&mut st);
+            if take_init(&mut st) {
+                self.pv_eoi.reset();
+            }
             let Some(v) = st.sipi.take() else {
                 return false;
             };

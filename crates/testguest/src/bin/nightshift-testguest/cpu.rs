@@ -8,7 +8,7 @@
 
 use core::cell::UnsafeCell;
 use core::mem::size_of;
-use core::sync::atomic::AtomicU64;
+use core::sync::atomic::{AtomicU32, AtomicU64};
 
 pub use testguest::MAX_CPUS;
 
@@ -44,6 +44,10 @@ pub struct KernelCpu {
     /// `wait::halt_since`), so one that arrives between CPL3's last look and
     /// its HLT is not slept through.
     pub irq_total: AtomicU64,
+    /// KVM's PV EOI area ([`crate::pv_eoi`]): bit 0 set by the hypervisor means the
+    /// next EOI may be skipped; the interrupt stubs clear it instead of writing the
+    /// LAPIC's EOI register.
+    pub pv_eoi: AtomicU32,
     pub fault: FaultRecord,
 }
 
@@ -67,6 +71,7 @@ impl KernelStack {
         cpu: KernelCpu {
             irq_count: [const { AtomicU64::new(0) }; IRQ_SLOTS],
             irq_total: AtomicU64::new(0),
+            pv_eoi: AtomicU32::new(0),
             fault: FaultRecord {
                 count: AtomicU64::new(0),
                 vector: AtomicU64::new(0),

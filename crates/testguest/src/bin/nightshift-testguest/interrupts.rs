@@ -1,8 +1,9 @@
 //! Interrupt and exception entry stubs (CPL0) and what CPL3 sees of them.
 //!
 //! Device interrupts (vectors `idt::IRQ_VECTOR_BASE..+16`) only count: the stub increments
-//! the CPU's `KernelCpu::irq_count[slot]` and `irq_total`, sends the LAPIC EOI and returns
-//! — nine instructions. CPL3 code waits for a count to change with `wait::wait_irq`.
+//! the CPU's `KernelCpu::irq_count[slot]` and `irq_total`, sends the LAPIC EOI (or, when
+//! the hypervisor offers it, clears the PV EOI bit instead: no exit) and returns — eleven
+//! instructions. CPL3 code waits for a count to change with `wait::wait_irq`.
 //!
 //! CPU exceptions are recorded in the CPU's `KernelCpu::fault`. One raised at CPL3 is
 //! turned into a call of [`fault_report`] at CPL3, which prints a `fault` line and exits
@@ -45,9 +46,12 @@ core::arch::global_asm!(
     "    and ${kstack_mask}, %rax",
     "    incq ({irq_count} + 8 * \\slot)(%rax)",
     "    incq {irq_total}(%rax)",
+    // PV EOI: if the hypervisor set bit 0, clearing it is the EOI.
+    "    btrl $0, {pv_eoi}(%rax)",
+    "    jc 1f",
     "    mov ${lapic_eoi}, %eax",
     "    movl $0, (%rax)",
-    "    pop %rax",
+    "1:  pop %rax",
     "    iretq",
     ".endm",
     ".irp s, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15",
@@ -122,6 +126,7 @@ core::arch::global_asm!(
     kstack_mask = const -(cpu::KERNEL_STACK_SIZE as i64),
     irq_count = const offset_of!(KernelCpu, irq_count),
     irq_total = const offset_of!(KernelCpu, irq_total),
+    pv_eoi = const offset_of!(KernelCpu, pv_eoi),
     lapic_eoi = const apic::EOI_ADDRESS,
     f_count = const offset_of!(KernelCpu, fault) + offset_of!(FaultRecord, count),
     f_vector = const offset_of!(KernelCpu, fault) + offset_of!(FaultRecord, vector),

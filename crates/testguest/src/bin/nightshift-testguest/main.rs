@@ -26,6 +26,7 @@ mod net_phy;
 mod net_services;
 mod net_workload;
 mod physmem;
+mod pv_eoi;
 mod rng;
 mod serial;
 mod service;
@@ -87,6 +88,7 @@ fn bsp_main(start_info_paddr: u64) -> ! {
         );
     }
     let config = Config::parse(cmdline, |w| warn!("{w}"));
+    let pv_eoi = pv_eoi::enable(config.pv_eoi);
 
     let (tsc_khz, tsc_source) = time::init();
     let rsdp = acpi::find_rsdp(&Identity, info.as_ref().map_or(0, |i| i.rsdp_paddr));
@@ -114,8 +116,9 @@ fn bsp_main(start_info_paddr: u64) -> ! {
     };
     let boot_us = time::tsc_to_us(x86::rdtsc() - boot::ENTRY_TSC.load(Ordering::Relaxed));
     println!(
-        "nightshift-testguest {} cpus={online} tsc_khz={tsc_khz} tsc_source={tsc_source} boot_us={boot_us} smp_us={smp_us}",
-        env!("CARGO_PKG_VERSION")
+        "nightshift-testguest {} cpus={online} tsc_khz={tsc_khz} tsc_source={tsc_source} boot_us={boot_us} smp_us={smp_us} pv_eoi={}",
+        env!("CARGO_PKG_VERSION"),
+        u8::from(pv_eoi)
     );
     boot::milestone(boot::MILESTONE_BANNER);
 
@@ -148,6 +151,7 @@ fn ap_main(cpu: usize) -> ! {
     smp::wait_for_release();
     // Published before the release.
     if let Some(config) = CONFIG.get() {
+        pv_eoi::enable(config.pv_eoi);
         workloads::run(cpu, config);
     }
     smp::ap_done();

@@ -50,11 +50,14 @@ pub enum Call {
     /// rax, rsi, rcx, rdx (what the guest kernel sees, which a VMM's CPUID table decides;
     /// CPL3's own CPUID may be answered differently by the platform).
     Cpuid = 9,
+    /// Enable KVM's PV EOI on this CPU: write `MSR_KVM_PV_EOI_EN` with the physical address
+    /// of its `KernelCpu::pv_eoi`, enabled.
+    PvEoi = 10,
 }
 
 impl Call {
     /// Number of calls (size of the dispatch table).
-    const COUNT: u64 = 10;
+    const COUNT: u64 = 11;
 }
 
 core::arch::global_asm!(
@@ -122,6 +125,17 @@ core::arch::global_asm!(
     "    mov %ebx, %esi",
     "    pop %rbx",
     "    iretq",
+    "",
+    // The identity map makes the field's virtual address its physical one.
+    "service_pv_eoi:",
+    "    mov %rsp, %rax",
+    "    and ${kstack_mask}, %rax",
+    "    lea ({pv_eoi} + 1)(%rax), %rax", // + 1: the enable bit (the field is 4-aligned)
+    "    mov %rax, %rdx",
+    "    shr $32, %rdx",
+    "    mov ${pv_eoi_msr}, %ecx",
+    "    wrmsr",
+    "    iretq",
     ".popsection",
     "",
     // Indexed by `Call`.
@@ -138,11 +152,14 @@ core::arch::global_asm!(
     "    .quad service_nop",
     "    .quad service_spin",
     "    .quad service_cpuid",
+    "    .quad service_pv_eoi",
     ".popsection",
     calls = const Call::COUNT,
     exit_port = const EXIT_PORT,
     kstack_mask = const -(crate::cpu::KERNEL_STACK_SIZE as i64),
     irq_total = const core::mem::offset_of!(crate::cpu::KernelCpu, irq_total),
+    pv_eoi = const core::mem::offset_of!(crate::cpu::KernelCpu, pv_eoi),
+    pv_eoi_msr = const crate::pv_eoi::MSR_KVM_PV_EOI_EN,
     options(att_syntax),
 );
 
@@ -234,6 +251,16 @@ pub fn cpuid_cpl0(leaf: u32, subleaf: u32) -> (u32, u32, u32, u32) {
         )
     };
     (a as u32, b as u32, c as u32, d as u32)
+}
+
+/// Enables KVM's PV EOI on the calling CPU (the caller has checked CPUID).
+pub fn enable_pv_eoi() {
+    // SAFETY: the CPL0 code writes MSR_KVM_PV_EOI_EN with the address of this CPU's
+    // `KernelCpu::pv_eoi`, which lives as long as the CPU; it clobbers rax, rcx and rdx.
+    unsafe {
+        asm!("int3", inlateout("rax") Call::PvEoi as u64 => _, lateout("rcx") _, lateout("rdx") _,
+             options(nostack, nomem));
+    }
 }
 
 /// A service call that does nothing.
