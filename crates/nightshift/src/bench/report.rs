@@ -66,6 +66,10 @@ pub struct RunMetrics {
     /// wakes of vCPU threads halted in userspace (nightshift only).
     pub signal_kicks: Option<f64>,
     pub plain_wakes: Option<f64>,
+    /// Userspace irqchip: EOIs made through PV EOI (no exit), and halts whose
+    /// wake came while the vCPU thread polled (no sleep).
+    pub pv_eois: Option<f64>,
+    pub halt_polls_ok: Option<f64>,
     /// Device-work items by place (nightshift only).
     pub ran_executor: Option<f64>,
     pub ran_worker: Option<f64>,
@@ -369,6 +373,8 @@ impl RunMetrics {
             wait_p99_us: latency("wait", "p99_ns"),
             signal_kicks: per_vcpu("signal_kicks"),
             plain_wakes: per_vcpu("plain_wakes"),
+            pv_eois: per_vcpu("pv_eois"),
+            halt_polls_ok: per_vcpu("halt_polls_ok"),
             ran_executor: report_sum(vms, |v| work(v, "executor")),
             ran_worker: report_sum(vms, |v| work(v, "worker")),
             ran_inline: report_sum(vms, |v| work(v, "inline")),
@@ -447,6 +453,8 @@ const METRICS: &[(&str, Getter)] = &[
     ("wait_p99_us", |m| m.wait_p99_us),
     ("signal_kicks", |m| m.signal_kicks),
     ("plain_wakes", |m| m.plain_wakes),
+    ("pv_eois", |m| m.pv_eois),
+    ("halt_polls_ok", |m| m.halt_polls_ok),
     ("ran_executor", |m| m.ran_executor),
     ("ran_worker", |m| m.ran_worker),
     ("ran_inline", |m| m.ran_inline),
@@ -559,6 +567,8 @@ const BLOCK_COLUMNS: &[Column] = &[
     ("wait p99 us", "wait_p99_us", 1),
     ("signals", "signal_kicks", 0),
     ("wakes", "plain_wakes", 0),
+    ("PV EOIs", "pv_eois", 0),
+    ("polled wakes", "halt_polls_ok", 0),
     ("ran exec", "ran_executor", 0),
     ("ran worker", "ran_worker", 0),
     ("ran inline", "ran_inline", 0),
@@ -591,6 +601,8 @@ const NET_COLUMNS: &[Column] = &[
     ("pickup p99 us", "pickup_p99_us", 1),
     ("signals", "signal_kicks", 0),
     ("wakes", "plain_wakes", 0),
+    ("PV EOIs", "pv_eois", 0),
+    ("polled wakes", "halt_polls_ok", 0),
     ("ran exec", "ran_executor", 0),
     ("ran worker", "ran_worker", 0),
     ("ran inline", "ran_inline", 0),
