@@ -254,9 +254,14 @@ impl VcpuControl {
 
     /// Spins until a wake newer than `seen` or `end`; returns whether the
     /// wake came (then there is no need to wait for it).
+    ///
+    /// Between looks it yields its CPU: the thread that will wake it (a
+    /// worker, the notifier) may be waiting for this very CPU, and KVM's own
+    /// halt polling likewise stops while another task is runnable there. A
+    /// yield with nothing else runnable returns at once.
     fn poll_for_wake(&self, seen: u64, end: Instant) -> bool {
         loop {
-            for _ in 0..64 {
+            for _ in 0..32 {
                 if self.wake_polled.load(Ordering::Acquire) != seen {
                     return true;
                 }
@@ -265,6 +270,7 @@ impl VcpuControl {
             if Instant::now() >= end {
                 return false;
             }
+            std::thread::yield_now();
         }
     }
 
