@@ -241,4 +241,118 @@ mod tests {
         assert_eq!(p.msr(), 0);
         assert_eq!(p.after_exit(&m), Taken::NoOffer);
     }
+
+    mod against_register_eois {
+        //! A guest that ends interrupts through PV EOI whenever offered ends up
+        //! with the same APIC state, at every exit, and the same EOIs reaching
+        //! the IOAPIC, as one that always writes the EOI register; and an EOI
+        //! taken without an exit never holds back what the register write's
+        //! exit would have delivered or told the IOAPIC at once.
+        use super::*;
+        use crate::irqchip::lapic::{Effect, LocalApic};
+        use crate::irqchip::Trigger;
+        use proptest::prelude::*;
+
+        const REG_EOI: u64 = 0xB0;
+        const REG_SVR: u64 = 0xF0;
+        const AREA: u64 = 0x1000;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            /// Another thread accepts a vector (while the guest runs).
+            Raise(u8, bool),
+            /// The guest's handler for its newest interrupt ends it.
+            GuestEoi,
+            /// An exit (the VMM syncs) and the next entry (it injects).
+            ExitAndEnter,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0x20u8..=0xff, any::<bool>()).prop_map(|(v, l)| Op::Raise(v, l)),
+                Just(Op::GuestEoi),
+                Just(Op::ExitAndEnter),
+            ]
+        }
+
+        fn apic() -> LocalApic {
+            let mut a = LocalApic::new(0);
+            a.write(REG_SVR, 0x1ff, 0);
+            a
+        }
+
+        fn registers(a: &mut LocalApic) -> Vec<u32> {
+            (0x100..0x280).step_by(16).map(|o| a.read(o, 0)).collect()
+        }
+
+        fn note(effect: Effect, eois: &mut Vec<u8>) {
+            if let Effect::Eoi(v) = effect {
+                eois.push(v);
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn pv_eoi_is_an_eoi(ops in proptest::collection::vec(op(), 1..200)) {
+                let m = mem();
+                let (mut pv, mut reference) = (apic(), apic());
+                let mut area = PvEoi::default();
+                area.write_msr(&m, AREA | 1).unwrap();
+                // The guest's stacks of interrupts in service (newest last).
+                let (mut pv_stack, mut ref_stack) = (Vec::new(), Vec::new());
+                let (mut pv_eois, mut ref_eois) = (Vec::new(), Vec::new());
+                // A vector accepted while the guest runs kicks it out: the
+                // exit comes whatever the guest does.
+                let mut raised_in_guest = false;
+                for op in ops {
+                    match op {
+                        Op::Raise(v, level) => {
+                            let t = if level { Trigger::Level } else { Trigger::Edge };
+                            pv.accept(v, t);
+                            reference.accept(v, t);
+                            raised_in_guest = true;
+                        }
+                        Op::GuestEoi => {
+                            let mut skipped = false;
+                            if pv_stack.pop().is_some() {
+                                // The guest's test-and-clear of bit 0.
+                                let byte: u8 = m.read_obj(GuestAddress(AREA)).unwrap();
+                                if byte & 1 != 0 {
+                                    m.write_obj(byte & !1, GuestAddress(AREA)).unwrap();
+                                    skipped = true;
+                                } else {
+                                    note(pv.write(REG_EOI, 0, 0), &mut pv_eois);
+                                }
+                            }
+                            if ref_stack.pop().is_some() {
+                                let effect = reference.write(REG_EOI, 0, 0);
+                                if skipped && !raised_in_guest {
+                                    prop_assert_eq!(effect, Effect::None, "a level EOI waited");
+                                    prop_assert_eq!(reference.deliverable(), None, "an interrupt waited");
+                                }
+                                note(effect, &mut ref_eois);
+                            }
+                        }
+                        Op::ExitAndEnter => {
+                            if area.after_exit(&m) == Taken::Eoi {
+                                note(pv.eoi_from_guest_memory(), &mut pv_eois);
+                            }
+                            prop_assert_eq!(registers(&mut pv), registers(&mut reference));
+                            prop_assert_eq!(&pv_eois, &ref_eois);
+                            if let Some(v) = pv.acknowledge() {
+                                pv_stack.push(v);
+                            }
+                            if let Some(v) = reference.acknowledge() {
+                                ref_stack.push(v);
+                            }
+                            if pv.pv_eoi_allowed() {
+                                area.offer(&m);
+                            }
+                            raised_in_guest = false;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
