@@ -47,6 +47,7 @@ impl Batch {
     /// batch was taken, else the batch's next, else the first of a fresh
     /// batch of up to `max()` items from the most urgent class that has
     /// any. None once the engine stops (the caller gives the batch back).
+    #[inline]
     pub(crate) fn next(&mut self, shared: &Shared, max: impl FnOnce() -> usize) -> Option<Item> {
         if shared.mode() == Mode::Stopping {
             return None;
@@ -65,6 +66,7 @@ impl Batch {
     }
 
     /// An item of a class more urgent than the batch's, if one is queued.
+    #[inline]
     fn more_urgent(&self, shared: &Shared) -> Option<Item> {
         Priority::ALL
             .into_iter()

@@ -196,6 +196,7 @@ impl Registry {
     }
 
     /// Executors kicked or running now.
+    #[inline]
     pub(crate) fn busy(&self) -> usize {
         self.busy.load(Ordering::SeqCst)
     }

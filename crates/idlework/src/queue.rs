@@ -70,6 +70,7 @@ impl Fifo {
     }
 
     /// Queues a submitted `item` while the class is open, else hands it back.
+    #[inline]
     fn submit(&self, item: Item) -> Result<(), Item> {
         let mut locked = self.items.lock();
         if locked.closed {
@@ -79,6 +80,7 @@ impl Fifo {
         Ok(())
     }
 
+    #[inline]
     fn append(&self, locked: &mut Locked, item: Item) {
         let q = &mut locked.items;
         if q.is_empty() {
@@ -148,6 +150,7 @@ impl Fifo {
         self.len.store(q.len(), Release);
     }
 
+    #[inline]
     fn len(&self) -> usize {
         self.len.load(SeqCst)
     }
@@ -177,6 +180,7 @@ impl Queues {
 
     /// Queues a submitted `item` (stamp set) unless the queues are closed;
     /// then it comes back.
+    #[inline]
     pub(crate) fn submit(&self, item: Item) -> Result<(), Item> {
         self.fifo(item.priority()).submit(item)
     }
@@ -188,6 +192,7 @@ impl Queues {
     }
 
     /// Takes the oldest item of class `p`.
+    #[inline]
     pub(crate) fn pop(&self, p: Priority) -> Option<Item> {
         self.pop_if(p, |_| true)
     }
@@ -209,11 +214,13 @@ impl Queues {
     }
 
     /// Takes the oldest item of class `p` if `due(its stamp)` holds.
+    #[inline]
     pub(crate) fn pop_if(&self, p: Priority, due: impl FnOnce(Nanos) -> bool) -> Option<Item> {
         self.fifo(p).pop_if(due)
     }
 
     /// Whether class `p` has nothing queued.
+    #[inline]
     pub(crate) fn is_empty(&self, p: Priority) -> bool {
         self.fifo(p).len() == 0
     }
@@ -229,6 +236,7 @@ impl Queues {
     }
 
     /// Items queued in class `p`.
+    #[inline]
     pub(crate) fn len(&self, p: Priority) -> usize {
         self.fifo(p).len()
     }
@@ -240,6 +248,7 @@ impl Queues {
 
     /// Items that want hands now: `urgent` plus `normal`, plus `idle` if
     /// `with_idle`.
+    #[inline]
     pub(crate) fn depth(&self, with_idle: bool) -> usize {
         let idle = if with_idle {
             self.len(Priority::Idle)

@@ -25,6 +25,7 @@ pub(crate) enum Outcome {
 /// Runs one step of `item`, catching a panic so a bad item cannot take
 /// down a worker or a vCPU thread. Also returns its lane if it finished
 /// (done or panicked): the caller hands the lane on ([`next_in_lane`]).
+#[inline]
 pub(crate) fn step(mut item: Item, cx: &Context) -> (Outcome, Option<Arc<LaneQueue>>) {
     let lane = item.lane.take();
     let outcome = match catch_unwind(AssertUnwindSafe(|| item.step(cx))) {
@@ -44,11 +45,13 @@ pub(crate) fn step(mut item: Item, cx: &Context) -> (Outcome, Option<Arc<LaneQue
 
 /// The item of `lane` to queue or run next, now that its active one
 /// finished.
+#[inline]
 pub(crate) fn next_in_lane(lane: Option<Arc<LaneQueue>>) -> Option<Item> {
     lane.and_then(|l| l.finish())
 }
 
 /// Records a step's outcome in `tally`; returns the item if it yielded.
+#[inline]
 pub(crate) fn account(tally: &mut Tally, p: crate::Priority, outcome: Outcome) -> Option<Item> {
     match outcome {
         Outcome::Done => tally.finished(p),
@@ -111,6 +114,7 @@ impl<'a> Session<'a> {
 
     /// Runs one step of `item`, offering it `slice`; a yielding item is
     /// queued again. Returns whether the item finished.
+    #[inline]
     pub(crate) fn run(&mut self, item: Item, slice: Duration) -> bool {
         self.wait
             .saturating_record(self.now.saturating_sub(item.stamp));
