@@ -22,7 +22,7 @@ use crate::config::Policy;
 use crate::error::SubmitError;
 use crate::item::{Context, Item, Place};
 use crate::priority::Priority;
-use crate::run::{account, next_in_lane, step};
+use crate::run::{account, finish, step};
 use crate::shared::Shared;
 use crate::sleep::Watch;
 use crate::stats::Tally;
@@ -126,16 +126,21 @@ impl Shared {
         let mut tally = Tally::default();
         let rest = loop {
             let p = item.priority();
-            let (outcome, lane) = step(item, &cx);
-            match (account(&mut tally, p, outcome), next_in_lane(lane)) {
-                (Some(yielded), _) if to_completion => item = yielded,
+            let outcome = step(&mut item, &cx);
+            if account(&mut tally, p, outcome) {
+                if to_completion {
+                    continue;
+                }
+                break Some(item);
+            }
+            match finish(item) {
                 // Running to completion here: its lane's next item too.
-                (None, Some(next)) if to_completion => item = next,
-                (None, Some(next)) => {
+                Some(next) if to_completion => item = next,
+                Some(next) => {
                     self.enqueue_next_in_lane(next, self.clock.now());
                     break None;
                 }
-                (rest, _) => break rest,
+                None => break None,
             }
         };
         tally.busy_ns = self.clock.now().saturating_sub(start);

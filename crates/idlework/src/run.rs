@@ -13,58 +13,57 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How a step ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// Finished: returned [`Step::Done`].
     Done,
-    /// Wants to continue later; here it is back.
-    Yielded(Item),
-    /// Panicked; the panic was caught and the item dropped.
+    /// Wants to continue later.
+    Yielded,
+    /// Panicked; the panic was caught.
     Panicked,
 }
 
 /// Runs one step of `item`, catching a panic so a bad item cannot take
-/// down a worker or a vCPU thread. Also returns its lane if it finished
-/// (done or panicked): the caller hands the lane on ([`next_in_lane`]).
+/// down a worker or a vCPU thread. The item (64 bytes) stays with the
+/// caller rather than being moved in and back out, which queues it again
+/// if it yielded and otherwise hands it to [`finish`].
 #[inline]
-pub(crate) fn step(mut item: Item, cx: &Context) -> (Outcome, Option<Arc<LaneQueue>>) {
-    let lane = item.lane.take();
-    let outcome = match catch_unwind(AssertUnwindSafe(|| item.step(cx))) {
+pub(crate) fn step(item: &mut Item, cx: &Context) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(|| item.step(cx))) {
         Ok(Step::Done) => Outcome::Done,
-        Ok(Step::Yield) => {
-            // It keeps its place: its lane stays behind it.
-            item.lane = lane;
-            return (Outcome::Yielded(item), None);
-        }
+        Ok(Step::Yield) => Outcome::Yielded,
         Err(_) => {
             tracing::warn!(priority = ?item.priority(), place = ?cx.place, "work item panicked");
             Outcome::Panicked
         }
-    };
-    (outcome, lane)
+    }
 }
 
-/// The item of `lane` to queue or run next, now that its active one
-/// finished.
+/// Drops an item that finished (done or panicked) and returns the item of
+/// its lane to queue or run next, if any. A yielding item keeps its lane
+/// (it keeps its place: the lane stays behind it).
 #[inline]
-pub(crate) fn next_in_lane(lane: Option<Arc<LaneQueue>>) -> Option<Item> {
+pub(crate) fn finish(mut item: Item) -> Option<Item> {
+    let lane: Option<Arc<LaneQueue>> = item.lane.take();
+    drop(item);
     lane.and_then(|l| l.finish())
 }
 
-/// Records a step's outcome in `tally`; returns the item if it yielded.
+/// Records a step's outcome in `tally`; returns whether the item yielded.
 #[inline]
-pub(crate) fn account(tally: &mut Tally, p: crate::Priority, outcome: Outcome) -> Option<Item> {
+pub(crate) fn account(tally: &mut Tally, p: crate::Priority, outcome: Outcome) -> bool {
     match outcome {
         Outcome::Done => tally.finished(p),
         Outcome::Panicked => {
             tally.finished(p);
             tally.panics += 1;
         }
-        Outcome::Yielded(item) => {
+        Outcome::Yielded => {
             tally.yields += 1;
-            return Some(item);
+            return true;
         }
     }
-    None
+    false
 }
 
 /// A stretch of items run back to back by one executor or worker. Holds
@@ -115,7 +114,7 @@ impl<'a> Session<'a> {
     /// Runs one step of `item`, offering it `slice`; a yielding item is
     /// queued again. Returns whether the item finished.
     #[inline]
-    pub(crate) fn run(&mut self, item: Item, slice: Duration) -> bool {
+    pub(crate) fn run(&mut self, mut item: Item, slice: Duration) -> bool {
         self.wait
             .saturating_record(self.now.saturating_sub(item.stamp));
         let p = item.priority();
@@ -123,20 +122,18 @@ impl<'a> Session<'a> {
             place: self.place,
             slice,
         };
-        let (outcome, lane) = step(item, &cx);
+        let outcome = step(&mut item, &cx);
         let end = self.shared.clock.now();
         self.tally.busy_ns += end.saturating_sub(self.now);
         self.now = end;
-        if let Some(next) = next_in_lane(lane) {
+        if account(&mut self.tally, p, outcome) {
+            self.shared.enqueue(item, end);
+            return false;
+        }
+        if let Some(next) = finish(item) {
             self.shared.enqueue_next_in_lane(next, end);
         }
-        match account(&mut self.tally, p, outcome) {
-            Some(item) => {
-                self.shared.enqueue(item, end);
-                false
-            }
-            None => true,
-        }
+        true
     }
 
     /// Publishes the counters gathered so far and lets a snapshot at the
