@@ -71,6 +71,7 @@ impl Batch {
         Priority::ALL
             .into_iter()
             .take_while(|&p| p != self.class)
+            .filter(|&p| !shared.queues.is_empty(p))
             .find_map(|p| shared.queues.pop(p))
     }
 
