@@ -74,9 +74,14 @@ pub(crate) fn account(tally: &mut Tally, p: crate::Priority, outcome: Outcome) -
 /// reading is the item's busy time, the next item's start (its queue wait)
 /// and the budget check before the next item starts, which holds a run to
 /// within one item of its budget (`tests/interleavings.rs` checks it).
-/// Reading it only every few quick items would save most of one `rdtsc`
-/// per item (about 20 ns on the PVM test host), but a run could
-/// then start items past its budget.
+/// With the submitter's stamp that is two clock reads per item, and no
+/// third one: placement reuses the stamp's reading, and an executor's
+/// pickup sample the session's. On the PVM test host an `rdtsc` costs
+/// 25-30 ns (the guest traps it), so these two reads are about 60 ns of
+/// the uncontended submit → pickup path (`examples/hot_path.rs` on a
+/// [`ManualClock`](crate::ManualClock) runs that much faster). Reading it
+/// only every few quick items would save most of one read per item, but a
+/// run could then start items past its budget.
 pub(crate) struct Session<'a> {
     shared: &'a Shared,
     stats: &'a RunnerStats,
