@@ -77,7 +77,7 @@ pub(crate) fn account(tally: &mut Tally, p: crate::Priority, outcome: Outcome) -
 /// With the submitter's stamp that is two clock reads per item, and no
 /// third one: placement reuses the stamp's reading, and an executor's
 /// pickup sample the session's. On the PVM test host an `rdtsc` costs
-/// 25-30 ns (the guest traps it), so these two reads are about 60 ns of
+/// 25-30 ns (the guest traps it), so these two reads are about 50 ns of
 /// the uncontended submit → pickup path (`examples/hot_path.rs` on a
 /// [`ManualClock`](crate::ManualClock) runs that much faster). Reading it
 /// only every few quick items would save most of one read per item, but a
