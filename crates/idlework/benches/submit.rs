@@ -7,7 +7,8 @@
 //!
 //! `executor_uncontended` is the uncontended submit → pickup path: one
 //! thread submits 32 items (the first claims the announced executor), then
-//! runs them as that executor. Its items capture nothing, so building one
+//! runs them as that executor (which takes the first alone, its pace being
+//! unknown, and the other 31 as one batch: see `src/batch.rs`). Its items capture nothing, so building one
 //! allocates nothing; `executor_uncontended_capturing`, the same loop with
 //! items that capture a reference (as a VMM's capture their device), adds
 //! the allocation such an item needs.

@@ -47,6 +47,7 @@ impl Cap {
     }
 
     /// Whether a slot is free right now.
+    #[inline]
     pub(crate) fn available(&self) -> bool {
         match self.limit {
             Some(limit) => self.running.load(Ordering::SeqCst) < limit,

@@ -50,6 +50,7 @@ impl Clock {
     }
 
     /// The current time.
+    #[inline]
     pub(crate) fn now(&self) -> Nanos {
         match &self.0 {
             Source::Monotonic(clock, origin) => clock.delta_as_nanos(*origin, clock.raw()),

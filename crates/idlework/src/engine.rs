@@ -51,6 +51,7 @@ impl Submitter {
     /// Submits an item: runs it here if it is cheap enough (or the policy
     /// is `inline`), else queues it and finds it a hand. After shutdown the
     /// item comes back in the error.
+    #[inline]
     pub fn submit(&self, item: Item) -> Result<Submitted, SubmitError> {
         self.shared.submit(item, true)
     }
@@ -162,6 +163,7 @@ impl Engine {
     }
 
     /// Submits an item; see [`Submitter::submit`].
+    #[inline]
     pub fn submit(&self, item: Item) -> Result<Submitted, SubmitError> {
         self.shared.submit(item, true)
     }

@@ -18,6 +18,7 @@
 //! gives one sample of the **pickup latency** in the statistics.
 
 use crate::announce::Seat;
+use crate::batch::{batch_size, Batch};
 use crate::clock::{nanos, Nanos};
 use crate::error::SubmitError;
 use crate::item::{Item, Place};
@@ -195,6 +196,7 @@ impl Registry {
     }
 
     /// Executors kicked or running now.
+    #[inline]
     pub(crate) fn busy(&self) -> usize {
         self.busy.load(Ordering::SeqCst)
     }
@@ -370,6 +372,9 @@ pub struct Executor {
     seat: Option<Seat>,
     /// Whether this thread's announcement may still stand.
     announced: Cell<bool>,
+    /// Items taken and not yet started, during a run only (kept to reuse
+    /// its buffer).
+    batch: Batch,
 }
 
 impl Executor {
@@ -380,6 +385,7 @@ impl Executor {
             slot,
             seat,
             announced: Cell::new(false),
+            batch: Batch::default(),
         }
     }
 
@@ -501,7 +507,7 @@ impl Executor {
             _ => idle_since,
         };
         let (items, busy) = if shared.idle_policy() {
-            self.run_items(budget, since)
+            Self::run_items(shared, &self.slot, &mut self.batch, budget, since)
         } else {
             (0, 0)
         };
@@ -523,33 +529,43 @@ impl Executor {
         }
     }
 
-    /// Runs items until the budget is spent or nothing is left; the first
-    /// one's start is a pickup sample if the guest is known idle `since`.
-    /// Returns items finished and time spent.
-    fn run_items(&self, budget: Duration, since: Option<Nanos>) -> (u64, u64) {
-        if self.shared.queues.all_empty() {
+    /// Runs items until the budget is spent or nothing is left, taking them
+    /// in batches (see `batch.rs`) and giving back what it did not start;
+    /// the first one's start is a pickup sample if the guest is known idle
+    /// `since`. Returns items finished and time spent.
+    fn run_items(
+        shared: &Shared,
+        slot: &ExecSlot,
+        batch: &mut Batch,
+        budget: Duration,
+        since: Option<Nanos>,
+    ) -> (u64, u64) {
+        if shared.queues.all_empty() {
             // Nothing to run: no session, so no clock reading.
             return (0, 0);
         }
         let budget = nanos(budget);
-        let mut session = Session::new(&self.shared, &self.slot.stats, Place::Executor);
+        let per_hand = shared.config.items_per_worker;
+        let mut session = Session::new(shared, &slot.stats, Place::Executor);
         let mut items = 0;
         let mut since = since;
         while session.elapsed() < budget {
-            let Some(item) = self.shared.pop_for_executor() else {
+            let spent = session.elapsed();
+            let max = || batch_size(per_hand, items, spent, budget - spent);
+            let Some(item) = batch.next(shared, max) else {
                 break;
             };
             if let Some(t) = since.take() {
                 let start = session.now();
                 let known = t.max(item.stamp);
-                self.slot
-                    .pickup
+                slot.pickup
                     .lock()
                     .saturating_record(start.saturating_sub(known));
             }
             let left = Duration::from_nanos(budget - session.elapsed());
             items += u64::from(session.run(item, left));
         }
+        batch.give_back(shared);
         (items, session.elapsed())
     }
 

@@ -198,6 +198,7 @@ impl Item {
     }
 
     /// Runs one step.
+    #[inline]
     pub(crate) fn step(&mut self, cx: &Context) -> Step {
         match &mut self.body {
             Body::Work(work) => work.run(cx),

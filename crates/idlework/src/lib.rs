@@ -78,6 +78,7 @@
 struct ReadmeDoctests;
 
 mod announce;
+mod batch;
 mod cap;
 mod clock;
 mod config;

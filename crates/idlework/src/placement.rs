@@ -22,7 +22,7 @@ use crate::config::Policy;
 use crate::error::SubmitError;
 use crate::item::{Context, Item, Place};
 use crate::priority::Priority;
-use crate::run::{account, next_in_lane, step};
+use crate::run::{account, finish, step};
 use crate::shared::Shared;
 use crate::sleep::Watch;
 use crate::stats::Tally;
@@ -41,6 +41,7 @@ pub enum Submitted {
 impl Shared {
     /// Submits `item`. `capped` says whether an inline run on this thread
     /// counts against the CPU cap (it does not on an executor's thread).
+    #[inline]
     pub(crate) fn submit(&self, mut item: Item, capped: bool) -> Result<Submitted, SubmitError> {
         if item.lane.is_none() && !self.runs_inline_first(&item) {
             return self.submit_queued(item);
@@ -81,6 +82,7 @@ impl Shared {
     /// The common path: queue `item` and find it a hand. The queue's lock
     /// refuses it once shutdown has closed the queues, so this path needs
     /// no gate (see `queue.rs`).
+    #[inline]
     fn submit_queued(&self, mut item: Item) -> Result<Submitted, SubmitError> {
         let now = self.clock.now();
         item.stamp = now;
@@ -93,10 +95,12 @@ impl Shared {
 
     /// Whether `item` runs (a step) on the submitting thread before it is
     /// queued, if at all.
+    #[inline]
     fn runs_inline_first(&self, item: &Item) -> bool {
         self.config.policy == Policy::Inline || self.below_threshold(item)
     }
 
+    #[inline]
     fn below_threshold(&self, item: &Item) -> bool {
         item.cost_hint()
             .is_some_and(|c| c < self.config.inline_threshold)
@@ -122,16 +126,21 @@ impl Shared {
         let mut tally = Tally::default();
         let rest = loop {
             let p = item.priority();
-            let (outcome, lane) = step(item, &cx);
-            match (account(&mut tally, p, outcome), next_in_lane(lane)) {
-                (Some(yielded), _) if to_completion => item = yielded,
+            let outcome = step(&mut item, &cx);
+            if account(&mut tally, p, outcome) {
+                if to_completion {
+                    continue;
+                }
+                break Some(item);
+            }
+            match finish(item) {
                 // Running to completion here: its lane's next item too.
-                (None, Some(next)) if to_completion => item = next,
-                (None, Some(next)) => {
+                Some(next) if to_completion => item = next,
+                Some(next) => {
                     self.enqueue_next_in_lane(next, self.clock.now());
                     break None;
                 }
-                (rest, _) => break rest,
+                None => break None,
             }
         };
         tally.busy_ns = self.clock.now().saturating_sub(start);
@@ -144,6 +153,7 @@ impl Shared {
     /// empty), the timekeeper is made to watch its age: a kicked vCPU may
     /// never come, and hands already at work may be stuck in long items.
     /// The caller has fenced after queueing it, at `now`.
+    #[inline]
     pub(crate) fn place(&self, p: Priority, now: Nanos) {
         let woke_worker = match (self.config.policy, p) {
             (Policy::Idle, Priority::Urgent) => {
@@ -179,6 +189,7 @@ impl Shared {
     /// Adds one hand if the queue depth asks for more than are at work:
     /// an idle executor first (idle policy), else a worker. Returns whether
     /// a worker was woken.
+    #[inline]
     pub(crate) fn grow(&self, now: Nanos) -> bool {
         if !self.needs_hand() || (self.idle_policy() && self.executors.claim_announced(now)) {
             return false;
@@ -194,6 +205,7 @@ impl Shared {
     /// Whether the queue depth (`urgent` + `normal`, and `idle` unless idle
     /// work waits for executors) exceeds what the hands at work (awake
     /// workers, kicked or running executors) absorb.
+    #[inline]
     fn needs_hand(&self) -> bool {
         // A worker awake while the CPU cap is full cannot take the item: it
         // is no hand (with a cap of 0, workers never are).

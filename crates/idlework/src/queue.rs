@@ -8,7 +8,11 @@
 //! submit → pickup path's instructions), its length and oldest stamp are
 //! exact (plain stores made under the lock, read without it), and the loom
 //! build model-checks the very same queue. The lock is held only to move
-//! an item in or out; items are dropped and run outside it.
+//! items in or out; items are dropped and run outside it. Workers pop one
+//! item per acquisition; an executor takes a bounded batch per acquisition
+//! ([`Queues::pop_batch`], see `batch.rs`) and gives back what it did not
+//! start ([`Queues::unpop`]), so on the uncontended submit → pickup path
+//! the pickup's lock is paid once per batch rather than once per item.
 //!
 //! The lock also decides shutdown for queued submissions: [`Queues::close`]
 //! marks every class closed under its lock, and a submission
@@ -66,6 +70,7 @@ impl Fifo {
     }
 
     /// Queues a submitted `item` while the class is open, else hands it back.
+    #[inline]
     fn submit(&self, item: Item) -> Result<(), Item> {
         let mut locked = self.items.lock();
         if locked.closed {
@@ -75,6 +80,7 @@ impl Fifo {
         Ok(())
     }
 
+    #[inline]
     fn append(&self, locked: &mut Locked, item: Item) {
         let q = &mut locked.items;
         if q.is_empty() {
@@ -106,6 +112,45 @@ impl Fifo {
         item
     }
 
+    /// Moves up to `max` items from the front into `into` under one lock
+    /// acquisition; returns how many.
+    fn pop_batch(&self, max: usize, into: &mut VecDeque<Item>) -> usize {
+        if self.len() == 0 {
+            return 0;
+        }
+        let mut locked = self.items.lock();
+        let q = &mut locked.items;
+        let n = max.min(q.len());
+        if n == q.len() && into.is_empty() {
+            // All of it: trade buffers (the queue keeps `into`'s capacity)
+            // rather than move the items one by one.
+            std::mem::swap(q, into);
+        } else {
+            into.extend(q.drain(..n));
+        }
+        if let Some(next) = q.front() {
+            self.front.store(next.stamp, Ordering::Relaxed);
+        }
+        self.len.store(q.len(), Release);
+        n
+    }
+
+    /// Puts `items` (taken from the front earlier, oldest first) back at
+    /// the front, in order: they are older than anything queued since.
+    /// Taken even while shutting down (work already inside the engine).
+    fn unpop(&self, items: &mut VecDeque<Item>) {
+        let mut locked = self.items.lock();
+        let q = &mut locked.items;
+        while let Some(item) = items.pop_back() {
+            q.push_front(item);
+        }
+        if let Some(first) = q.front() {
+            self.front.store(first.stamp, Ordering::Relaxed);
+        }
+        self.len.store(q.len(), Release);
+    }
+
+    #[inline]
     fn len(&self) -> usize {
         self.len.load(SeqCst)
     }
@@ -135,6 +180,7 @@ impl Queues {
 
     /// Queues a submitted `item` (stamp set) unless the queues are closed;
     /// then it comes back.
+    #[inline]
     pub(crate) fn submit(&self, item: Item) -> Result<(), Item> {
         self.fifo(item.priority()).submit(item)
     }
@@ -146,16 +192,35 @@ impl Queues {
     }
 
     /// Takes the oldest item of class `p`.
+    #[inline]
     pub(crate) fn pop(&self, p: Priority) -> Option<Item> {
         self.pop_if(p, |_| true)
     }
 
+    /// Moves up to `max` of class `p`'s oldest items into `into`, under one
+    /// lock acquisition (an executor's batch, see `batch.rs`). Returns how
+    /// many.
+    pub(crate) fn pop_batch(&self, p: Priority, max: usize, into: &mut VecDeque<Item>) -> usize {
+        self.fifo(p).pop_batch(max, into)
+    }
+
+    /// Returns the untaken rest of a batch of class `p` to the front of its
+    /// queue, in order, even while shutting down. The caller fences after
+    /// it and finds the items a hand, like after any push.
+    pub(crate) fn unpop(&self, p: Priority, items: &mut VecDeque<Item>) {
+        if !items.is_empty() {
+            self.fifo(p).unpop(items);
+        }
+    }
+
     /// Takes the oldest item of class `p` if `due(its stamp)` holds.
+    #[inline]
     pub(crate) fn pop_if(&self, p: Priority, due: impl FnOnce(Nanos) -> bool) -> Option<Item> {
         self.fifo(p).pop_if(due)
     }
 
     /// Whether class `p` has nothing queued.
+    #[inline]
     pub(crate) fn is_empty(&self, p: Priority) -> bool {
         self.fifo(p).len() == 0
     }
@@ -171,6 +236,7 @@ impl Queues {
     }
 
     /// Items queued in class `p`.
+    #[inline]
     pub(crate) fn len(&self, p: Priority) -> usize {
         self.fifo(p).len()
     }
@@ -182,6 +248,7 @@ impl Queues {
 
     /// Items that want hands now: `urgent` plus `normal`, plus `idle` if
     /// `with_idle`.
+    #[inline]
     pub(crate) fn depth(&self, with_idle: bool) -> usize {
         let idle = if with_idle {
             self.len(Priority::Idle)

@@ -13,55 +13,57 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// How a step ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// Finished: returned [`Step::Done`].
     Done,
-    /// Wants to continue later; here it is back.
-    Yielded(Item),
-    /// Panicked; the panic was caught and the item dropped.
+    /// Wants to continue later.
+    Yielded,
+    /// Panicked; the panic was caught.
     Panicked,
 }
 
 /// Runs one step of `item`, catching a panic so a bad item cannot take
-/// down a worker or a vCPU thread. Also returns its lane if it finished
-/// (done or panicked): the caller hands the lane on ([`next_in_lane`]).
-pub(crate) fn step(mut item: Item, cx: &Context) -> (Outcome, Option<Arc<LaneQueue>>) {
-    let lane = item.lane.take();
-    let outcome = match catch_unwind(AssertUnwindSafe(|| item.step(cx))) {
+/// down a worker or a vCPU thread. The item (64 bytes) stays with the
+/// caller rather than being moved in and back out, which queues it again
+/// if it yielded and otherwise hands it to [`finish`].
+#[inline]
+pub(crate) fn step(item: &mut Item, cx: &Context) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(|| item.step(cx))) {
         Ok(Step::Done) => Outcome::Done,
-        Ok(Step::Yield) => {
-            // It keeps its place: its lane stays behind it.
-            item.lane = lane;
-            return (Outcome::Yielded(item), None);
-        }
+        Ok(Step::Yield) => Outcome::Yielded,
         Err(_) => {
             tracing::warn!(priority = ?item.priority(), place = ?cx.place, "work item panicked");
             Outcome::Panicked
         }
-    };
-    (outcome, lane)
+    }
 }
 
-/// The item of `lane` to queue or run next, now that its active one
-/// finished.
-pub(crate) fn next_in_lane(lane: Option<Arc<LaneQueue>>) -> Option<Item> {
+/// Drops an item that finished (done or panicked) and returns the item of
+/// its lane to queue or run next, if any. A yielding item keeps its lane
+/// (it keeps its place: the lane stays behind it).
+#[inline]
+pub(crate) fn finish(mut item: Item) -> Option<Item> {
+    let lane: Option<Arc<LaneQueue>> = item.lane.take();
+    drop(item);
     lane.and_then(|l| l.finish())
 }
 
-/// Records a step's outcome in `tally`; returns the item if it yielded.
-pub(crate) fn account(tally: &mut Tally, p: crate::Priority, outcome: Outcome) -> Option<Item> {
+/// Records a step's outcome in `tally`; returns whether the item yielded.
+#[inline]
+pub(crate) fn account(tally: &mut Tally, p: crate::Priority, outcome: Outcome) -> bool {
     match outcome {
         Outcome::Done => tally.finished(p),
         Outcome::Panicked => {
             tally.finished(p);
             tally.panics += 1;
         }
-        Outcome::Yielded(item) => {
+        Outcome::Yielded => {
             tally.yields += 1;
-            return Some(item);
+            return true;
         }
     }
-    None
+    false
 }
 
 /// A stretch of items run back to back by one executor or worker. Holds
@@ -72,9 +74,14 @@ pub(crate) fn account(tally: &mut Tally, p: crate::Priority, outcome: Outcome) -
 /// reading is the item's busy time, the next item's start (its queue wait)
 /// and the budget check before the next item starts, which holds a run to
 /// within one item of its budget (`tests/interleavings.rs` checks it).
-/// Reading it only every few quick items would save most of one `rdtsc`
-/// per item (about 20 ns on the PVM test host), but a run could
-/// then start items past its budget.
+/// With the submitter's stamp that is two clock reads per item, and no
+/// third one: placement reuses the stamp's reading, and an executor's
+/// pickup sample the session's. On the PVM test host an `rdtsc` costs
+/// 25-30 ns (the guest traps it), so these two reads are about 50 ns of
+/// the uncontended submit → pickup path (`examples/hot_path.rs` on a
+/// [`ManualClock`](crate::ManualClock) runs that much faster). Reading it
+/// only every few quick items would save most of one read per item, but a
+/// run could then start items past its budget.
 pub(crate) struct Session<'a> {
     shared: &'a Shared,
     stats: &'a RunnerStats,
@@ -111,7 +118,8 @@ impl<'a> Session<'a> {
 
     /// Runs one step of `item`, offering it `slice`; a yielding item is
     /// queued again. Returns whether the item finished.
-    pub(crate) fn run(&mut self, item: Item, slice: Duration) -> bool {
+    #[inline]
+    pub(crate) fn run(&mut self, mut item: Item, slice: Duration) -> bool {
         self.wait
             .saturating_record(self.now.saturating_sub(item.stamp));
         let p = item.priority();
@@ -119,20 +127,18 @@ impl<'a> Session<'a> {
             place: self.place,
             slice,
         };
-        let (outcome, lane) = step(item, &cx);
+        let outcome = step(&mut item, &cx);
         let end = self.shared.clock.now();
         self.tally.busy_ns += end.saturating_sub(self.now);
         self.now = end;
-        if let Some(next) = next_in_lane(lane) {
+        if account(&mut self.tally, p, outcome) {
+            self.shared.enqueue(item, end);
+            return false;
+        }
+        if let Some(next) = finish(item) {
             self.shared.enqueue_next_in_lane(next, end);
         }
-        match account(&mut self.tally, p, outcome) {
-            Some(item) => {
-                self.shared.enqueue(item, end);
-                false
-            }
-            None => true,
-        }
+        true
     }
 
     /// Publishes the counters gathered so far and lets a snapshot at the

@@ -200,14 +200,6 @@ impl Shared {
             })
     }
 
-    /// The next item for an executor: anything, most urgent first.
-    pub(crate) fn pop_for_executor(&self) -> Option<Item> {
-        if self.mode() == Mode::Stopping {
-            return None;
-        }
-        Priority::ALL.into_iter().find_map(|p| self.queues.pop(p))
-    }
-
     /// Queues `item` as of `now` and finds it a hand.
     pub(crate) fn enqueue(&self, mut item: Item, now: Nanos) {
         item.stamp = now;

@@ -85,6 +85,7 @@ impl Sleep {
     }
 
     /// Workers asleep now.
+    #[inline]
     pub(crate) fn sleeping(&self) -> usize {
         self.sleeping.load(Ordering::SeqCst)
     }
@@ -114,6 +115,7 @@ impl Sleep {
 
     /// Makes sure the timekeeper, if it sleeps without a deadline, looks
     /// again. The caller must have queued work and fenced.
+    #[inline]
     pub(crate) fn arm_timer(&self) {
         if self.timer_armed.load(Ordering::SeqCst) || self.timer_armed.swap(true, Ordering::SeqCst)
         {

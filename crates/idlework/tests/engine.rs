@@ -942,3 +942,36 @@ fn an_executor_that_announces_itself_is_never_probed() {
     // The worker publishes its counts after the item reported.
     assert_eq!(settled(&engine, 1).ran(Place::Worker, Priority::Normal), 1);
 }
+
+#[test]
+fn an_urgent_item_queued_while_an_executor_holds_a_batch_runs_before_the_batch() {
+    // Only the executor runs work (a CPU cap of 0). It takes item 0 alone
+    // (its pace is unknown), then items 1 and 2 as one batch; item 1
+    // submits an urgent item, which must run before item 2.
+    let engine = Engine::new(Config {
+        cpu_cap: Some(0),
+        items_per_worker: 100,
+        ..patient(Policy::Idle)
+    })
+    .unwrap();
+    let mut exec = engine.register_executor("vcpu0", FakeVcpu::busy());
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = |id: &'static str| {
+        let order = Arc::clone(&order);
+        move || order.lock().unwrap().push(id)
+    };
+    let sub = engine.submitter();
+    let urgent = log("urgent");
+    engine.submit(Item::from_fn(log("0"))).unwrap();
+    let first = log("1");
+    engine
+        .submit(Item::from_fn(move || {
+            first();
+            let it = Item::from_fn(urgent).with_priority(Priority::Urgent);
+            sub.submit(it).unwrap();
+        }))
+        .unwrap();
+    engine.submit(Item::from_fn(log("2"))).unwrap();
+    assert_eq!(exec.run_idle(HOUR).items, 4);
+    assert_eq!(*order.lock().unwrap(), ["0", "1", "urgent", "2"]);
+}

@@ -443,3 +443,70 @@ fn a_lane_item_submitted_as_the_active_one_finishes_is_not_stranded() {
         assert_eq!(done.in_order(), vec![0, 1]);
     });
 }
+
+/// Lets an executor take its items in batches (one hand absorbs them all).
+fn batching(policy: Policy) -> Config {
+    Config {
+        items_per_worker: 100,
+        ..config(policy)
+    }
+}
+
+#[test]
+fn the_rest_of_a_batch_goes_back_and_is_run_once_when_the_budget_runs_out() {
+    // The executor takes item 0 alone (its pace is unknown), then 1 and 2
+    // together; item 1 spends the budget, so item 2 goes back to the queue
+    // and must find a hand (the worker): a lost wake-up deadlocks.
+    check(|| {
+        let clock = ManualClock::new();
+        let engine = Engine::with_clock(batching(Policy::Idle), clock.clock()).unwrap();
+        let mut exec = engine.register_executor("vcpu0", Vcpu::new(false));
+        let done = Done::default();
+        for id in 0..3 {
+            let (d, c) = (done.clone(), clock.clone());
+            engine
+                .submit(Item::new(move |_: &idlework::Context| {
+                    if id == 1 {
+                        c.advance(Duration::from_micros(20));
+                    }
+                    d.record(id);
+                    Step::Done
+                }))
+                .unwrap();
+        }
+        let vcpu_thread = thread::spawn(move || {
+            let report = exec.run_idle(Duration::from_micros(15));
+            assert!(report.items <= 2, "{report:?}");
+            exec
+        });
+        done.wait_for(3);
+        drop(vcpu_thread.join().unwrap());
+        assert!(engine.shutdown(Shutdown::Drain).is_empty());
+        assert_eq!(done.runs(), vec![0, 1, 2], "each item runs exactly once");
+    });
+}
+
+#[test]
+fn shutdown_return_takes_back_a_batch_an_executor_holds() {
+    // Idle work: only the executor takes it. Whatever it has taken and not
+    // started when shutdown stops it comes back with the rest.
+    check(|| {
+        let engine = Engine::new(batching(Policy::Idle)).unwrap();
+        let mut exec = engine.register_executor("vcpu0", Vcpu::new(false));
+        let done = Done::default();
+        for id in 0..3 {
+            let it = done.item(id).with_priority(Priority::Idle);
+            engine.submit(it).unwrap();
+        }
+        let vcpu_thread = thread::spawn(move || {
+            exec.run_idle(HOUR);
+            exec
+        });
+        let returned = engine.shutdown(Shutdown::Return);
+        drop(vcpu_thread.join().unwrap());
+        // Running what came back must complete the set, with no item twice.
+        returned.into_iter().for_each(Item::run_to_completion);
+        assert_eq!(done.in_order().len(), 3, "an item ran twice or was lost");
+        assert_eq!(done.runs(), vec![0, 1, 2]);
+    });
+}
