@@ -15,7 +15,7 @@
 //! killed (such a kernel may run for minutes, and on PVM hosts it ends only at
 //! its int3 self-test). A run that prints nothing in time fails.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -90,8 +90,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<()> {
     );
     let mut samples = Vec::with_capacity(args.runs);
     for i in 0..args.runs {
-        eprint!("\rboot {}/{}", i + 1, args.runs);
-        let _ = std::io::stderr().flush();
+        super::progress_line(&format!("boot {}/{}", i + 1, args.runs));
         let status = Command::new(&exe)
             .args(["run", "--cmdline", "workload=exit"])
             .args([
@@ -199,8 +198,7 @@ fn run_linux(args: &BootArgs) -> anyhow::Result<()> {
     );
     let mut firsts = Vec::with_capacity(args.runs);
     for i in 0..args.runs {
-        eprint!("\rboot {}/{}", i + 1, args.runs);
-        let _ = std::io::stderr().flush();
+        super::progress_line(&format!("boot {}/{}", i + 1, args.runs));
         let mut cmd = Command::new(&exe);
         cmd.args([
             "run",

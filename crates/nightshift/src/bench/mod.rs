@@ -13,7 +13,7 @@ mod runner;
 mod scenario;
 mod threads;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -226,10 +226,20 @@ fn scenarios(args: BenchArgs) -> anyhow::Result<()> {
 }
 
 fn progress(done: usize, total: usize, scenario: &str, variant: &str, rep: usize) {
-    eprint!(
-        "\r\x1b[K[{done}/{total}] {scenario} × {variant} (rep {})",
+    progress_line(&format!(
+        "[{done}/{total}] {scenario} × {variant} (rep {})",
         rep + 1
-    );
+    ));
+}
+
+/// A progress line: rewritten in place on a terminal, a plain line each
+/// otherwise (a CI log, a file).
+pub(crate) fn progress_line(line: &str) {
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[K{line}");
+    } else {
+        eprintln!("{line}");
+    }
     let _ = std::io::stderr().flush();
 }
 
