@@ -185,11 +185,11 @@ impl UserIrqChip {
         self.carry_out(effect, cpu);
     }
 
-    /// vCPU `cpu`'s guest EOI'd through its PV EOI area ([`super::pv_eoi`]).
-    pub fn eoi_from_guest_memory(&self, cpu: u8) {
+    /// vCPU `cpu`'s guest EOI'd `vector` through its PV EOI area
+    /// ([`super::pv_eoi`]); an edge vector, so nothing else is told.
+    pub fn eoi_from_guest_memory(&self, cpu: u8, vector: u8) {
         if let Some(c) = self.cpu(cpu) {
-            let effect = c.lock().lapic.eoi_from_guest_memory();
-            self.carry_out(effect, cpu);
+            c.lock().lapic.eoi_from_guest_memory(vector);
         }
     }
 

@@ -278,21 +278,23 @@ impl LocalApic {
         self.irr.highest().is_some()
     }
 
-    /// Whether the guest may retire what is in service without writing the
-    /// EOI register (KVM's PV EOI; see [`super::pv_eoi`]): exactly one vector
-    /// in service, edge-triggered (no IOAPIC needs to hear of its EOI), and
-    /// nothing requested that the EOI could make deliverable, since a PV EOI
-    /// does not exit.
-    pub fn pv_eoi_allowed(&self) -> bool {
+    /// The vector the guest may retire without writing the EOI register
+    /// (KVM's PV EOI; see [`super::pv_eoi`]), if any: the one vector in
+    /// service, if it is edge-triggered (no IOAPIC needs to hear of its EOI)
+    /// and nothing is requested that the EOI could make deliverable, since a
+    /// PV EOI does not exit.
+    pub fn pv_eoi_vector(&self) -> Option<u8> {
         let one_in_service = self.isr.0.iter().map(|w| w.count_ones()).sum::<u32>() == 1;
-        let edge = self.isr.highest().is_some_and(|v| !self.tmr.contains(v));
-        one_in_service && edge && !self.has_requests()
+        let v = self.isr.highest()?;
+        (one_in_service && !self.tmr.contains(v) && !self.has_requests()).then_some(v)
     }
 
-    /// The EOI a guest made without writing the register (a PV EOI): the
-    /// highest in-service vector is retired, as by an EOI write.
-    pub fn eoi_from_guest_memory(&mut self) -> Effect {
-        self.eoi()
+    /// The guest retired `vector`, offered by [`pv_eoi_vector`](Self::pv_eoi_vector),
+    /// through PV EOI. It was edge-triggered when offered, so nothing goes to
+    /// the IOAPIC, even if the same vector has been accepted level-triggered
+    /// since (its TMR bit then belongs to that new request).
+    pub fn eoi_from_guest_memory(&mut self, vector: u8) {
+        self.isr.clear(vector);
     }
 
     fn eoi(&mut self) -> Effect {
@@ -713,25 +715,25 @@ mod tests {
     #[test]
     fn pv_eoi_only_for_one_edge_vector_in_service_and_none_requested() {
         let mut a = enabled(0);
-        assert!(!a.pv_eoi_allowed(), "nothing in service");
+        assert_eq!(a.pv_eoi_vector(), None, "nothing in service");
         a.accept(0x40, Trigger::Edge);
         a.acknowledge();
-        assert!(a.pv_eoi_allowed());
+        assert_eq!(a.pv_eoi_vector(), Some(0x40));
         // Another request: retiring 0x40 without an exit could strand it.
         a.accept(0x30, Trigger::Edge);
-        assert!(!a.pv_eoi_allowed());
+        assert_eq!(a.pv_eoi_vector(), None);
         // Two in service (0x50 nested in 0x40).
         let mut b = enabled(0);
         for v in [0x40, 0x50] {
             b.accept(v, Trigger::Edge);
             b.acknowledge();
         }
-        assert!(!b.pv_eoi_allowed());
+        assert_eq!(b.pv_eoi_vector(), None);
         // Level-triggered: the IOAPIC must see the EOI.
         let mut c = enabled(0);
         c.accept(0x40, Trigger::Level);
         c.acknowledge();
-        assert!(!c.pv_eoi_allowed());
+        assert_eq!(c.pv_eoi_vector(), None);
     }
 
     #[test]
@@ -739,8 +741,17 @@ mod tests {
         let mut a = enabled(0);
         a.accept(0x40, Trigger::Edge);
         a.acknowledge();
-        assert_eq!(a.eoi_from_guest_memory(), Effect::None);
+        a.eoi_from_guest_memory(0x40);
         assert_eq!(a.read(REG_ISR + 0x20, 0), 0, "ISR bits 64-95");
         assert_eq!(a.ppr(), 0);
+        // The same vector accepted level-triggered while the offer was out
+        // keeps its TMR bit: the EOI was for the edge one.
+        let mut b = enabled(0);
+        b.accept(0x40, Trigger::Edge);
+        b.acknowledge();
+        b.accept(0x40, Trigger::Level);
+        b.eoi_from_guest_memory(0x40);
+        assert_eq!(b.read(REG_TMR + 0x20, 0), 1, "TMR bit 64");
+        assert_eq!(b.deliverable(), Some(0x40));
     }
 }

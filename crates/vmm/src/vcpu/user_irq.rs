@@ -103,8 +103,8 @@ impl UserIrq {
     /// EOI area meanwhile, retire that vector now (an HLT, an APIC read or
     /// the next injection must see it gone).
     pub fn after_exit(&mut self, stats: &mut VcpuStats) {
-        if self.pv_eoi.after_exit(&*self.mem) == Taken::Eoi {
-            self.chip.eoi_from_guest_memory(self.index);
+        if let Taken::Eoi(vector) = self.pv_eoi.after_exit(&*self.mem) {
+            self.chip.eoi_from_guest_memory(self.index, vector);
             stats.pv_eois += 1;
         }
     }
@@ -185,7 +185,7 @@ impl UserIrq {
         let deadline = st.lapic.timer_deadline();
         // Read under the same lock as the injection: an interrupt accepted
         // after this kicks the guest out, and the exit withdraws the offer.
-        let pv_eoi = st.lapic.pv_eoi_allowed();
+        let pv_eoi = st.lapic.pv_eoi_vector();
         drop(st);
 
         run.cr8 = cr8;
@@ -210,8 +210,8 @@ impl UserIrq {
                 }
             }
         }
-        if pv_eoi && injected {
-            self.pv_eoi.offer(&*self.mem);
+        if let Some(v) = pv_eoi.filter(|_| injected) {
+            self.pv_eoi.offer(&*self.mem, v);
         }
         self.arm_timer(deadline, now);
         Entry::Run
