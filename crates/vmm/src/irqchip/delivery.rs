@@ -182,7 +182,11 @@ impl UserIrqChip {
             .lock()
             .lapic
             .write(offset, u32::from_le_bytes(bytes), self.now_ns());
-        self.carry_out(effect, cpu);
+        match effect {
+            Effect::None => {}
+            Effect::Ipi(ipi) => self.deliver(ipi, Some(cpu)),
+            Effect::Eoi(vector) => self.ioapic_eoi(vector),
+        }
     }
 
     /// vCPU `cpu`'s guest EOI'd `vector` through its PV EOI area
@@ -190,16 +194,6 @@ impl UserIrqChip {
     pub fn eoi_from_guest_memory(&self, cpu: u8, vector: u8) {
         if let Some(c) = self.cpu(cpu) {
             c.lock().lapic.eoi_from_guest_memory(vector);
-        }
-    }
-
-    /// What an access to vCPU `cpu`'s APIC asks of the rest of the system,
-    /// done after its lock is released.
-    fn carry_out(&self, effect: Effect, cpu: u8) {
-        match effect {
-            Effect::None => {}
-            Effect::Ipi(ipi) => self.deliver(ipi, Some(cpu)),
-            Effect::Eoi(vector) => self.ioapic_eoi(vector),
         }
     }
 

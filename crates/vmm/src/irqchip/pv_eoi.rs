@@ -125,13 +125,6 @@ impl PvEoi {
         self.offered.is_some()
     }
 
-    /// Withdraws an offer that no longer holds (before an entry where the
-    /// guest must write the register again). Returns whether the guest had
-    /// taken it meanwhile, like [`after_exit`](Self::after_exit).
-    pub fn withdraw<M: GuestMemory>(&mut self, mem: &M) -> Taken {
-        self.after_exit(mem)
-    }
-
     /// After an exit, before anything looks at the APIC: whether the guest
     /// EOI'd through the area since the last entry. Leaves no offer out.
     pub fn after_exit<M: GuestMemory>(&mut self, mem: &M) -> Taken {
@@ -228,7 +221,7 @@ mod tests {
         p.write_msr(&m, 0x1000 | 1).unwrap();
         p.offer(&m, 0x40);
         assert_eq!(word(&m, 0x1000), 0xabcd_ef01);
-        assert_eq!(p.withdraw(&m), Taken::Withdrawn);
+        assert_eq!(p.after_exit(&m), Taken::Withdrawn);
         assert_eq!(word(&m, 0x1000), 0xabcd_ef00);
     }
 
@@ -251,12 +244,10 @@ mod tests {
         //! taken without an exit never holds back what the register write's
         //! exit would have delivered or told the IOAPIC at once.
         use super::*;
-        use crate::irqchip::lapic::{Effect, LocalApic};
+        use crate::irqchip::lapic::{Effect, LocalApic, REG_EOI, REG_SVR};
         use crate::irqchip::Trigger;
         use proptest::prelude::*;
 
-        const REG_EOI: u64 = 0xB0;
-        const REG_SVR: u64 = 0xF0;
         const AREA: u64 = 0x1000;
 
         #[derive(Clone, Debug)]
