@@ -6,7 +6,7 @@ pinned 1:1), the binaries alternating within each repetition; prints medians [mi
     OLD=/path/to/old/nightshift NEW=target/release/nightshift scripts/ab/old_vs_new_mixed.py [reps]
 
 Each binary boots its own built-in test guest. Used for docs/results/README.md."""
-import json, subprocess, statistics, sys, os
+import subprocess, statistics, sys, os
 reps = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 bins = {"old": os.path.abspath(os.environ["OLD"]), "new": os.path.abspath(os.environ["NEW"])}
 work = os.environ.get("AB_DIR", "/tmp/nightshift-ab")
