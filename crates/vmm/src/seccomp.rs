@@ -273,6 +273,13 @@ const ALLOWED_ARGS: &[AllowArgs] = &[
         arg: 1,
         values: &[libc::F_DUPFD_CLOEXEC as u64],
     },
+    AllowArgs {
+        why: "in builds with debug assertions Rust's std checks that an fd it closes is open",
+        classes: ALL,
+        syscall: libc::SYS_fcntl,
+        arg: 1,
+        values: &[libc::F_GETFD as u64],
+    },
 ];
 
 /// KVM ioctl request numbers (include/uapi/linux/kvm.h, `_IO`/`_IOR` on 0xAE).
