@@ -22,7 +22,7 @@ use kvm_ioctls::VmFd;
 use serde::Serialize;
 
 use crate::bus::Bus;
-use crate::config::NotifyPath;
+use crate::config::{NotifyPath, NotifyPaths};
 use crate::irqchip::{IrqLine, UserIrqChip};
 use crate::memory::{GuestMemory, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START};
 use crate::virtio::block::BlockCounters;
@@ -49,6 +49,16 @@ impl Slot {
             size: VIRTIO_MMIO_SIZE,
             gsi,
         })
+    }
+
+    /// Whether a guest write to `addr` is a QueueNotify of some slot's
+    /// device (the write that may queue device work).
+    pub fn is_queue_notify(addr: u64) -> bool {
+        let Some(off) = addr.checked_sub(VIRTIO_MMIO_START) else {
+            return false;
+        };
+        let slots = u64::from(LAST_VIRTIO_GSI - FIRST_VIRTIO_GSI + 1);
+        off < slots * VIRTIO_MMIO_SIZE && off % VIRTIO_MMIO_SIZE == QUEUE_NOTIFY_OFFSET
     }
 
     /// How Linux (and the test guest) learn of the device from the command line.
@@ -188,7 +198,7 @@ impl Devices {
 pub struct DeviceManager<'a> {
     vm_fd: &'a VmFd,
     mem: Arc<GuestMemory>,
-    notify: NotifyPath,
+    notify: NotifyPaths,
     /// The VM's own interrupt controllers, under `--irqchip user`.
     irqchip: Option<Arc<UserIrqChip>>,
     mmio: Bus,
@@ -203,7 +213,7 @@ impl<'a> DeviceManager<'a> {
     pub fn new(
         vm_fd: &'a VmFd,
         mem: Arc<GuestMemory>,
-        notify: NotifyPath,
+        notify: NotifyPaths,
         irqchip: Option<Arc<UserIrqChip>>,
         mmio: Bus,
     ) -> std::io::Result<Self> {
@@ -242,6 +252,7 @@ impl<'a> DeviceManager<'a> {
             .map_err(host("setting up the interrupt line", &name))?;
         let device_type = device.device_type();
         let queues = device.queue_max_sizes().len() as u32;
+        let notify = self.notify.for_device(device.driver_waits());
         let interrupt = Arc::new(VirtioInterrupt::on_line(line));
         let transport = Arc::new(Mutex::new(MmioTransport::new(
             device,
@@ -251,7 +262,7 @@ impl<'a> DeviceManager<'a> {
         self.mmio
             .insert(transport.clone(), slot.base, slot.size)
             .map_err(|e| host("placing the device", &name)(std::io::Error::other(e)))?;
-        if self.notify == NotifyPath::Ioeventfd {
+        if notify == NotifyPath::Ioeventfd {
             for queue in 0..queues {
                 self.notifier
                     .add_queue(
@@ -296,5 +307,18 @@ mod tests {
         let last = Slot::nth(18).unwrap();
         assert_eq!((last.base, last.gsi), (0xd001_2000, 23));
         assert_eq!(Slot::nth(19), None);
+    }
+
+    #[test]
+    fn only_a_slots_queue_notify_register_is_a_queue_notify() {
+        for i in [0, 18] {
+            let s = Slot::nth(i).unwrap();
+            assert!(Slot::is_queue_notify(s.base + QUEUE_NOTIFY_OFFSET));
+            assert!(!Slot::is_queue_notify(s.base + QUEUE_NOTIFY_OFFSET + 4));
+            assert!(!Slot::is_queue_notify(s.base));
+        }
+        let past = Slot::nth(18).unwrap().base + VIRTIO_MMIO_SIZE;
+        assert!(!Slot::is_queue_notify(past + QUEUE_NOTIFY_OFFSET));
+        assert!(!Slot::is_queue_notify(QUEUE_NOTIFY_OFFSET));
     }
 }

@@ -233,7 +233,7 @@ impl Vm {
         let mut devices = DeviceManager::new(
             &vm_fd,
             mem.clone(),
-            config.work.notify_path(),
+            config.work.notify_paths(),
             irqchip.clone(),
             mmio,
         )
@@ -364,6 +364,7 @@ impl Vm {
                 }),
                 irqchip: self.irqchip.clone(),
                 mem: self.mem.clone(),
+                io_wait: self.config.work.io_wait(),
                 halt_poll_ns: self.config.halt_poll_ns,
                 threads: self.threads.clone(),
             };

@@ -31,6 +31,18 @@ use std::time::{Duration, Instant};
 
 use super::{Place, Vcpu, VcpuControl};
 
+/// `budget`, cut to end by the APIC timer's `deadline` (VM clock ns) when
+/// that comes first, `now` being the VM clock: the budget, and whether it
+/// was cut. A tick is late by at most the last item's overrun.
+pub(super) fn budget_until(budget: Duration, now: u64, deadline: Option<u64>) -> (Duration, bool) {
+    match deadline {
+        Some(d) if Duration::from_nanos(d.saturating_sub(now)) < budget => {
+            (Duration::from_nanos(d.saturating_sub(now)), true)
+        }
+        _ => (budget, false),
+    }
+}
+
 impl Vcpu {
     /// Handles a guest HLT (user irqchip): works or waits until the halt
     /// ends. A request (pause, stop) interrupts the halt without ending it:
@@ -44,8 +56,11 @@ impl Vcpu {
                 self.fd.get_kvm_run().if_flag != 0
             }
         };
-        self.halted = Some(interruptible);
         let started = Instant::now();
+        if self.halted.is_none() {
+            self.io_wait.halted(started);
+        }
+        self.halted = Some(interruptible);
         control.set_place(Place::Halted);
         // The first run of this halt counts its pickup from the HLT exit.
         let mut halted_at = Some(started);
@@ -145,16 +160,7 @@ impl Vcpu {
         if !offered && !executor.work_queued() {
             return false;
         }
-        let now = irq.now_ns();
-        let mut budget = executor.budget();
-        let mut clamped = false;
-        if let Some(d) = deadline {
-            let left = Duration::from_nanos(d.saturating_sub(now));
-            if left < budget {
-                budget = left;
-                clamped = true;
-            }
-        }
+        let (budget, clamped) = budget_until(executor.budget(), irq.now_ns(), deadline);
         let report = match halted_at {
             // Work was queued when the guest halted: the VMM knew at the
             // HLT exit, not at a claim.
@@ -164,18 +170,11 @@ impl Vcpu {
         if report.items == 0 {
             return false;
         }
+        let late = deadline.map(|d| irq.now_ns().saturating_sub(d));
         let s = &mut self.stats;
-        s.idle_runs += 1;
-        s.idle_items += report.items;
-        s.idle_busy_ns += report.busy.as_nanos() as u64;
+        s.count_idle_run(&report, clamped, late);
         s.halt_runs += 1;
         s.halt_items += report.items;
-        if clamped {
-            s.idle_runs_clamped += 1;
-        }
-        if let Some(d) = deadline {
-            s.timer_overrun_max_ns = s.timer_overrun_max_ns.max(irq.now_ns().saturating_sub(d));
-        }
         true
     }
 

@@ -28,6 +28,7 @@
 pub mod halt;
 mod halt_poll;
 pub mod idle_timer;
+mod io_wait;
 pub mod kick;
 pub mod kvm_stats;
 pub mod regs;
@@ -48,6 +49,7 @@ use serde::Serialize;
 
 use crate::bus::Bus;
 use crate::config::CpuList;
+use crate::device_manager::Slot;
 use crate::exit::{EmulationFailure, ExitReason, ExitSignal};
 use crate::idle::{BlockingStat, KernelIdleHooks, UserIdleHooks, VcpuSignals};
 use crate::irqchip::{UserIrqChip, VcpuWaker};
@@ -56,6 +58,7 @@ use crate::seccomp::ThreadClass;
 use crate::vmm_thread::ThreadPolicy;
 use halt_poll::HaltPoll;
 use idle_timer::IdleTimer;
+use io_wait::IoWaitGuess;
 use kick::{Kicker, ThreadBinding};
 use kvm_stats::{KvmStats, StatReader};
 use user_irq::{Entry, MsrError, UserIrq};
@@ -342,7 +345,9 @@ impl VcpuControl {
 
 impl VcpuSignals for VcpuControl {
     fn kick(&self) -> bool {
-        VcpuControl::kick(self)
+        // A claim made on the thread itself (a notify it offered to serve,
+        // `io_wait`) is answered before it re-enters: no signal.
+        !self.on_own_thread() && VcpuControl::kick(self)
     }
 
     fn offer_work(&self, preempt: bool) {
@@ -447,6 +452,28 @@ pub struct VcpuStats {
     /// User irqchip: the furthest a work run in a halt ended past the timer
     /// deadline (the last item's overrun), ns.
     pub timer_overrun_max_ns: u64,
+    /// Work runs at a notify exit, for a guest guessed to wait for its I/O
+    /// (see `io_wait`; a subset of `idle_runs`).
+    pub notify_runs: u64,
+    /// Items those runs finished.
+    pub notify_items: u64,
+}
+
+impl VcpuStats {
+    /// Counts one run of engine work on this thread that found some;
+    /// `clamped` if its budget was cut to the APIC timer's deadline, `late`
+    /// how far past that deadline it ended (ns), if there was one.
+    fn count_idle_run(&mut self, report: &idlework::IdleReport, clamped: bool, late: Option<u64>) {
+        self.idle_runs += 1;
+        self.idle_items += report.items;
+        self.idle_busy_ns += report.busy.as_nanos() as u64;
+        if clamped {
+            self.idle_runs_clamped += 1;
+        }
+        if let Some(late) = late {
+            self.timer_overrun_max_ns = self.timer_overrun_max_ns.max(late);
+        }
+    }
 }
 
 /// Everything a vCPU thread needs besides its fd.
@@ -469,6 +496,10 @@ pub struct VcpuContext {
     pub irqchip: Option<Arc<UserIrqChip>>,
     /// Guest memory (the userspace irqchip's PV EOI areas are there).
     pub mem: Arc<GuestMemory>,
+    /// Under idle, serve a notify's work at its exit when the guest halted or
+    /// notified again this soon after its previous one (zero: never; see
+    /// `io_wait`).
+    pub io_wait: Duration,
     /// `--halt-poll-ns`: the most a halt polls (user irqchip; KVM's
     /// parameter otherwise), or None for the host's.
     pub halt_poll_ns: Option<u32>,
@@ -526,12 +557,18 @@ pub struct Vcpu {
     halted: Option<bool>,
     /// How long a halt polls before the thread sleeps (user irqchip).
     halt_poll: HaltPoll,
+    /// Whether the guest waits for the I/O it notifies.
+    io_wait: IoWaitGuess,
 }
 
 enum Outcome {
     Continue,
     /// An MMIO write was handled: it may have queued device work.
     Wrote,
+    /// A QueueNotify write was handled: it may have queued device work. With
+    /// the instant it exited if this thread offered to serve that work
+    /// itself (`io_wait`).
+    Notified(Option<Instant>),
     Interrupted,
     /// The guest executed HLT (user irqchip only).
     Halted,
@@ -550,6 +587,7 @@ impl Vcpu {
             .as_ref()
             .and_then(|chip| UserIrq::new(chip.clone(), index, ctx.mem.clone()));
         let halt_poll = HaltPoll::from_host(ctx.halt_poll_ns);
+        let io_wait = IoWaitGuess::new(ctx.io_wait);
         Vcpu {
             index,
             fd,
@@ -561,6 +599,7 @@ impl Vcpu {
             irq,
             halted: None,
             halt_poll,
+            io_wait,
         }
     }
 
@@ -704,6 +743,9 @@ impl Vcpu {
                 .fd
                 .get_mp_state()
                 .is_ok_and(|s| s.mp_state == KVM_MP_STATE_HALTED);
+        if halted {
+            self.io_wait.halted(Instant::now());
+        }
         // A forced kick brings overdue work the CPU cap leaves no worker for.
         let take = halted || executor.forced();
         let budget = if take {
@@ -716,9 +758,7 @@ impl Vcpu {
             self.stats.declined_kicks += 1;
         }
         if report.items > 0 {
-            self.stats.idle_runs += 1;
-            self.stats.idle_items += report.items;
-            self.stats.idle_busy_ns += report.busy.as_nanos() as u64;
+            self.stats.count_idle_run(&report, false, None);
         }
         self.come_back_for_work(Some(take));
     }
@@ -777,6 +817,11 @@ impl Vcpu {
             match outcome {
                 Outcome::Continue => {}
                 Outcome::Wrote => self.come_back_for_work(None),
+                Outcome::Notified(offered) => {
+                    if !self.serve_own_notify(control, offered) {
+                        self.come_back_for_work(None);
+                    }
+                }
                 Outcome::Interrupted => {
                     self.stats.interrupted += 1;
                     self.fd.set_kvm_immediate_exit(0);
@@ -833,6 +878,11 @@ impl Vcpu {
                     Some(irq) if in_lapic_page(addr) => {
                         irq.lapic_write(addr - LAPIC_START, data);
                         Outcome::Continue
+                    }
+                    _ if Slot::is_queue_notify(addr) => {
+                        let offered = Self::offer_to_serve(&self.io_wait, self.executor.as_ref());
+                        self.ctx.mmio.write(addr, data);
+                        Outcome::Notified(offered)
                     }
                     _ => {
                         self.ctx.mmio.write(addr, data);

@@ -217,6 +217,11 @@ impl UserIrq {
         Entry::Run
     }
 
+    /// The LAPIC timer's next deadline (APIC clock ns), if it is armed.
+    pub fn timer_deadline(&self) -> Option<u64> {
+        self.cpu.lock().lapic.timer_deadline()
+    }
+
     /// While halted: whether the halt ends, and the next timer deadline.
     /// `interruptible` is the guest's IF at its HLT: with IF clear only an
     /// NMI or INIT ends the halt, as on hardware.

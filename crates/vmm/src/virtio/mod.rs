@@ -71,6 +71,14 @@ pub trait VirtioDevice: Send {
             data.len()
         );
     }
+    /// Whether the driver usually waits for the requests it notifies to
+    /// complete (a disk read, a read of entropy), rather than going on (a
+    /// network transmit). Under idle such a device's notifications exit to
+    /// the notifying vCPU, which serves them at once when its guest is seen
+    /// to wait (`vcpu::io_wait`); the others go through an ioeventfd.
+    fn driver_waits(&self) -> bool {
+        false
+    }
     /// Starts the device with the driver's queues.
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), String>;
     /// The driver notified queue `queue`.

@@ -161,6 +161,10 @@ impl Block {
 }
 
 impl VirtioDevice for Block {
+    fn driver_waits(&self) -> bool {
+        true
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
     }

@@ -74,6 +74,10 @@ struct RequestQueue {
 }
 
 impl VirtioDevice for Rng {
+    fn driver_waits(&self) -> bool {
+        true
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_RNG
     }
