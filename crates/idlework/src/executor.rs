@@ -27,6 +27,29 @@ use crate::run::Session;
 use crate::shared::Shared;
 use crate::stats::{new_histogram, ExecutorStats, RunnerStats, WaitSummary};
 use crate::sync::{fence, stat::Counter, unpoison, Arc, AtomicU8, AtomicUsize, FairMutex};
+
+std::thread_local! {
+    /// The executor (its slot's address) whose thread offered to run, on
+    /// return, what that thread is about to submit
+    /// ([`Executor::announce_serving`]); 0: none.
+    static SERVING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Whether a submission on this thread just claimed that executor (for
+    /// the placement, which then arms no deadline watch).
+    static CLAIMED_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The same, for the executor's next run (which then counts no kick).
+    static SERVES_CLAIM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the submission just made on this thread claimed the executor
+/// this thread runs, which has offered to run it on return (so no
+/// deadline watch is needed for it). Clears the answer.
+pub(crate) fn take_claimed_here() -> bool {
+    CLAIMED_HERE.with(|c| c.replace(false))
+}
+
+fn slot_id(slot: &ExecSlot) -> usize {
+    std::ptr::from_ref(slot) as usize
+}
 use crate::sync::{Ordering, RwLock};
 use hdrhistogram::Histogram;
 use std::cell::Cell;
@@ -268,8 +291,14 @@ impl Registry {
             self.busy.fetch_sub(1, Ordering::SeqCst);
             return false;
         }
-        slot.kicks_sent.add(1);
-        slot.hooks.kick();
+        if SERVING.with(|s| s.get()) == slot_id(slot) {
+            // This thread's own executor, serving on return: no kick.
+            CLAIMED_HERE.with(|c| c.set(true));
+            SERVES_CLAIM.with(|c| c.set(true));
+        } else {
+            slot.kicks_sent.add(1);
+            slot.hooks.kick();
+        }
         true
     }
 
@@ -414,6 +443,22 @@ impl Executor {
         self.announced.set(true);
     }
 
+    /// [`announce_idle`](Self::announce_idle) by a thread that is about to
+    /// submit work (a device notify it handles itself) and will run what it
+    /// is given right after, on this thread, before anything else: a
+    /// submission on this thread that claims it needs no deadline watch
+    /// (the engine's timekeeper is not woken for it). End it with
+    /// [`announce_busy`](Self::announce_busy) and then call
+    /// [`run_idle`](Self::run_idle) or
+    /// [`run_idle_since`](Self::run_idle_since).
+    pub fn announce_serving(&self) {
+        self.announce_idle();
+        if self.announced.get() {
+            SERVING.with(|s| s.set(slot_id(&self.slot)));
+            CLAIMED_HERE.with(|c| c.set(false));
+        }
+    }
+
     /// Withdraws the announcement: the thread stopped waiting for another
     /// reason (an interrupt to inject) before anyone claimed it. Returns
     /// whether it **had been claimed** meanwhile: then a kick is on its way
@@ -422,6 +467,7 @@ impl Executor {
     /// wait: the engine then finds the work other hands). False if it was
     /// not claimed, or had not announced.
     pub fn announce_busy(&self) -> bool {
+        SERVING.with(|s| s.set(0));
         if !self.announced.replace(false) {
             return false;
         }
@@ -493,7 +539,8 @@ impl Executor {
             shared.executors.busy.fetch_add(1, Ordering::SeqCst);
         }
         self.slot.calls.add(1);
-        let kicked = prev == KICKED || prev == FORCED;
+        let served_claim = SERVES_CLAIM.with(|c| c.replace(false));
+        let kicked = (prev == KICKED && !served_claim) || prev == FORCED;
         // A claim says when the guest was known idle with work queued (or
         // the caller's halt, if earlier); a forced kick is not idle time.
         let since = match prev {

@@ -172,7 +172,9 @@ impl Shared {
             (_, Priority::Urgent) => self.wake_worker(),
             _ => self.grow(now),
         };
-        if !woke_worker {
+        // Claimed by the submitting thread's own executor, which runs it on
+        // return (`Executor::announce_serving`): nobody else need watch it.
+        if !woke_worker && !crate::executor::take_claimed_here() {
             self.sleep.arm_timer();
             // Nobody is on it yet (an executor at work places what is left
             // when it finishes): make sure the timekeeper looks for one.

@@ -278,6 +278,40 @@ fn with_polling_depth_still_wakes_workers() {
 }
 
 #[test]
+fn work_a_serving_executors_own_thread_submits_is_claimed_without_a_kick() {
+    let engine = Engine::new(patient(Policy::Idle)).unwrap();
+    let vcpu = FakeVcpu::idle();
+    let mut exec = engine.register_executor("vcpu0", vcpu.clone());
+    // The vCPU thread offers to serve the notify it is about to dispatch.
+    exec.announce_serving();
+    let (tx, rx) = reporting();
+    engine.submit(item(&tx, 0)).unwrap();
+    assert!(
+        exec.announce_busy(),
+        "the submission did not claim the executor"
+    );
+    assert_eq!(exec.run_idle(Duration::from_secs(1)).items, 1);
+    expect_each_once(&rx, 1);
+    let stats = settled(&engine, 1);
+    assert_eq!(vcpu.kicks(), 0);
+    assert_eq!(stats.kicks(), (0, 0));
+    assert_eq!(stats.ran(Place::Executor, Priority::Normal), 1);
+
+    // Submitted from another thread, the same claim is a kick.
+    exec.announce_serving();
+    let engine = std::sync::Arc::new(engine);
+    let other = engine.clone();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || other.submit(item(&tx2, 0)).unwrap())
+        .join()
+        .unwrap();
+    assert!(exec.announce_busy());
+    assert_eq!(vcpu.kicks(), 1);
+    assert_eq!(exec.run_idle(Duration::from_secs(1)).items, 1);
+    expect_each_once(&rx, 1);
+}
+
+#[test]
 fn urgent_work_wakes_a_worker_even_with_an_idle_executor() {
     let engine = Engine::new(patient(Policy::Idle)).unwrap();
     let vcpu = FakeVcpu::idle();
