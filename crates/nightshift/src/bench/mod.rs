@@ -103,6 +103,7 @@ fn scenarios(args: BenchArgs) -> anyhow::Result<()> {
                 Variant::Nightshift {
                     halt_poll_ns: None,
                     cpu_cap: None,
+                    io_wait: true,
                     ..
                 }
             ) || *v == Variant::Qemu { iothread: false }

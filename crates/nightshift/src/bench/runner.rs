@@ -263,6 +263,7 @@ fn launch_nightshift(
         halt_poll_ns,
         cpu_cap,
         irqchip,
+        io_wait,
     } = variant
     else {
         unreachable!("called for nightshift variants only");
@@ -309,6 +310,9 @@ fn launch_nightshift(
     }
     if let Some(c) = cpu_cap {
         cmd.args(["--cpu-cap", &c.to_string()]);
+    }
+    if !io_wait {
+        cmd.args(["--io-wait-us", "0"]);
     }
     spawn(cmd, vm.role, Some(report), None)
 }

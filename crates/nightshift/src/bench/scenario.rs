@@ -282,10 +282,15 @@ impl Scenario {
                 policy,
                 halt_poll_ns,
                 cpu_cap,
+                io_wait,
                 ..
             } => {
-                !(scrubs && policy == "inline")
-                    && !(self.net.is_some() && (halt_poll_ns.is_some() || cpu_cap.is_some()))
+                // Net notifies through ioeventfds either way (io_wait serves
+                // block notifies): the halt-only variants would repeat idle.
+                let net_alike = halt_poll_ns.is_some() || cpu_cap.is_some() || !io_wait;
+                let inline_scrub = scrubs && policy == "inline";
+                let net_repeat = self.net.is_some() && net_alike;
+                !(inline_scrub || net_repeat)
             }
         }
     }
@@ -307,6 +312,10 @@ pub enum Variant {
         /// seen through the `blocking` statistic) or `user` (nightshift;
         /// a guest HLT exits to the vCPU thread at once).
         irqchip: &'static str,
+        /// Under idle, a vCPU whose guest waits for its I/O serves its block
+        /// notifies at the exit (the default); false: `--io-wait-us 0`, the
+        /// work waits for a halt (labelled `/halt`).
+        io_wait: bool,
     },
     /// QEMU microvm with virtio-blk (LUKS when the disk is encrypted).
     Qemu {
@@ -324,10 +333,14 @@ impl Variant {
                 halt_poll_ns,
                 cpu_cap,
                 irqchip,
+                io_wait,
             } => {
                 let mut s = policy.clone();
                 if *irqchip == "user" {
                     s.push_str("/user");
+                }
+                if !io_wait {
+                    s.push_str("/halt");
                 }
                 if *halt_poll_ns == Some(0) {
                     s.push_str("/nopoll");
@@ -359,12 +372,14 @@ impl Variant {
             halt_poll_ns,
             cpu_cap,
             irqchip,
+            io_wait: true,
         }
     }
 
     /// The default set: the three policies under both irqchips, idle
-    /// without halt polling and with the footprint cap, and QEMU with and
-    /// without an iothread.
+    /// without halt polling, with the footprint cap and with its work
+    /// waiting for halts (not served at the notify) under both irqchips, and
+    /// QEMU with and without an iothread.
     pub fn defaults(with_qemu: bool) -> Vec<Variant> {
         let mut v = Vec::new();
         for irqchip in ["kernel", "user"] {
@@ -375,6 +390,13 @@ impl Variant {
         v.push(Variant::with("kernel", "idle", Some(0), None));
         v.push(Variant::with("kernel", "idle", None, Some(0)));
         v.push(Variant::with("user", "idle", None, Some(0)));
+        for irqchip in ["kernel", "user"] {
+            let mut halt = Variant::with(irqchip, "idle", None, None);
+            if let Variant::Nightshift { io_wait, .. } = &mut halt {
+                *io_wait = false;
+            }
+            v.push(halt);
+        }
         if with_qemu {
             v.push(Variant::Qemu { iothread: false });
             v.push(Variant::Qemu { iothread: true });

@@ -111,9 +111,10 @@ impl IoWaitGuess {
 }
 
 impl Vcpu {
-    /// Before a device write is dispatched: if the guest is guessed to wait
-    /// for what it asks, announces this vCPU's executor idle, so that the
-    /// write's submissions claim it (no worker, no timekeeper) and
+    /// Before a QueueNotify write is dispatched: if the guest is guessed to
+    /// wait for what it asks, announces this vCPU's executor as serving on
+    /// return, so that the write's submissions claim it (no kick, no worker,
+    /// no timekeeper wake) and
     /// [`serve_own_notify`](Self::serve_own_notify) runs them. Returns when
     /// the write exited, if so.
     pub(super) fn offer_to_serve(
@@ -125,7 +126,7 @@ impl Vcpu {
         if !guess.waits(at) {
             return None;
         }
-        executor.announce_idle();
+        executor.announce_serving();
         Some(at)
     }
 
@@ -149,7 +150,8 @@ impl Vcpu {
             return false;
         };
         // Withdraw the offer; what the write submitted has claimed it (or
-        // gone to another idle hand).
+        // gone to another idle hand). Work another thread offered meanwhile
+        // runs here now too.
         executor.announce_busy();
         control.take_work_offer();
         let (now, deadline) = match &self.irq {

@@ -345,9 +345,7 @@ impl VcpuControl {
 
 impl VcpuSignals for VcpuControl {
     fn kick(&self) -> bool {
-        // A claim made on the thread itself (a notify it offered to serve,
-        // `io_wait`) is answered before it re-enters: no signal.
-        !self.on_own_thread() && VcpuControl::kick(self)
+        VcpuControl::kick(self)
     }
 
     fn offer_work(&self, preempt: bool) {
