@@ -20,6 +20,10 @@ log() { printf 'linux-guest: %s\n' "$*" >&2; }
 
 CACHE=${NIGHTSHIFT_CACHE:-$HOME/.cache/nightshift}/linux-guest
 mkdir -p "$CACHE"
+# One run at a time: the Linux tests call this in parallel, and two apt-get runs at once
+# fail on apt's lock. The others wait here, then find the kit in the cache.
+exec 9>"$CACHE/.lock"
+flock 9
 
 need_tools() {
   local missing=()

@@ -43,7 +43,7 @@ impl Palette {
     }
 
     fn color(&self, variant: &str) -> RGBColor {
-        const C: [RGBColor; 12] = [
+        const C: [RGBColor; 16] = [
             RGBColor(31, 119, 180),
             RGBColor(255, 127, 14),
             RGBColor(44, 160, 44),
@@ -56,6 +56,10 @@ impl Palette {
             RGBColor(23, 190, 207),
             RGBColor(0, 0, 0),
             RGBColor(255, 187, 120),
+            RGBColor(0, 0, 128),
+            RGBColor(152, 223, 138),
+            RGBColor(128, 0, 0),
+            RGBColor(255, 215, 0),
         ];
         C[self.index(variant) % C.len()]
     }
@@ -447,4 +451,27 @@ fn interference(summary: &Summary, palette: &Palette, path: &Path) -> anyhow::Re
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_variant_has_a_colour_of_its_own() {
+        let palette = Palette::of(&Summary { rows: Vec::new() });
+        let colours: Vec<(u8, u8, u8)> = Variant::defaults(true)
+            .iter()
+            .map(|v| {
+                let c = palette.color(&v.label());
+                (c.0, c.1, c.2)
+            })
+            .collect();
+        for (i, a) in colours.iter().enumerate() {
+            assert!(
+                !colours[i + 1..].contains(a),
+                "two variants share {a:?}: {colours:?}"
+            );
+        }
+    }
 }
