@@ -27,17 +27,21 @@ use crate::run::Session;
 use crate::shared::Shared;
 use crate::stats::{new_histogram, ExecutorStats, RunnerStats, WaitSummary};
 use crate::sync::{fence, stat::Counter, unpoison, Arc, AtomicU8, AtomicUsize, FairMutex};
+use crate::sync::{Ordering, RwLock};
+use hdrhistogram::Histogram;
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 std::thread_local! {
     /// The executor (its slot's address) whose thread offered to run, on
     /// return, what that thread is about to submit
     /// ([`Executor::announce_serving`]); 0: none.
-    static SERVING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static SERVING: Cell<usize> = const { Cell::new(0) };
     /// Whether a submission on this thread just claimed that executor (for
     /// the placement, which then arms no deadline watch).
-    static CLAIMED_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static CLAIMED_HERE: Cell<bool> = const { Cell::new(false) };
     /// The same, for the executor's next run (which then counts no kick).
-    static SERVES_CLAIM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static SERVES_CLAIM: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Whether the submission just made on this thread claimed the executor
@@ -50,10 +54,6 @@ pub(crate) fn take_claimed_here() -> bool {
 fn slot_id(slot: &ExecSlot) -> usize {
     std::ptr::from_ref(slot) as usize
 }
-use crate::sync::{Ordering, RwLock};
-use hdrhistogram::Histogram;
-use std::cell::Cell;
-use std::time::{Duration, Instant};
 
 /// The hooks a VMM provides per vCPU. Both may be called from any thread,
 /// at any time, concurrently; both must be cheap and must not block or call

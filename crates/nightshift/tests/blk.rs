@@ -383,13 +383,7 @@ fn under_idle_a_guest_that_never_idles_still_gets_its_io_through_workers(irqchip
             "workload=compute,blk blk_mode=randread blk_ops=50 blk_wait=poll ms=300",
         ],
     );
-    run.assert_code(0);
-    let r = blk_result(&run);
-    assert_eq!(
-        (r["ops"].as_str(), r["errors"].as_str()),
-        ("50", "0"),
-        "{r:?}"
-    );
+    assert_all_done(&run, "50");
     let (_, worker) = work_places(&run);
     assert!(
         worker > 0,
@@ -416,22 +410,9 @@ fn under_idle_a_guest_that_computes_between_its_requests_is_not_served_at_its_no
              blk_think_us=500 ms=300",
         ],
     );
-    run.assert_code(0);
-    let r = blk_result(&run);
-    assert_eq!(
-        (r["ops"].as_str(), r["errors"].as_str()),
-        ("50", "0"),
-        "{r:?}"
-    );
+    assert_all_done(&run, "50");
     let report = run.report();
-    for v in 0..2 {
-        assert_eq!(
-            vcpu_counter(&report, v, "notify_items"),
-            0,
-            "{}",
-            report["vcpus"]
-        );
-    }
+    assert_zero_on_every_vcpu(&report, "notify_items");
 }
 
 fn under_idle_a_vcpu_that_waits_for_its_reads_serves_each_at_its_notify(irqchip: &str) {
@@ -456,13 +437,7 @@ fn under_idle_a_vcpu_that_waits_for_its_reads_serves_each_at_its_notify(irqchip:
             "workload=compute,blk blk_mode=randread blk_ops=200 blk_qd=1 ms=2000",
         ],
     );
-    run.assert_code(0);
-    let r = blk_result(&run);
-    assert_eq!(
-        (r["ops"].as_str(), r["errors"].as_str()),
-        ("200", "0"),
-        "{r:?}"
-    );
+    assert_all_done(&run, "200");
     let report = run.report();
     let (executors, workers) = items_by_executor(&report);
     assert_eq!(workers, 0, "{}", report["work"]);
@@ -485,6 +460,24 @@ fn under_idle_a_vcpu_that_waits_for_its_reads_serves_each_at_its_notify(irqchip:
             "{}",
             report["vcpus"]
         );
+    }
+}
+
+/// The run ended well, and its guest did `ops` block requests without an error.
+fn assert_all_done(run: &Run, ops: &str) {
+    run.assert_code(0);
+    let r = blk_result(run);
+    assert_eq!(
+        (r["ops"].as_str(), r["errors"].as_str()),
+        (ops, "0"),
+        "{r:?}"
+    );
+}
+
+/// Counter `key` is zero for both vCPUs.
+fn assert_zero_on_every_vcpu(report: &serde_json::Value, key: &str) {
+    for v in 0..2 {
+        assert_eq!(vcpu_counter(report, v, key), 0, "{}", report["vcpus"]);
     }
 }
 
@@ -539,13 +532,7 @@ fn under_user_irqchip_requests_run_in_the_halts_of_the_vcpu_that_waits_without_s
             "workload=compute,blk blk_mode=randread blk_ops=200 blk_qd=1 ms=2000",
         ],
     );
-    run.assert_code(0);
-    let r = blk_result(&run);
-    assert_eq!(
-        (r["ops"].as_str(), r["errors"].as_str()),
-        ("200", "0"),
-        "{r:?}"
-    );
+    assert_all_done(&run, "200");
     let report = run.report();
     let (executors, workers) = items_by_executor(&report);
     assert_eq!(workers, 0, "{}", report["work"]);
@@ -565,14 +552,7 @@ fn under_user_irqchip_requests_run_in_the_halts_of_the_vcpu_that_waits_without_s
         report["vcpus"]
     );
     // Work was handed over by plain wakes (or found at the halt), never a signal.
-    for v in 0..2 {
-        assert_eq!(
-            vcpu_counter(&report, v, "work_kicks"),
-            0,
-            "{}",
-            report["vcpus"]
-        );
-    }
+    assert_zero_on_every_vcpu(&report, "work_kicks");
     assert!(vcpu_counter(&report, 1, "hlt_exits") > 0);
     // The completions vCPU1 made on its own thread were injected on its next
     // entry without a wake: it was told (woken or kicked) only of those made
@@ -661,13 +641,7 @@ fn user_irqchip_reads(cmdline_extra: &str) -> Run {
         &cmdline,
     ];
     let run = nightshift_on("user", &args);
-    run.assert_code(0);
-    let r = blk_result(&run);
-    assert_eq!(
-        (r["ops"].as_str(), r["errors"].as_str()),
-        ("200", "0"),
-        "{r:?}"
-    );
+    assert_all_done(&run, "200");
     run
 }
 

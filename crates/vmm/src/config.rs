@@ -396,8 +396,8 @@ impl WorkConfig {
     /// served at its next notify (see `io_wait_us`): zero unless the policy
     /// is idle and some notifications exit to the vCPU thread.
     pub fn io_wait(&self) -> std::time::Duration {
-        let exits = self.notify_paths().driver_waits == NotifyPath::Exit
-            || self.notify_paths().other == NotifyPath::Exit;
+        let paths = self.notify_paths();
+        let exits = paths.driver_waits == NotifyPath::Exit || paths.other == NotifyPath::Exit;
         if self.policy == idlework::Policy::Idle && exits {
             std::time::Duration::from_micros(self.io_wait_us)
         } else {

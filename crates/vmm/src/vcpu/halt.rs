@@ -35,10 +35,8 @@ use super::{Place, Vcpu, VcpuControl};
 /// that comes first, `now` being the VM clock: the budget, and whether it
 /// was cut. A tick is late by at most the last item's overrun.
 pub(super) fn budget_until(budget: Duration, now: u64, deadline: Option<u64>) -> (Duration, bool) {
-    match deadline {
-        Some(d) if Duration::from_nanos(d.saturating_sub(now)) < budget => {
-            (Duration::from_nanos(d.saturating_sub(now)), true)
-        }
+    match deadline.map(|d| Duration::from_nanos(d.saturating_sub(now))) {
+        Some(left) if left < budget => (left, true),
         _ => (budget, false),
     }
 }

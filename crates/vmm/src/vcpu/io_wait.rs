@@ -28,9 +28,9 @@
 //! that computes between its requests for longer than the window (it has
 //! other work, and reaps later) is not served at its notify: its work waits
 //! for an idle vCPU as before. A guest that spins on its used ring waits
-//! too, busily: it is served, which frees it from spinning. A wrong guess costs the guest at
-//! most one budget of work on its own vCPU, where the idle policy would have
-//! run it at its next halt.
+//! too, busily: it is served, which frees it from spinning. A wrong guess
+//! costs the guest at most one budget of work on its own vCPU, where the idle
+//! policy would have run it at its next halt.
 //!
 //! Under the kernel irqchip the VMM does not see the HLT itself; the halt
 //! counted is the one a kick found (`KVM_MP_STATE_HALTED`), which is later
@@ -39,6 +39,7 @@
 use std::time::{Duration, Instant};
 
 use super::halt::budget_until;
+use super::user_irq::UserIrq;
 use super::{Vcpu, VcpuControl};
 
 /// The guess for one vCPU (kept on its thread).
@@ -121,7 +122,7 @@ impl Vcpu {
         guess: &IoWaitGuess,
         executor: Option<&idlework::Executor>,
     ) -> Option<Instant> {
-        let executor = executor?;
+        let executor = executor.filter(|_| guess.enabled())?;
         let at = Instant::now();
         if !guess.waits(at) {
             return None;
@@ -154,16 +155,14 @@ impl Vcpu {
         // runs here now too.
         executor.announce_busy();
         control.take_work_offer();
-        let (now, deadline) = match &self.irq {
-            Some(irq) => (irq.now_ns(), irq.timer_deadline()),
-            None => (0, None),
-        };
-        let (budget, clamped) = budget_until(executor.budget(), now, deadline);
+        // The APIC timer (user irqchip) bounds the run as in a halt.
+        let irq = self.irq.as_ref();
+        let apic_now = || irq.map_or(0, UserIrq::now_ns);
+        let deadline = irq.and_then(UserIrq::timer_deadline);
+        let (budget, clamped) = budget_until(executor.budget(), apic_now(), deadline);
         let report = executor.run_idle_since(budget, at);
         if report.items > 0 {
-            let late = deadline
-                .zip(self.irq.as_ref())
-                .map(|(d, irq)| irq.now_ns().saturating_sub(d));
+            let late = deadline.map(|d| apic_now().saturating_sub(d));
             self.stats.count_idle_run(&report, clamped, late);
             self.stats.notify_runs += 1;
             self.stats.notify_items += report.items;
